@@ -1,0 +1,1 @@
+"""The `Broker` and `MarketData` ports and their adapters (`PaperBroker`; KIS to come)."""

@@ -1,0 +1,94 @@
+"""Value types shared by the market, the brokers and the worker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from enum import IntEnum, StrEnum
+
+import numpy as np
+import numpy.typing as npt
+
+
+class Board(StrEnum):
+    KOSPI = "KOSPI"
+    KOSDAQ = "KOSDAQ"
+
+
+class Tier(IntEnum):
+    """Liquidity tier: drives book depth, volume and how early forced liquidation starts."""
+
+    THIN = 0
+    LOW = 1
+    MID = 2
+    HIGH = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Instrument:
+    symbol: str  # six-digit KRX code, e.g. "005930"
+    name: str
+    board: Board
+    tier: Tier
+    prev_close: Decimal
+    prev_high: Decimal
+    prev_low: Decimal
+    kospi200: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """What the worker sees of one symbol at one instant. Prices are won, on the tick grid."""
+
+    symbol: str
+    at: datetime
+    price: Decimal  # last trade
+    bid: Decimal
+    ask: Decimal
+    bid_qty: int
+    ask_qty: int
+    volume: int  # cumulative shares today
+    traded_value: Decimal  # cumulative won today
+    day_high: Decimal
+    day_low: Decimal
+    prev_close: Decimal
+    prev_high: Decimal
+    prev_low: Decimal
+    upper_limit: Decimal
+    lower_limit: Decimal
+    tier: Tier
+    short_ma: Decimal | None = None  # short moving average of minute closes, for the sell rules
+
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The whole universe at one instant, column-wise, for the vectorized scan.
+
+    Row i of every array is `symbols[i]`. Prices are float64 here because indicators are
+    statistics, not money; orders are always priced from a `Quote` (Decimal).
+    `closes` / `volumes` hold the last `n_bars` completed one-minute bars, oldest first;
+    a symbol with fewer bars so far is left-padded with NaN (closes) / 0 (volumes).
+    """
+
+    at: datetime
+    trading_day: date
+    symbols: tuple[str, ...]
+    price: FloatArray
+    bid: FloatArray
+    ask: FloatArray
+    tick: FloatArray  # tick size at the current price
+    volume: FloatArray  # cumulative shares today
+    traded_value: FloatArray  # cumulative won today
+    day_high: FloatArray
+    day_low: FloatArray
+    prev_close: FloatArray
+    prev_high: FloatArray
+    prev_low: FloatArray
+    tier: IntArray
+    closes: FloatArray  # shape (n_symbols, n_bars)
+    volumes: FloatArray  # shape (n_symbols, n_bars)

@@ -1,0 +1,130 @@
+"""Shared fixtures: real Postgres and real Redis, never mocks of the ledger or the locks.
+
+With `DATABASE_URL` / `REDIS_URL` set (CI, a developer with local servers) the tests use those
+servers; without them they start the same embedded servers as `python -m worker`.
+Each test gets its own database (cloned from a migrated template) and its own key prefix, and
+both are removed afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import psycopg
+import pytest
+import redis.asyncio as aioredis
+from sqlalchemy.engine import make_url
+
+
+def _libpq(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _with_db(url: str, db: str) -> str:
+    return make_url(url).set(database=db).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """SQLAlchemy URL of a Postgres server (any database on it) the tests may create DBs on."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    from worker.servers import embedded_postgres
+
+    with embedded_postgres("tradefleet-test") as embedded_url:
+        yield embedded_url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+        return
+    from worker.servers import embedded_redis
+
+    with embedded_redis() as embedded_url:
+        yield embedded_url
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_server_url: str) -> Iterator[str]:
+    """A database migrated to head once per session; tests clone it."""
+    from ledger.migrate import upgrade_head
+
+    name = f"tf_tpl_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(_libpq(pg_server_url), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        upgrade_head(_with_db(pg_server_url, name))
+        yield name
+    finally:
+        with psycopg.connect(_libpq(pg_server_url), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _create_db(server_url: str, template: str | None) -> str:
+    name = f"tf_test_{uuid.uuid4().hex[:12]}"
+    tpl = f' TEMPLATE "{template}"' if template else ""
+    with psycopg.connect(_libpq(server_url), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"{tpl}')
+    return name
+
+
+def _drop_db(server_url: str, name: str) -> None:
+    with psycopg.connect(_libpq(server_url), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def empty_database_url(pg_server_url: str) -> Iterator[str]:
+    """URL of a fresh, empty database (no migrations applied)."""
+    name = _create_db(pg_server_url, None)
+    try:
+        yield _with_db(pg_server_url, name)
+    finally:
+        _drop_db(pg_server_url, name)
+
+
+@pytest.fixture
+def database_url(pg_server_url: str, template_db: str) -> Iterator[str]:
+    """URL of a fresh database at migration head."""
+    name = _create_db(pg_server_url, template_db)
+    try:
+        yield _with_db(pg_server_url, name)
+    finally:
+        _drop_db(pg_server_url, name)
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    """A Redis key prefix of this test's own; every key under it is deleted afterwards."""
+    import redis as syncredis
+
+    value = f"t{uuid.uuid4().hex[:10]}"
+    yield value
+    client = syncredis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{value}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
