@@ -1,0 +1,1 @@
+"""The tradefleet worker: IDLE -> SCAN -> HOLD -> SCAN ... -> EXIT over one trading day."""

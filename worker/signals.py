@@ -1,0 +1,120 @@
+"""Buy and sell rules: pure functions of a candidate / a held position and a quote.
+
+Sell rules, first match wins:
+1. forced liquidation: at or after the liquidation start            -> MARKETABLE
+2. stop loss: last price <= entry x (1 - STOP_LOSS_PCT / 100)       -> MARKETABLE
+3. take profit: last price >= entry x (1 + TAKE_PROFIT_PCT / 100)   -> PASSIVE
+4. trend break: last price below the short MA (after two minutes)   -> MARKETABLE
+5. time exit: held for MAX_HOLD_MIN minutes                         -> PASSIVE
+
+Urgency decides the sell order: PASSIVE = limit at the best ask (rests), MARKETABLE = limit at
+the best bid (crosses the spread), MARKET = market order. Each retry of an unfilled remainder
+escalates one step, so every exit ends as a market order if it must.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from enum import IntEnum, StrEnum
+
+from broker.port import OrderType
+from market.ticks import round_to_tick
+from market.types import Quote
+from worker.scan import Candidate
+from worker.settings import Settings
+
+_TREND_MIN_HOLD = timedelta(minutes=2)
+
+
+class ExitReason(StrEnum):
+    STOP_LOSS = "stop_loss"
+    TAKE_PROFIT = "take_profit"
+    TREND_BREAK = "trend_break"
+    TIME_EXIT = "time_exit"
+    FORCED_LIQUIDATION = "forced_liquidation"
+
+
+class Urgency(IntEnum):
+    PASSIVE = 0
+    MARKETABLE = 1
+    MARKET = 2
+
+    def escalate(self) -> Urgency:
+        return Urgency(min(self + 1, Urgency.MARKET))
+
+
+@dataclass(frozen=True, slots=True)
+class SellSignal:
+    reason: ExitReason
+    urgency: Urgency
+    trigger_price: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class HeldPosition:
+    symbol: str
+    qty: int
+    avg_price: Decimal
+    opened_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SignalParams:
+    min_score: float = 0.5
+    stop_loss_pct: Decimal = Decimal("1.5")
+    take_profit_pct: Decimal = Decimal("3.0")
+    max_hold: timedelta = timedelta(minutes=90)
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> SignalParams:
+        return cls(
+            min_score=s.min_score,
+            stop_loss_pct=s.stop_loss_pct,
+            take_profit_pct=s.take_profit_pct,
+            max_hold=timedelta(minutes=s.max_hold_min),
+        )
+
+
+def evaluate_buy_signal(candidate: Candidate, params: SignalParams) -> bool:
+    """Uptrend (fast MA over slow MA), a breakout, and a score at or above the minimum."""
+    breakout = candidate.breakout_nbar or candidate.breakout_prev_high
+    uptrend = candidate.fast_ma > candidate.slow_ma
+    return uptrend and breakout and candidate.score >= params.min_score
+
+
+def evaluate_sell_signal(
+    position: HeldPosition,
+    quote: Quote,
+    now: datetime,
+    params: SignalParams,
+    liquidation_start: datetime,
+) -> SellSignal | None:
+    price = quote.price
+    if now >= liquidation_start:
+        return SellSignal(ExitReason.FORCED_LIQUIDATION, Urgency.MARKETABLE, price)
+    if price <= position.avg_price * (1 - params.stop_loss_pct / 100):
+        return SellSignal(ExitReason.STOP_LOSS, Urgency.MARKETABLE, price)
+    if price >= position.avg_price * (1 + params.take_profit_pct / 100):
+        return SellSignal(ExitReason.TAKE_PROFIT, Urgency.PASSIVE, price)
+    held = now - position.opened_at
+    if quote.short_ma is not None and price < quote.short_ma and held >= _TREND_MIN_HOLD:
+        return SellSignal(ExitReason.TREND_BREAK, Urgency.MARKETABLE, price)
+    if held >= params.max_hold:
+        return SellSignal(ExitReason.TIME_EXIT, Urgency.PASSIVE, price)
+    return None
+
+
+def sell_order(urgency: Urgency, quote: Quote) -> tuple[OrderType, Decimal | None]:
+    """The order type and limit price that carry out a sell at this urgency."""
+    if urgency is Urgency.MARKET:
+        return OrderType.MARKET, None
+    price = quote.ask if urgency is Urgency.PASSIVE else quote.bid
+    return OrderType.LIMIT, min(max(price, quote.lower_limit), quote.upper_limit)
+
+
+def buy_order(quote: Quote) -> tuple[OrderType, Decimal]:
+    """Entries are marketable limits at the best ask, never above the upper limit."""
+    price = min(round_to_tick(quote.ask, "up"), quote.upper_limit)
+    return OrderType.LIMIT, price
