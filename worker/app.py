@@ -1,0 +1,150 @@
+"""Wiring: settings -> servers, clock, market, broker, ledger, coordination -> workers.
+
+`run_fleet` runs one or more workers in this process against the given servers;
+`python -m worker run` uses it with one worker, the embedded default with several.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, replace
+from datetime import date, datetime
+
+import anyio
+from loguru import logger
+
+from broker.paper import PaperBroker
+from coordination.connection import connect
+from coordination.keys import Keyspace
+from coordination.locks import RedisSymbolLock
+from coordination.notices import Notices
+from coordination.registry import WorkerRegistry
+from ledger.db import create_engine, wait_ready
+from ledger.repository import Ledger
+from market.calendar import KrxCalendar, Session, default_calendar
+from market.clock import KST, Clock, RealClock, SimClock
+from market.costs import CostModel
+from market.sim import SimulatedMarket
+from worker.loop import Deps, Worker
+from worker.settings import ConfigError, Settings
+
+
+class MarketClosed(Exception):
+    """No session to trade today (holiday, weekend, or already closed)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    session: Session
+    clock: Clock
+
+
+def plan_session(settings: Settings, calendar: KrxCalendar, speed: float,
+                 epoch: float | None) -> Plan:
+    """Which session to trade and on which clock.
+
+    Real time (speed 1): today's KRX session, if any. Simulated (speed > 1): PAPER_DAY, or today
+    when it is a session day, else the next session; the session opens at the epoch.
+    """
+    today = datetime.now(KST).date()
+    if speed <= 1:
+        session = calendar.session(today)
+        if session is None:
+            raise MarketClosed(f"{today} is not a KRX session day")
+        if datetime.now(KST) >= session.close:
+            raise MarketClosed(f"today's session closed at {session.close:%H:%M} KST")
+        return Plan(session, RealClock())
+    day: date = settings.paper_day or today
+    found = calendar.session(day)
+    session = found if found is not None else calendar.next_session(day)
+    return Plan(session, SimClock(session.open, speed, epoch))
+
+
+def cost_model(settings: Settings, calendar: KrxCalendar) -> CostModel:
+    return CostModel(commission_rate=settings.commission_rate,
+                     settlement_of=calendar.settlement_day)
+
+
+async def run_fleet(
+    settings: Settings,
+    *,
+    database_url: str,
+    redis_url: str,
+    workers: int = 1,
+    speed: float | None = None,
+    epoch: float | None = None,
+    on_started: Callable[[Sequence[Worker], Plan, Ledger], None] | None = None,
+    handle_signals: bool = True,
+) -> Plan:
+    """Run `workers` workers in this process for one session; return the session plan."""
+    if settings.broker != "paper":
+        raise ConfigError("BROKER: 'kis' is not available in this build yet; use 'paper'")
+    calendar = default_calendar()
+    speed = settings.paper_speed if speed is None else speed
+    if epoch is None and settings.paper_epoch is not None:
+        epoch = settings.paper_epoch.timestamp()
+    plan = plan_session(settings, calendar, speed, epoch)
+    costs = cost_model(settings, calendar)
+    await wait_ready(database_url, attempts=6, backoff_s=0.5)
+    async with AsyncExitStack() as stack:
+        redis = await connect(redis_url)
+        stack.push_async_callback(redis.aclose)
+        engine = create_engine(database_url)
+        stack.push_async_callback(engine.dispose)
+        ledger = Ledger(engine, costs)
+        keys = Keyspace(settings.fleet_prefix)
+        notices = Notices(redis, keys, maxlen=settings.events_maxlen)
+        market = SimulatedMarket(settings.paper_seed, plan.session, settings.paper_symbols)
+        broker = PaperBroker(market, plan.clock)
+        instruments = market.instruments
+        boards = {i.symbol: i.board for i in instruments}
+        tiers = {i.symbol: i.tier for i in instruments}
+        fleet: list[Worker] = []
+        for n in range(workers):
+            ws = settings if workers == 1 else replace_id(settings, n)
+            lock = RedisSymbolLock(redis, keys, ws.worker_id, ttl_ms=ws.lock_ttl_ms)
+            deps = Deps(
+                settings=ws, clock=plan.clock, session=plan.session, broker=broker,
+                market=broker, ledger=ledger, lock=lock,
+                registry=WorkerRegistry(redis, keys, ttl_ms=ws.worker_ttl_ms),
+                notices=notices, costs=costs, boards=boards, tiers=tiers,
+            )
+            fleet.append(Worker(deps))
+        logger.info("session {} {}-{} KST, clock x{:g}, {} worker(s), {} symbols",
+                    plan.session.day, f"{plan.session.open:%H:%M}",
+                    f"{plan.session.close:%H:%M}", speed, workers, len(instruments))
+        if on_started is not None:
+            on_started(fleet, plan, ledger)
+        async with anyio.create_task_group() as tg:
+            if handle_signals:
+                tg.start_soon(_stop_on_signal, fleet, tg.cancel_scope)
+            async with anyio.create_task_group() as workers_tg:
+                for w in fleet:
+                    workers_tg.start_soon(w.run)
+            tg.cancel_scope.cancel()
+        await ledger.summarize_day(plan.session.day)
+    return plan
+
+
+def replace_id(settings: Settings, n: int) -> Settings:
+    return Settings.model_construct(
+        **{**settings.model_dump(), "worker_id": f"{settings.worker_id[:8]}-w{n + 1}"}
+    )
+
+
+async def _stop_on_signal(fleet: Sequence[Worker], scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            logger.warning("signal {} received: stopping gracefully", signal.Signals(signum).name)
+            for w in fleet:
+                w.request_stop()
+
+
+def epoch_soon(lead_s: float = 0.5) -> float:
+    return time.time() + lead_s
+
+
+__all__ = ["MarketClosed", "Plan", "plan_session", "replace", "run_fleet"]

@@ -1,0 +1,124 @@
+"""The operator's command line.
+
+Exit codes: 0 success; 2 bad configuration or arguments (one line on stderr naming the setting,
+no traceback); 1 runtime failure (one line on stderr saying what failed and where).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from datetime import date, datetime
+from typing import NoReturn
+
+from loguru import logger
+
+from market.clock import KST
+from worker.settings import ConfigError, Settings, load_settings
+
+PROG = "python -m worker"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--date must be YYYY-MM-DD, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="tradefleet: KRX day-trading workers. With no command and no "
+        "DATABASE_URL/REDIS_URL: trade one simulated day on embedded servers and print the "
+        "summary. Configuration comes from the environment (see README).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.add_parser("run", help="run one production worker until the close or SIGTERM",
+                   description="Run one worker against DATABASE_URL and REDIS_URL until the "
+                   "market closes or SIGTERM.")
+    sub.add_parser("migrate", help="alembic upgrade head on DATABASE_URL (idempotent)",
+                   description="Apply every migration to DATABASE_URL. Safe to repeat.")
+    sub.add_parser("locks", help="live symbol locks and drift against the Postgres mirror",
+                   description="List live locks (symbol, owner, fence, ms to expiry) from "
+                   "Redis and any drift against stock_locks.")
+    sub.add_parser("workers", help="registered workers and their heartbeat age",
+                   description="List workers (id, state, symbol, heartbeat age).")
+    summary = sub.add_parser("summary", help="the daily summary for a trading day",
+                             description="Print the daily summary (default: today, Asia/Seoul).")
+    summary.add_argument("--date", type=_date, help="trading day YYYY-MM-DD")
+    summary.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        sys.stderr.write(f"{PROG}: config error: {exc}\n")
+        return 2
+    from worker.logs import setup_logging
+
+    setup_logging(settings.log_level, settings.log_json)
+    try:
+        return _dispatch(args, settings)
+    except ConfigError as exc:
+        sys.stderr.write(f"{PROG}: config error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one line for the operator, details in the log
+        logger.opt(exception=exc).debug("failure")
+        sys.stderr.write(f"{PROG}: error: {_describe(exc)}\n")
+        return 1
+
+
+def _describe(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _require(settings: Settings, *names: str) -> None:
+    for name in names:
+        if not getattr(settings, name):
+            raise ConfigError(f"{name.upper()}: required for this command")
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    from worker import commands
+
+    command = args.command
+    if command is None:
+        if settings.embedded:
+            from worker.embedded import run_embedded
+
+            return run_embedded(settings)
+        command = "run"
+    if command == "run":
+        _require(settings, "database_url", "redis_url")
+        return commands.run(settings)
+    if command == "migrate":
+        _require(settings, "database_url")
+        return commands.migrate(settings)
+    if command == "locks":
+        _require(settings, "redis_url")
+        return commands.locks(settings)
+    if command == "workers":
+        _require(settings, "redis_url")
+        return commands.workers(settings)
+    if command == "summary":
+        _require(settings, "database_url")
+        day = args.date or datetime.now(KST).date()
+        return commands.summary(settings, day, as_json=args.json)
+    raise AssertionError(command)
+

@@ -1,0 +1,437 @@
+"""One worker's day: IDLE -> SCAN -> HOLD -> SCAN ... -> EXIT.
+
+`Worker.run` opens one task group: the lease keeper (heartbeat) and the registry heartbeat run
+beside the main loop. The main loop paces itself on the injected clock and subtracts the work
+time from each pause. HOLD work runs inside a cancel scope that the keeper cancels the moment
+the lease is lost, so no order is sent for a symbol the worker no longer owns.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import anyio
+from loguru import logger
+
+from broker.port import Broker, MarketData, OrderType, Side
+from coordination.errors import CoordinationError
+from coordination.heartbeat import LeaseKeeper
+from coordination.locks import Lease, RedisSymbolLock
+from coordination.notices import Notices, NoticeType
+from coordination.registry import WorkerRegistry
+from ledger.repository import Ledger
+from market.calendar import Session
+from market.clock import Clock
+from market.costs import CostModel
+from market.types import Board, Tier
+from worker.orders import BuyRefused, LeaseInvalid, OrderExecutor, Placement
+from worker.scan import ScanParams, rank_candidates
+from worker.settings import Settings
+from worker.signals import (
+    ExitReason,
+    HeldPosition,
+    SellSignal,
+    SignalParams,
+    Urgency,
+    buy_order,
+    evaluate_buy_signal,
+    evaluate_sell_signal,
+    sell_order,
+)
+from worker.state import WorkerEvent, WorkerState, next_state
+
+_AFTER_CLOSE_GRACE = timedelta(minutes=2)
+
+
+@dataclass(frozen=True)
+class Deps:
+    settings: Settings
+    clock: Clock
+    session: Session
+    broker: Broker
+    market: MarketData
+    ledger: Ledger
+    lock: RedisSymbolLock
+    registry: WorkerRegistry
+    notices: Notices
+    costs: CostModel
+    boards: dict[str, Board]
+    tiers: dict[str, Tier]
+
+
+class Worker:
+    def __init__(self, deps: Deps) -> None:
+        self.d = deps
+        s = deps.settings
+        self.id = s.worker_id
+        self.state = WorkerState.IDLE
+        self.lease: Lease | None = None
+        self.held: HeldPosition | None = None
+        self.log = logger.bind(worker=self.id[:8])
+        self.keeper = LeaseKeeper(deps.lock, interval_s=s.heartbeat_s, on_lost=self._on_lost)
+        self.orders = OrderExecutor(
+            worker_id=self.id,
+            broker=deps.broker,
+            ledger=deps.ledger,
+            notices=deps.notices,
+            clock=deps.clock,
+            boards=deps.boards,
+            trading_day=deps.session.open,
+            capital_limit=s.capital_limit,
+            daily_loss_limit=s.daily_loss_limit,
+            poll_s=s.order_poll_s,
+        )
+        self.scan_params = ScanParams.from_settings(s)
+        self.signal_params = SignalParams.from_settings(s)
+        self.liquidation_start = deps.session.liquidation_start(
+            timedelta(minutes=s.liquidation_lead_min)
+        )
+        self.thin_liquidation_start = deps.session.liquidation_start(
+            timedelta(minutes=max(s.thin_liquidation_lead_min, s.liquidation_lead_min))
+        )
+        self._stop = anyio.Event()
+        self._pause_scope: anyio.CancelScope | None = None
+        self._hold_scope: anyio.CancelScope | None = None
+        self._lost: str | None = None
+        self._halt_published = False
+
+    # ----- lifecycle -------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Graceful stop (SIGTERM): finish the current step, hand off holdings, EXIT."""
+        self._stop.set()
+        if self._pause_scope is not None:
+            self._pause_scope.cancel()
+
+    async def run(self) -> None:
+        await self.d.ledger.register_worker(
+            self.id, os.getpid(), socket.gethostname(), self.d.settings.capital_limit,
+            datetime.now(UTC),
+        )
+        await self._publish_state(None, WorkerEvent.START)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.keeper.run)
+            tg.start_soon(self._heartbeat_loop)
+            try:
+                await self._main()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._exit()
+                tg.cancel_scope.cancel()
+
+    async def _main(self) -> None:
+        session = self.d.session
+        wait = (session.open - self.d.clock.now()).total_seconds()
+        if wait > 0:
+            self.log.info("waiting {:.0f}s (clock) for the open at {}", wait, session.open)
+            await self._pause(wait)
+        if self._stop.is_set() or self.d.clock.now() >= session.close:
+            return
+        await self._fire(WorkerEvent.START)
+        while not self._stop.is_set():
+            started = self.d.clock.now()
+            if self.state is WorkerState.SCAN:
+                if started >= self.liquidation_start and not await self._adopt_orphan():
+                    break  # no new buys from here; nothing left to manage
+                if self.state is WorkerState.SCAN:
+                    await self._scan_tick()
+                interval = self.d.settings.scan_interval_s
+            else:
+                await self._hold_tick()
+                interval = self.d.settings.hold_interval_s
+            if self.d.clock.now() >= session.close + _AFTER_CLOSE_GRACE:
+                break
+            spent = (self.d.clock.now() - started).total_seconds()
+            await self._pause(interval - spent)
+
+    async def _pause(self, seconds: float) -> None:
+        if seconds <= 0 or self._stop.is_set():
+            return
+        with anyio.CancelScope() as scope:
+            self._pause_scope = scope
+            await self.d.clock.sleep(seconds)
+        self._pause_scope = None
+
+    async def _exit(self) -> None:
+        if self.lease is not None and self.held is not None:
+            # Still holding (SIGTERM mid-day, or the close came first): leave the position to be
+            # adopted by a live worker, or by this one on restart (Invariant 4).
+            self.log.warning("handing off {} x{} for adoption", self.held.symbol, self.held.qty)
+            await self.d.ledger.mark_position_orphaned(self.held.symbol, self.id)
+        await self._release()
+        if self.state is not WorkerState.EXIT:
+            await self._fire(WorkerEvent.STOP)
+        await self.d.ledger.summarize_day(self.d.session.day)
+        try:
+            await self.d.registry.remove(self.id)
+        except CoordinationError as exc:
+            self.log.error("could not remove the registry entry: {}", exc)
+
+    # ----- transitions -----------------------------------------------------------------------
+
+    async def _fire(self, event: WorkerEvent) -> None:
+        old = self.state
+        self.state = next_state(old, event)
+        symbol = self.lease.symbol if self.lease else None
+        self.log.info("state {} -> {} on {}", old, self.state, event)
+        await self.d.ledger.set_worker_status(self.id, self.state.value, symbol, datetime.now(UTC))
+        await self._publish_state(old, event)
+
+    async def _publish_state(self, old: WorkerState | None, event: WorkerEvent) -> None:
+        symbol = self.lease.symbol if self.lease else None
+        try:
+            await self.d.notices.publish(
+                NoticeType.WORKER_STATE,
+                self.id,
+                symbol,
+                {"from": old.value if old else None, "to": self.state.value, "event": event.value},
+            )
+            await self._registry_update()
+        except CoordinationError as exc:
+            self.log.error("state notice not published: {}", exc)
+
+    async def _registry_update(self) -> None:
+        await self.d.registry.update(
+            self.id,
+            state=self.state.value,
+            symbol=self.lease.symbol if self.lease else None,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            heartbeat_at=datetime.now(UTC),
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.d.settings.heartbeat_s)
+            try:
+                await self._registry_update()
+                now = datetime.now(UTC)
+                await self.d.ledger.worker_heartbeat(self.id, now)
+                if self.lease is not None:
+                    lease = self.lease
+                    await self.d.ledger.lock_heartbeat(lease.symbol, self.id, lease.fence, now)
+            except CoordinationError as exc:
+                self.log.error("registry heartbeat failed: {}", exc)
+
+    # ----- leases ----------------------------------------------------------------------------
+
+    async def _on_lost(self, lease: Lease, why: str) -> None:
+        if self.lease is None or self.lease.symbol != lease.symbol:
+            return
+        self._lost = why
+        if self._hold_scope is not None:
+            self._hold_scope.cancel()
+
+    async def _take(self, lease: Lease) -> None:
+        self.lease = lease
+        self._lost = None
+        self.keeper.add(lease)
+        await self.d.ledger.lock_acquired(
+            lease.symbol, self.id, lease.fence, lease.ttl_ms, datetime.now(UTC)
+        )
+
+    async def _release(self) -> None:
+        lease, self.lease = self.lease, None
+        if lease is None:
+            return
+        self.keeper.remove(lease.symbol)
+        try:
+            released = await self.d.lock.release(lease)
+        except CoordinationError as exc:
+            self.log.error("release of {} failed, it will expire: {}", lease.symbol, exc)
+            released = False
+        event = "released" if released else "lost"
+        await self.d.ledger.lock_released(
+            lease.symbol, self.id, lease.fence, datetime.now(UTC), event=event
+        )
+
+    async def _lease_lost(self) -> None:
+        held = self.held
+        self.log.error("lease on {} lost ({}); position goes to recovery",
+                       held.symbol if held else "?", self._lost)
+        if held is not None:
+            await self.d.ledger.mark_position_orphaned(held.symbol, self.id)
+        self.held = None
+        await self._release()
+        await self._fire(WorkerEvent.LOCK_LOST)
+
+    # ----- SCAN ------------------------------------------------------------------------------
+
+    async def _scan_tick(self) -> None:
+        if await self._adopt_orphan():
+            return
+        if await self._halted():
+            return
+        snap = await self.d.market.snapshot(self.d.settings.n_bars)
+        taken = {p.symbol for p in await self.d.ledger.open_positions()}
+        ranked = [
+            c for c in rank_candidates(snap, self.scan_params)
+            if c.symbol not in taken and evaluate_buy_signal(c, self.signal_params)
+        ]
+        if not ranked:
+            return
+        try:
+            lease = await self.d.lock.acquire_first([c.symbol for c in ranked])
+        except CoordinationError as exc:
+            self.log.error("cannot acquire (no buys while Redis is away): {}", exc)
+            return
+        if lease is None:
+            self.log.warning("contention: all {} candidates are owned", len(ranked))
+            return
+        if lease.symbol != ranked[0].symbol:
+            self.log.warning("contention: {} owned elsewhere, took {}", ranked[0].symbol,
+                             lease.symbol)
+        await self._take(lease)
+        candidate = next(c for c in ranked if c.symbol == lease.symbol)
+        if not await self._buy(lease, "; ".join(candidate.reasons), candidate.price):
+            await self._release()
+
+    async def _buy(self, lease: Lease, reason: str, signal_price: object) -> bool:
+        quote = await self.d.market.quote(lease.symbol)
+        order_type, price = buy_order(quote)
+        qty = self.d.costs.max_buy_qty(self.d.settings.capital_limit, price)
+        if qty < 1:
+            return False
+        placement = Placement(lease.symbol, Side.BUY, qty, order_type, price, lease.fence,
+                              reason, quote.price)
+        deadline = self.d.clock.now() + timedelta(seconds=self.d.settings.order_timeout_s)
+        try:
+            await self.orders.execute(placement, deadline)
+        except BuyRefused as exc:
+            await self._risk_halt(str(exc))
+        except LeaseInvalid:
+            pass
+        position = await self.d.ledger.open_position(lease.symbol)
+        if position is None or position.qty <= 0:
+            return False
+        self.held = HeldPosition(lease.symbol, position.qty, position.avg_price,
+                                 position.opened_at)
+        self.log.info("bought {} x{} @ {} ({})", lease.symbol, position.qty,
+                      position.avg_price, reason)
+        await self._fire(WorkerEvent.BOUGHT)
+        return True
+
+    async def _halted(self) -> bool:
+        realized = await self.d.ledger.realized_pnl(self.d.session.day)
+        if realized > -self.d.settings.daily_loss_limit:
+            return False
+        await self._risk_halt(f"realized {realized} <= -{self.d.settings.daily_loss_limit}")
+        return True
+
+    async def _risk_halt(self, why: str) -> None:
+        if self._halt_published:
+            return
+        self._halt_published = True
+        self.log.warning("risk halt: daily loss limit reached, no new buys ({})", why)
+        try:
+            await self.d.notices.publish(NoticeType.RISK_HALT, self.id, None, {"why": why})
+        except CoordinationError as exc:
+            self.log.error("risk.halt notice not published: {}", exc)
+
+    async def _adopt_orphan(self) -> bool:
+        """Take over any open position whose symbol nobody owns (crash, handoff, restart)."""
+        for position in await self.d.ledger.open_positions():
+            if self.lease is not None:
+                return False
+            try:
+                lease = await self.d.lock.acquire(position.symbol)
+            except CoordinationError as exc:
+                self.log.error("adoption skipped, Redis unavailable: {}", exc)
+                return False
+            if lease is None:
+                continue
+            await self._take(lease)
+            if not await self.d.ledger.adopt_position(position.symbol, self.id):
+                await self._release()
+                continue
+            await self._reconcile_orders(position.symbol)
+            fresh = await self.d.ledger.open_position(position.symbol)
+            if fresh is None or fresh.qty <= 0:
+                await self._release()
+                continue
+            self.held = HeldPosition(fresh.symbol, fresh.qty, fresh.avg_price, fresh.opened_at)
+            self.log.warning("adopted {} x{} from {}", fresh.symbol, fresh.qty,
+                             position.worker_id)
+            await self._fire(WorkerEvent.ADOPTED)
+            return True
+        return False
+
+    async def _reconcile_orders(self, symbol: str) -> None:
+        from worker.recovery import reconcile_unfinished
+
+        await reconcile_unfinished(self.orders, self.d.ledger, self.d.broker, self.id, symbol,
+                                   self.log)
+
+    # ----- HOLD ------------------------------------------------------------------------------
+
+    async def _hold_tick(self) -> None:
+        held, lease = self.held, self.lease
+        assert held is not None and lease is not None
+        with anyio.CancelScope() as scope:
+            self._hold_scope = scope
+            if not self.keeper.valid(lease.symbol):
+                scope.cancel()
+            else:
+                await self._hold_step(held, lease)
+        self._hold_scope = None
+        if scope.cancelled_caught or self._lost is not None:
+            await self._lease_lost()
+
+    async def _hold_step(self, held: HeldPosition, lease: Lease) -> None:
+        now = self.d.clock.now()
+        quote = await self.d.market.quote(held.symbol, self.d.settings.short_ma_bars)
+        thin = self.d.tiers.get(held.symbol) is Tier.THIN
+        liq = self.thin_liquidation_start if thin else self.liquidation_start
+        if self._stop.is_set():
+            return
+        signal = evaluate_sell_signal(held, quote, now, self.signal_params, liq)
+        if signal is None:
+            return
+        self.log.info("sell signal on {}: {} at {}", held.symbol, signal.reason, quote.price)
+        try:
+            flat = await self._sell_until_flat(held, lease, signal)
+        except LeaseInvalid:
+            self._lost = "fence refused by the ledger"
+            return
+        if flat:
+            self.held = None
+            await self._release()
+            await self._fire(WorkerEvent.SOLD)
+
+    async def _sell_until_flat(self, held: HeldPosition, lease: Lease, signal: SellSignal) -> bool:
+        urgency = signal.urgency
+        session = self.d.session
+        while True:
+            position = await self.d.ledger.open_position(held.symbol)
+            if position is None or position.qty <= 0:
+                return True
+            now = self.d.clock.now()
+            if now >= session.close + _AFTER_CLOSE_GRACE:
+                self.log.error("{} x{} still open after the close", held.symbol, position.qty)
+                return False
+            quote = await self.d.market.quote(held.symbol)
+            if now >= session.continuous_close:
+                # closing auction: everything left goes in at the single price
+                order_type, price = OrderType.MARKET, None
+                deadline = session.close + _AFTER_CLOSE_GRACE
+            else:
+                order_type, price = sell_order(urgency, quote)
+                deadline = min(now + timedelta(seconds=self._timeout(urgency)),
+                               session.continuous_close)
+            placement = Placement(held.symbol, Side.SELL, position.qty, order_type, price,
+                                  lease.fence, signal.reason.value, signal.trigger_price)
+            status = await self.orders.execute(placement, deadline)
+            if status is None:
+                await self.d.clock.sleep(self.d.settings.order_poll_s)
+            urgency = urgency.escalate()
+
+    def _timeout(self, urgency: Urgency) -> float:
+        base = self.d.settings.order_timeout_s
+        return base if urgency is Urgency.PASSIVE else base / 4
+
+    @staticmethod
+    def forced(reason: ExitReason) -> bool:
+        return reason is ExitReason.FORCED_LIQUIDATION
