@@ -1,0 +1,170 @@
+"""KRX sessions: XKRX plus the override file (market/calendar.py)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from market.calendar import KrxCalendar, Session, default_calendar
+from market.clock import KST
+
+
+def kst(day: date, hh: int, mm: int) -> datetime:
+    return datetime(day.year, day.month, day.day, hh, mm, tzinfo=KST)
+
+
+@pytest.fixture(scope="module")
+def cal() -> KrxCalendar:
+    return default_calendar()
+
+
+def test_default_calendar_is_cached() -> None:
+    assert default_calendar() is default_calendar()
+
+
+@pytest.mark.parametrize("day", [date(2026, 6, 3), date(2026, 7, 17)])
+def test_override_closes_days_xkrx_shows_open(cal: KrxCalendar, day: date) -> None:
+    assert KrxCalendar(overrides_path=None).is_session(day)  # the gap the override fills
+    assert cal.session(day) is None
+    assert not cal.is_session(day)
+
+
+@pytest.mark.parametrize("day", [date(2026, 11, 19), date(2025, 11, 13)])
+def test_exam_day_shifts_the_schedule_one_hour(cal: KrxCalendar, day: date) -> None:
+    s = cal.session(day)
+    assert s is not None
+    assert (s.open, s.continuous_close, s.close) == (
+        kst(day, 10, 0),
+        kst(day, 16, 20),
+        kst(day, 16, 30),
+    )
+    plain = KrxCalendar(overrides_path=None).session(day)
+    assert plain is not None
+    assert plain.open == kst(day, 9, 0)
+
+
+def test_normal_day(cal: KrxCalendar) -> None:
+    day = date(2026, 3, 10)
+    s = cal.session(day)
+    assert s == Session(day, kst(day, 9, 0), kst(day, 15, 20), kst(day, 15, 30))
+    assert s.open.utcoffset() == timedelta(hours=9)
+
+
+def test_first_session_of_the_year_opens_at_ten_once(cal: KrxCalendar) -> None:
+    day = date(2026, 1, 2)
+    s = cal.session(day)
+    assert s is not None
+    # XKRX already shifts the open; the close and the auction keep their usual times.
+    assert (s.open, s.continuous_close, s.close) == (
+        kst(day, 10, 0),
+        kst(day, 15, 20),
+        kst(day, 15, 30),
+    )
+
+
+def test_weekend_and_navigation(cal: KrxCalendar) -> None:
+    saturday = date(2026, 3, 14)
+    assert cal.session(saturday) is None
+    assert cal.next_session(saturday).day == date(2026, 3, 16)
+    assert cal.next_session(date(2026, 3, 16)).day == date(2026, 3, 16)  # on or after
+    assert cal.previous_session(date(2026, 3, 16)).day == date(2026, 3, 13)  # strictly before
+    # Around a closed override day.
+    assert cal.next_session(date(2026, 6, 3)).day == date(2026, 6, 4)
+    assert cal.previous_session(date(2026, 6, 4)).day == date(2026, 6, 2)
+
+
+def test_settlement_across_the_new_year(cal: KrxCalendar) -> None:
+    assert cal.settlement_day(date(2024, 12, 27)) == date(2025, 1, 2)
+    assert cal.settlement_day(date(2025, 12, 30)) == date(2026, 1, 5)
+    assert cal.settlement_day(date(2026, 3, 12)) == date(2026, 3, 16)  # over a weekend
+    with pytest.raises(ValueError, match="not a KRX session"):
+        cal.settlement_day(date(2026, 3, 14))
+
+
+def test_aware_datetime_is_read_as_its_seoul_day(cal: KrxCalendar) -> None:
+    # 2026-03-13 16:00 UTC is already Saturday in Seoul.
+    assert cal.session(datetime(2026, 3, 13, 16, 0, tzinfo=UTC)) is None
+
+
+def test_outside_range_raises(cal: KrxCalendar) -> None:
+    with pytest.raises(ValueError, match="outside the calendar range"):
+        cal.session(date(2030, 1, 2))
+
+
+def test_session_contains_and_liquidation_start(cal: KrxCalendar) -> None:
+    s = cal.session(date(2026, 3, 10))
+    assert s is not None
+    assert not s.contains(s.open - timedelta(microseconds=1))
+    assert s.contains(s.open)
+    assert s.contains(s.close - timedelta(microseconds=1))
+    assert not s.contains(s.close)
+    assert s.in_closing_auction(s.continuous_close)
+    assert not s.in_continuous(s.continuous_close)
+    assert s.liquidation_start(timedelta(minutes=15)) == kst(s.day, 15, 15)
+
+
+def test_session_requires_aware_ordered_instants() -> None:
+    day = date(2026, 3, 10)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        Session(day, datetime(2026, 3, 10, 9), kst(day, 15, 20), kst(day, 15, 30))
+    with pytest.raises(ValueError, match="open < continuous_close"):
+        Session(day, kst(day, 15, 20), kst(day, 9, 0), kst(day, 15, 30))
+
+
+def test_custom_override_file(tmp_path: Path) -> None:
+    path = tmp_path / "o.toml"
+    path.write_text(
+        "[[closed]]\nday = 2026-03-10\nreason = 'test'\n"
+        "[[hours]]\nday = 2026-03-11\nopen = 09:30:00\ncontinuous_close = 14:50:00\n"
+        "close = 15:00:00\nreason = 'test'\n",
+        encoding="utf-8",
+    )
+    cal = KrxCalendar(overrides_path=path)
+    assert not cal.is_session(date(2026, 3, 10))
+    s = cal.session(date(2026, 3, 11))
+    assert s is not None
+    assert s.open == kst(s.day, 9, 30)
+    assert s.close == kst(s.day, 15, 0)
+    # The packaged overrides are not applied on top of a custom file.
+    assert cal.is_session(date(2026, 6, 3))
+
+
+BAD_FILES = [
+    ("[[closed]\n", "not valid TOML"),
+    ("[[closed]]\nday = 2026-06-03\n", r"closed\[0\] \(2026-06-03\).*reason"),
+    ("[[closed]]\nday = '2026-06-03'\nreason = 'x'\n", r"closed\[0\].*local date"),
+    ("[[closed]]\nday = 2026-06-03T00:00:00\nreason = 'x'\n", r"closed\[0\].*local date"),
+    ("[[closed]]\nday = 2026-06-03\nreason = 'x'\nwhy = 1\n", r"closed\[0\].*unknown keys"),
+    ("[[closed]]\nday = 2031-06-03\nreason = 'x'\n", r"closed\[0\].*outside the calendar"),
+    (
+        "[[closed]]\nday = 2026-06-03\nreason = 'x'\n[[closed]]\nday = 2026-06-03\nreason = 'y'\n",
+        r"closed\[1\].*already overridden by .*closed\[0\]",
+    ),
+    (
+        "[[hours]]\nday = 2026-11-19\nopen = 16:00:00\ncontinuous_close = 10:00:00\n"
+        "close = 16:30:00\nreason = 'x'\n",
+        r"hours\[0\] \(2026-11-19\).*open < continuous_close",
+    ),
+    (
+        "[[hours]]\nday = 2026-11-19\nopen = '10:00'\ncontinuous_close = 16:20:00\n"
+        "close = 16:30:00\nreason = 'x'\n",
+        r"hours\[0\].*'open'.*local time",
+    ),
+    ("[holidays]\nday = 2026-06-03\n", "unknown sections"),
+    ("closed = 3\n", "array of tables"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_FILES)
+def test_bad_override_file_names_the_entry(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        KrxCalendar(overrides_path=path)
+
+
+def test_packaged_overrides_cover_the_known_gaps(cal: KrxCalendar) -> None:
+    assert set(cal.overrides.closed) == {date(2026, 6, 3), date(2026, 7, 17)}
+    assert {date(2025, 11, 13), date(2026, 11, 19)} <= set(cal.overrides.hours)
