@@ -108,9 +108,9 @@ class CostModel:
     def tax_rates(self, board: Board, trade_day: date) -> TaxRates:
         settle = self.settlement_of(trade_day)
         chosen: dict[Board, TaxRates] | None = None
-        for since, rates in self.tax_table:
+        for since, table in self.tax_table:
             if since <= settle:
-                chosen = rates
+                chosen = table
         if chosen is None:
             raise ValueError(f"no tax rates known for settlement on {settle}")
         rates = chosen[board]
@@ -125,6 +125,13 @@ class CostModel:
         if price <= 0:
             return 0
         qty = int((capital / (price * (1 + self.commission_rate))).to_integral_value(ROUND_FLOOR))
-        while qty > 0 and qty * price + self.commission(qty * price) > capital:
+        while qty > 0 and self._buy_cost(qty, price) > capital:
             qty -= 1
+        # The estimate ignores that commission is floored to the won, so one more share can
+        # still fit (e.g. 1,000 won capital buys one 1,000 won share: commission floors to 0).
+        while self._buy_cost(qty + 1, price) <= capital:
+            qty += 1
         return max(qty, 0)
+
+    def _buy_cost(self, qty: int, price: Decimal) -> Decimal:
+        return qty * price + self.commission(qty * price)
