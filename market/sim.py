@@ -1,0 +1,327 @@
+"""A seeded, deterministic simulated KRX market for one session.
+
+`SimulatedMarket(seed, session, n_symbols)` draws the universe and every one-minute bar of the
+continuous session at construction (numpy, `market.paths`), so quotes, snapshots and books are
+cheap lookups. The same (seed, session day, n_symbols) gives the same market in any process.
+
+Time inside the session:
+
+* before the open: quotes show the prior close, zero volume;
+* continuous trading (open .. continuous_close): minute m is the bar [open + m min, open +
+  (m+1) min). Inside a minute the price follows a fixed path open -> first extreme -> second
+  extreme -> close (low first on up bars, high first on down bars), each leg a third of the
+  minute, rounded to the grid; so the price at any instant is deterministic and the running
+  day high/low are exact;
+* closing auction (continuous_close .. close): no trading; quotes hold the last minute close;
+* at and after the close: the single auction price (on the grid, inside the limits) and the
+  auction volume are added.
+
+Not modelled: volatility interruptions, the opening auction, VI-style halts, market impact of
+our own orders on the printed prices, and asymmetric books (bid and ask sides share sizes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+
+import numpy as np
+
+from market.calendar import Session
+from market.paths import MAX_LEVELS, make_paths, make_universe, round_grid, step_grid, tick_of
+from market.ticks import step
+from market.types import Board, FloatArray, Instrument, IntArray, Quote, Snapshot, Tier
+
+Rows = IntArray | slice
+Level = tuple[Decimal, int]
+
+
+class Phase(StrEnum):
+    PRE_OPEN = "PRE_OPEN"
+    CONTINUOUS = "CONTINUOUS"
+    CLOSING_AUCTION = "CLOSING_AUCTION"
+    CLOSED = "CLOSED"
+
+
+@dataclass(frozen=True)
+class _State:
+    price: FloatArray
+    day_high: FloatArray
+    day_low: FloatArray
+    volume: IntArray
+    value: FloatArray
+    minute: int  # whose spread and depth apply
+    completed: int  # completed one-minute bars
+
+
+def _won(x: float | np.floating | np.integer) -> Decimal:
+    return Decimal(int(x))
+
+
+class SimulatedMarket:
+    """The whole simulated universe for one session; read-only after construction."""
+
+    def __init__(self, seed: int, session: Session, n_symbols: int = 300) -> None:
+        if seed < 0:
+            raise ValueError("seed must be >= 0")
+        continuous = (session.continuous_close - session.open).total_seconds()
+        if continuous <= 0 or continuous % 60:
+            raise ValueError("the continuous session must last a whole number of minutes")
+        self.seed = seed
+        self.session = session
+        self.n_minutes = int(continuous // 60)
+        rng = np.random.default_rng(
+            np.random.SeedSequence([seed, session.day.toordinal(), n_symbols])
+        )
+        self._u = make_universe(rng, n_symbols)
+        self._p = make_paths(rng, self._u, self.n_minutes)
+        # Snapshots hand out views of these arrays: make accidental writes fail loudly.
+        for arrays in (self._u, self._p):
+            for value in vars(arrays).values():
+                if isinstance(value, np.ndarray):
+                    value.setflags(write=False)
+        self._index = {s: i for i, s in enumerate(self._u.symbols)}
+        u = self._u
+        self.instruments: tuple[Instrument, ...] = tuple(
+            Instrument(
+                symbol=s,
+                name=f"SIM {'KOSPI' if u.kospi[i] else 'KOSDAQ'} {s}",
+                board=Board.KOSPI if u.kospi[i] else Board.KOSDAQ,
+                tier=Tier(int(u.tier[i])),
+                prev_close=_won(u.prev_close[i]),
+                prev_high=_won(u.prev_high[i]),
+                prev_low=_won(u.prev_low[i]),
+                kospi200=bool(u.kospi200[i]),
+            )
+            for i, s in enumerate(u.symbols)
+        )
+
+    # ----- lookup -------------------------------------------------------------------------
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        return self._u.symbols
+
+    def index(self, symbol: str) -> int:
+        try:
+            return self._index[symbol]
+        except KeyError:
+            raise KeyError(f"unknown symbol {symbol!r}") from None
+
+    def instrument(self, symbol: str) -> Instrument:
+        return self.instruments[self.index(symbol)]
+
+    def limits(self, symbol: str) -> tuple[Decimal, Decimal]:
+        """(lower, upper) daily price limits."""
+        i = self.index(symbol)
+        return _won(self._u.lower[i]), _won(self._u.upper[i])
+
+    def auction_price(self, symbol: str) -> Decimal:
+        """The closing single-price auction's price (known in advance to the simulator)."""
+        return _won(self._p.auction_price[self.index(symbol)])
+
+    # ----- time ---------------------------------------------------------------------------
+
+    def phase(self, at: datetime) -> Phase:
+        s = self.session
+        if at < s.open:
+            return Phase.PRE_OPEN
+        if at < s.continuous_close:
+            return Phase.CONTINUOUS
+        if at < s.close:
+            return Phase.CLOSING_AUCTION
+        return Phase.CLOSED
+
+    def minute_of(self, at: datetime) -> tuple[int, float]:
+        """(minute index, fraction of it elapsed), clamped to the continuous session."""
+        seconds = (at - self.session.open).total_seconds()
+        if seconds < 0:
+            return 0, 0.0
+        m = int(seconds // 60)
+        if m >= self.n_minutes:
+            return self.n_minutes - 1, 1.0
+        return m, (seconds - 60 * m) / 60.0
+
+    def completed_bars(self, at: datetime) -> int:
+        phase = self.phase(at)
+        if phase is Phase.PRE_OPEN:
+            return 0
+        if phase is Phase.CONTINUOUS:
+            return self.minute_of(at)[0]
+        return self.n_minutes
+
+    # ----- the path -----------------------------------------------------------------------
+
+    def _vertices(self, rows: Rows, m: int) -> list[FloatArray]:
+        p = self._p
+        o, h, lo, c = p.open[rows, m], p.high[rows, m], p.low[rows, m], p.close[rows, m]
+        up = c >= o
+        return [o, np.where(up, lo, h), np.where(up, h, lo), c]
+
+    def _path_point(self, rows: Rows, m: int, f: float) -> FloatArray:
+        v = self._vertices(rows, m)
+        x = 3.0 * f
+        seg = min(int(x), 2)
+        raw = v[seg] + (v[seg + 1] - v[seg]) * (x - seg)
+        return np.clip(round_grid(raw, "nearest"), self._p.low[rows, m], self._p.high[rows, m])
+
+    def _state(self, rows: Rows, at: datetime) -> _State:
+        u, p = self._u, self._p
+        phase = self.phase(at)
+        last = self.n_minutes - 1
+        if phase is Phase.PRE_OPEN:
+            pc = u.prev_close[rows]
+            zeros = np.zeros(pc.shape, dtype=np.int64)
+            return _State(pc, pc.copy(), pc.copy(), zeros, zeros.astype(np.float64), 0, 0)
+        if phase is not Phase.CONTINUOUS:
+            price = p.close[rows, last]
+            high, low = p.cum_high[rows, last], p.cum_low[rows, last]
+            volume, value = p.cum_volume[rows, last], p.cum_value[rows, last]
+            if phase is Phase.CLOSED:
+                price = p.auction_price[rows]
+                high, low = np.maximum(high, price), np.minimum(low, price)
+                volume = volume + p.auction_volume[rows]
+                value = value + p.auction_volume[rows] * price
+            return _State(price, high, low, volume, value, last, self.n_minutes)
+        m, f = self.minute_of(at)
+        price = self._path_point(rows, m, f)
+        seen = [*self._vertices(rows, m)[: min(int(3.0 * f), 2) + 1], price]
+        high, low = np.max(seen, axis=0), np.min(seen, axis=0)
+        volume = np.floor(p.volume[rows, m] * f).astype(np.int64)
+        value = np.floor(p.value[rows, m] * f)
+        if m > 0:
+            high = np.maximum(high, p.cum_high[rows, m - 1])
+            low = np.minimum(low, p.cum_low[rows, m - 1])
+            volume = volume + p.cum_volume[rows, m - 1]
+            value = value + p.cum_value[rows, m - 1]
+        return _State(price, high, low, volume, value, m, m)
+
+    def _bid_ask(self, rows: Rows, price: FloatArray, minute: int) -> tuple[FloatArray, FloatArray]:
+        spread = self._p.spread_ticks[rows, minute]
+        lower, upper = self._u.lower[rows], self._u.upper[rows]
+        bid = np.maximum(step_grid(price, -(spread // 2)), lower)
+        ask = step_grid(bid, spread)
+        over = ask > upper  # near the upper limit the book shifts down under it
+        bid = np.where(over, step_grid(upper, -spread), bid)
+        ask = np.where(over, upper, ask)
+        return bid, ask
+
+    def traded_range(self, symbol: str, start: datetime, end: datetime) -> tuple[Decimal, Decimal]:
+        """(low, high) of the prices printed in [start, end] during continuous trading.
+
+        Both instants must lie in one minute of the continuous session (the paper broker asks
+        minute by minute).
+        """
+        i = self.index(symbol)
+        rows = np.array([i])
+        m0, f0 = self.minute_of(start)
+        m1, f1 = self.minute_of(end)
+        if m1 != m0:  # `end` exactly on the next minute boundary closes minute m0
+            f1 = 1.0
+        points = [self._path_point(rows, m0, f0)[0], self._path_point(rows, m0, f1)[0]]
+        v = self._vertices(rows, m0)
+        points += [v[k][0] for k in (1, 2) if f0 < k / 3 < f1]
+        if f1 >= 1.0:
+            points.append(v[3][0])
+        return _won(min(points)), _won(max(points))
+
+    # ----- public views -------------------------------------------------------------------
+
+    def quote(self, symbol: str, at: datetime, short_ma_bars: int = 5) -> Quote:
+        """One symbol at `at` (see the module docstring for each phase)."""
+        i = self.index(symbol)
+        rows = np.array([i])
+        st = self._state(rows, at)
+        bid, ask = self._bid_ask(rows, st.price, st.minute)
+        depth = self._level_sizes(i, st.minute, 1)[0]
+        short_ma: Decimal | None = None
+        if short_ma_bars > 0 and st.completed >= short_ma_bars:
+            closes = self._p.close[i, st.completed - short_ma_bars : st.completed]
+            short_ma = (_won(closes.sum()) / short_ma_bars).quantize(Decimal("0.01"))
+        inst = self.instruments[i]
+        return Quote(
+            symbol=symbol,
+            at=at,
+            price=_won(st.price[0]),
+            bid=_won(bid[0]),
+            ask=_won(ask[0]),
+            bid_qty=depth,
+            ask_qty=depth,
+            volume=int(st.volume[0]),
+            traded_value=_won(st.value[0]),
+            day_high=_won(st.day_high[0]),
+            day_low=_won(st.day_low[0]),
+            prev_close=inst.prev_close,
+            prev_high=inst.prev_high,
+            prev_low=inst.prev_low,
+            upper_limit=_won(self._u.upper[i]),
+            lower_limit=_won(self._u.lower[i]),
+            tier=inst.tier,
+            short_ma=short_ma,
+        )
+
+    def snapshot(self, at: datetime, n_bars: int) -> Snapshot:
+        """Every symbol at `at`, with its last `n_bars` completed bars (left-padded NaN / 0)."""
+        if n_bars < 0:
+            raise ValueError("n_bars must be >= 0")
+        u, p = self._u, self._p
+        rows = slice(None)
+        st = self._state(rows, at)
+        bid, ask = self._bid_ask(rows, st.price, st.minute)
+        n = len(u.symbols)
+        closes = np.full((n, n_bars), np.nan)
+        volumes = np.zeros((n, n_bars))
+        k = min(st.completed, n_bars)
+        if k:
+            closes[:, n_bars - k :] = p.close[:, st.completed - k : st.completed]
+            volumes[:, n_bars - k :] = p.volume[:, st.completed - k : st.completed]
+        return Snapshot(
+            at=at,
+            trading_day=self.session.day,
+            symbols=u.symbols,
+            price=st.price,
+            bid=bid,
+            ask=ask,
+            tick=tick_of(st.price),
+            volume=st.volume.astype(np.float64),
+            traded_value=st.value,
+            day_high=st.day_high,
+            day_low=st.day_low,
+            prev_close=u.prev_close,
+            prev_high=u.prev_high,
+            prev_low=u.prev_low,
+            tier=u.tier,
+            closes=closes,
+            volumes=volumes,
+        )
+
+    def _level_sizes(self, i: int, minute: int, levels: int) -> list[int]:
+        base = self._p.depth[i, minute] * self._p.level_mult[i, :levels]
+        return [max(1, int(x)) for x in base]
+
+    def book(self, symbol: str, at: datetime, levels: int = 5) -> tuple[list[Level], list[Level]]:
+        """(bids best first, asks best first) as (price, shares), up to `levels` each.
+
+        A side has fewer levels only where the daily price limit cuts it off.
+        """
+        if not 1 <= levels <= MAX_LEVELS:
+            raise ValueError(f"levels must be in 1..{MAX_LEVELS}")
+        i = self.index(symbol)
+        rows = np.array([i])
+        st = self._state(rows, at)
+        bid_f, ask_f = self._bid_ask(rows, st.price, st.minute)
+        lower, upper = self.limits(symbol)
+        sizes = self._level_sizes(i, st.minute, levels)
+        bids: list[Level] = []
+        asks: list[Level] = []
+        bid, ask = _won(bid_f[0]), _won(ask_f[0])
+        for size in sizes:
+            if bid >= lower:
+                bids.append((bid, size))
+            if ask <= upper:
+                asks.append((ask, size))
+            bid = step(bid, -1) if bid > 1 else Decimal(0)
+            ask = step(ask, 1)
+        return bids, asks
