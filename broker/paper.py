@@ -1,0 +1,346 @@
+"""`PaperBroker`: the `Broker` and `MarketData` ports over a `SimulatedMarket`.
+
+Matching (all of it lazy: every call first advances the book to `clock.now()`, so the result
+does not depend on how often anyone polls):
+
+* Continuous trading. A MARKET order walks the opposite side of the simulated book at
+  submission (up to ten levels), so a larger order fills deeper and pays more slippage; what is
+  left keeps working and walks the fresh book of each later minute. A LIMIT order takes what
+  is marketable up to its limit at submission and rests; in later minutes it takes marketable
+  depth again, or, if the market printed at or through the limit, fills at the limit against
+  that minute's top-of-book size. Depth taken by our orders is remembered per symbol, side and
+  minute, so several orders (and several workers sharing this broker) cannot take the same
+  shares twice; depth replenishes each simulated minute, deeper for more liquid tiers.
+* Closing auction (continuous_close .. close). New orders and every remaining quantity are
+  collected; once the clock reaches the close they execute in full at the auction price
+  (MARKET orders and crossing LIMIT orders); everything else expires.
+* After the close, remaining quantity has expired: remaining_qty 0, not canceled, not filled.
+
+Fees and taxes are not the broker's business: the ledger derives them from the fills with
+`market.costs`. Not modelled: account balances and holdings (a SELL is not checked against a
+position), order amendment, IOC/FOK, volatility interruptions, our own market impact on the
+printed prices.
+
+Concurrency: one instance may be shared by many tasks of one event loop; each method mutates
+state without awaiting in between, so calls are atomic with respect to each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+import anyio.lowlevel
+
+from broker.errors import BrokerUnavailable, OrderOutcomeUnknown, OrderRejected, UnknownOrder
+from broker.port import (
+    Broker,
+    BrokerOrderId,
+    MarketData,
+    OrderAck,
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    Side,
+)
+from market.clock import Clock
+from market.sim import Phase, SimulatedMarket
+from market.ticks import is_on_grid
+from market.types import Instrument, Quote, Snapshot
+
+#: Book levels a MARKET order may walk in one minute.
+WALK_LEVELS = 10
+_MINUTE = timedelta(minutes=1)
+_EPSILON = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    at: datetime
+    qty: int
+    price: Decimal
+
+
+@dataclass
+class _Order:
+    broker_order_id: BrokerOrderId
+    request: OrderRequest
+    ordered_at: datetime
+    remaining: int
+    evaluated_until: datetime  # continuous matching has run up to this instant
+    updated_at: datetime
+    filled_qty: int = 0
+    filled_amount: Decimal = Decimal(0)
+    canceled: bool = False
+    expired: bool = False
+    executions: list[Execution] = field(default_factory=list)
+
+    def fill(self, qty: int, price: Decimal, at: datetime) -> None:
+        self.filled_qty += qty
+        self.filled_amount += qty * price
+        self.remaining -= qty
+        self.updated_at = at
+        self.executions.append(Execution(at, qty, price))
+
+    def status(self) -> OrderStatus:
+        r = self.request
+        return OrderStatus(
+            broker_order_id=self.broker_order_id,
+            symbol=r.symbol,
+            side=r.side,
+            qty=r.qty,
+            filled_qty=self.filled_qty,
+            filled_amount=self.filled_amount,
+            remaining_qty=self.remaining,
+            rejected_qty=0,
+            canceled=self.canceled,
+            ordered_at=self.ordered_at,
+            updated_at=self.updated_at,
+        )
+
+
+class PaperBroker:
+    """Simulated KRX brokerage account (orders and market data) over a `SimulatedMarket`.
+
+    Fault injection for reconciliation tests: the next `outcome_unknown` submits place the
+    order and then raise `OrderOutcomeUnknown`; the next `unavailable` submits raise
+    `BrokerUnavailable` without placing anything (constructor arguments or `inject_faults`).
+    """
+
+    def __init__(
+        self,
+        market: SimulatedMarket,
+        clock: Clock,
+        *,
+        first_order_no: int = 1,
+        outcome_unknown: int = 0,
+        unavailable: int = 0,
+    ) -> None:
+        self.market = market
+        self.clock = clock
+        self._next_no = first_order_no
+        self._orders: dict[str, _Order] = {}
+        self._working: list[_Order] = []  # time priority: oldest first
+        # Shares our orders took from the opposite book: (symbol, side, minute, passive) -> qty.
+        self._taken: dict[tuple[str, Side, int, bool], int] = {}
+        self._auction_done = False
+        self._faults_unknown = 0
+        self._faults_unavailable = 0
+        self.inject_faults(outcome_unknown=outcome_unknown, unavailable=unavailable)
+
+    def inject_faults(self, *, outcome_unknown: int = 0, unavailable: int = 0) -> None:
+        """Make the next submits fail (unavailable ones are consumed first)."""
+        if outcome_unknown < 0 or unavailable < 0:
+            raise ValueError("fault counts must be >= 0")
+        self._faults_unknown += outcome_unknown
+        self._faults_unavailable += unavailable
+
+    # ----- Broker -------------------------------------------------------------------------
+
+    async def submit_order(self, request: OrderRequest) -> OrderAck:
+        await anyio.lowlevel.checkpoint()
+        now = self.clock.now()
+        self._advance(now)
+        if self._faults_unavailable:
+            self._faults_unavailable -= 1
+            raise BrokerUnavailable("injected fault: broker unavailable, nothing placed")
+        self._validate(request, now)
+        order = _Order(
+            broker_order_id=BrokerOrderId(f"{self._next_no:010d}"),
+            request=request,
+            ordered_at=now,
+            remaining=request.qty,
+            evaluated_until=now,
+            updated_at=now,
+        )
+        self._next_no += 1
+        self._orders[order.broker_order_id] = order
+        self._working.append(order)
+        if self.market.phase(now) is Phase.CONTINUOUS:
+            self._take(order, now, self.market.minute_of(now)[0])
+            self._prune()
+        if self._faults_unknown:
+            self._faults_unknown -= 1
+            raise OrderOutcomeUnknown("injected fault: order placed, reply lost")
+        return OrderAck(order.broker_order_id, now)
+
+    async def cancel_order(self, broker_order_id: BrokerOrderId) -> OrderStatus:
+        await anyio.lowlevel.checkpoint()
+        now = self.clock.now()
+        self._advance(now)
+        order = self._get(broker_order_id)
+        if order.remaining > 0:
+            order.remaining = 0
+            order.canceled = True
+            order.updated_at = now
+            self._prune()
+        return order.status()
+
+    async def order_status(self, broker_order_id: BrokerOrderId) -> OrderStatus:
+        await anyio.lowlevel.checkpoint()
+        self._advance(self.clock.now())
+        return self._get(broker_order_id).status()
+
+    async def find_orders(
+        self, symbol: str, side: Side, qty: int, since: datetime
+    ) -> Sequence[OrderStatus]:
+        await anyio.lowlevel.checkpoint()
+        self._advance(self.clock.now())
+        return [
+            o.status()
+            for o in self._orders.values()
+            if o.request.symbol == symbol
+            and o.request.side == side
+            and o.request.qty == qty
+            and o.ordered_at >= since
+        ]
+
+    def executions(self, broker_order_id: BrokerOrderId) -> list[Execution]:
+        """Every execution of one order so far (for tests and reports)."""
+        self._advance(self.clock.now())
+        return list(self._get(broker_order_id).executions)
+
+    # ----- MarketData ---------------------------------------------------------------------
+
+    async def instruments(self) -> Sequence[Instrument]:
+        await anyio.lowlevel.checkpoint()
+        return self.market.instruments
+
+    async def snapshot(self, n_bars: int) -> Snapshot:
+        await anyio.lowlevel.checkpoint()
+        return self.market.snapshot(self.clock.now(), n_bars)
+
+    async def quote(self, symbol: str, short_ma_bars: int = 5) -> Quote:
+        await anyio.lowlevel.checkpoint()
+        return self.market.quote(symbol, self.clock.now(), short_ma_bars)
+
+    # ----- internals ----------------------------------------------------------------------
+
+    def _get(self, broker_order_id: str) -> _Order:
+        try:
+            return self._orders[broker_order_id]
+        except KeyError:
+            raise UnknownOrder(f"no order {broker_order_id!r}") from None
+
+    def _validate(self, request: OrderRequest, now: datetime) -> None:
+        if request.qty <= 0:
+            raise OrderRejected(f"qty must be positive, got {request.qty}")
+        try:
+            lower, upper = self.market.limits(request.symbol)
+        except KeyError:
+            raise OrderRejected(f"unknown symbol {request.symbol!r}") from None
+        if request.order_type is OrderType.LIMIT:
+            price = request.price
+            if price is None:
+                raise OrderRejected("LIMIT order needs a price")
+            if not is_on_grid(price):
+                raise OrderRejected(f"price {price} is not on the tick grid")
+            if not lower <= price <= upper:
+                raise OrderRejected(f"price {price} is outside the daily limits {lower}..{upper}")
+        elif request.price is not None:
+            raise OrderRejected("MARKET order must not carry a price")
+        phase = self.market.phase(now)
+        session = self.market.session
+        if phase is Phase.PRE_OPEN:
+            raise OrderRejected(f"outside the session: market opens at {session.open:%H:%M}")
+        if phase is Phase.CLOSED:
+            raise OrderRejected(f"outside the session: market closed at {session.close:%H:%M}")
+
+    def _prune(self) -> None:
+        self._working = [o for o in self._working if o.remaining > 0]
+
+    def _advance(self, now: datetime) -> None:
+        """Run matching for every working order up to `now` (idempotent)."""
+        session = self.market.session
+        horizon = min(now, session.continuous_close)
+        for order in self._working:
+            self._run_continuous(order, horizon)
+        if now >= session.close and not self._auction_done:
+            self._auction_done = True
+            self._run_auction()
+        self._prune()
+
+    def _run_continuous(self, order: _Order, horizon: datetime) -> None:
+        """Match `order` minute by minute from where it stopped up to `horizon`."""
+        session = self.market.session
+        t = max(order.evaluated_until, session.open)
+        while t < horizon and order.remaining > 0:
+            m, _ = self.market.minute_of(t)
+            minute_end = session.open + (m + 1) * _MINUTE
+            end = min(horizon, minute_end)
+            # The book at `end` would already be the next minute's when `end` is a boundary.
+            probe = end if end < minute_end else minute_end - _EPSILON
+            if not self._take(order, probe, m):
+                self._rest(order, t, end, m)
+            t = end
+        order.evaluated_until = max(order.evaluated_until, horizon)
+
+    def _take(self, order: _Order, at: datetime, minute: int) -> bool:
+        """Walk the opposite book at `at` up to the limit; True if anything was marketable."""
+        r = order.request
+        bids, asks = self.market.book(r.symbol, at, WALK_LEVELS)
+        levels = asks if r.side is Side.BUY else bids
+        key = (r.symbol, r.side, minute, False)
+        skip = self._taken.get(key, 0)  # our earlier takes this minute ate the top levels
+        marketable = False
+        for price, size in levels:
+            if r.price is not None and (price > r.price if r.side is Side.BUY else price < r.price):
+                break
+            marketable = True
+            left = size - skip
+            skip = max(0, -left)
+            if left <= 0:
+                continue
+            qty = min(order.remaining, left)
+            order.fill(qty, price, at)
+            self._taken[key] = self._taken.get(key, 0) + qty
+            if order.remaining == 0:
+                break
+        return marketable
+
+    def _rest(self, order: _Order, start: datetime, end: datetime, minute: int) -> None:
+        """A resting LIMIT fills at its limit if the market printed at or through it."""
+        r = order.request
+        if r.price is None or start >= end:
+            return
+        low, high = self.market.traded_range(r.symbol, start, end)
+        if not (low <= r.price if r.side is Side.BUY else high >= r.price):
+            return
+        probe = end - _EPSILON
+        bids, asks = self.market.book(r.symbol, probe, 1)
+        top = (bids if r.side is Side.BUY else asks)[:1]
+        if not top:
+            return
+        key = (r.symbol, r.side, minute, True)
+        left = top[0][1] - self._taken.get(key, 0)
+        if left <= 0:
+            return
+        qty = min(order.remaining, left)
+        order.fill(qty, r.price, probe)
+        self._taken[key] = self._taken.get(key, 0) + qty
+
+    def _run_auction(self) -> None:
+        close = self.market.session.close
+        for order in self._working:
+            r = order.request
+            price = self.market.auction_price(r.symbol)
+            crosses = (
+                r.price is None
+                or (r.side is Side.BUY and r.price >= price)
+                or (r.side is Side.SELL and r.price <= price)
+            )
+            if crosses and order.remaining > 0:
+                order.fill(order.remaining, price, close)
+            if order.remaining > 0:
+                order.remaining = 0
+                order.expired = True
+                order.updated_at = close
+
+
+if TYPE_CHECKING:  # mypy proves PaperBroker satisfies both ports
+
+    def _ports(broker: PaperBroker) -> tuple[Broker, MarketData]:
+        return broker, broker
