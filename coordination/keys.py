@@ -1,0 +1,99 @@
+"""Every Redis key the fleet uses, its type and its TTL. Nothing else names a key.
+
+With prefix ``fleet`` (``FLEET_PREFIX``):
+
+=============================  ==========  ========  ===========================================
+key                            type        TTL       meaning
+=============================  ==========  ========  ===========================================
+``fleet:lock:{symbol}``        string      PX ttl    exists only while a worker owns the symbol;
+                                                     value ``{worker_id}:{fence}``. Set by
+                                                     acquire, TTL replaced by renew, deleted by
+                                                     release (owner only) or by expiry.
+``fleet:fence:{symbol}``       integer     none      last fence token issued for the symbol
+                                                     (INCR on each acquisition); strictly
+                                                     increasing, never deleted in operation.
+``fleet:lease:{symbol}``       string      none      meta key: ``{worker_id}:{fence}`` of the last
+                                                     lease issued and not yet released. Present
+                                                     while the lock key is absent means that
+                                                     lease expired; the next acquire reports it
+                                                     as ``lock.expired`` and replaces it.
+``fleet:worker:{worker_id}``   hash        PX ttl    state, symbol, pid, host, heartbeat_at
+                                                     (ISO 8601 UTC); refreshed by the registry.
+``fleet:events``               stream      MAXLEN~   notices: type, worker_id, symbol, ts
+                                                     (ISO 8601 UTC), data (JSON object).
+=============================  ==========  ========  ===========================================
+
+``fleet:lease:*`` deliberately does not match ``fleet:lock:*``, so
+``redis-cli --scan --pattern 'fleet:lock:*'`` lists live ownership only.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+def _glob_escape(value: str) -> str:
+    return _GLOB_SPECIAL.sub(r"\\\1", value)
+
+
+def _check_part(kind: str, value: str) -> str:
+    if not value or any(ch.isspace() for ch in value):
+        raise ValueError(f"{kind} must be non-empty and without whitespace, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Keyspace:
+    """Key names under one prefix. ``Keyspace("fleet").lock("005930") == "fleet:lock:005930"``."""
+
+    prefix: str
+
+    def __post_init__(self) -> None:
+        _check_part("prefix", self.prefix)
+
+    def lock(self, symbol: str) -> str:
+        """String ``{worker_id}:{fence}`` with a PX TTL; exists only while owned."""
+        return f"{self.prefix}:lock:{_check_part('symbol', symbol)}"
+
+    def fence(self, symbol: str) -> str:
+        """Integer, INCR per acquisition, no TTL."""
+        return f"{self.prefix}:fence:{_check_part('symbol', symbol)}"
+
+    def lease(self, symbol: str) -> str:
+        """Meta string ``{worker_id}:{fence}`` of the last unreleased lease, no TTL."""
+        return f"{self.prefix}:lease:{_check_part('symbol', symbol)}"
+
+    def worker(self, worker_id: str) -> str:
+        """Hash state, symbol, pid, host, heartbeat_at with a PX TTL."""
+        return f"{self.prefix}:worker:{_check_part('worker_id', worker_id)}"
+
+    @property
+    def events(self) -> str:
+        """Stream of notices, trimmed with MAXLEN ~."""
+        return f"{self.prefix}:events"
+
+    @property
+    def lock_pattern(self) -> str:
+        """SCAN MATCH pattern for every lock key (the prefix's glob characters escaped)."""
+        return f"{_glob_escape(self.prefix)}:lock:*"
+
+    @property
+    def worker_pattern(self) -> str:
+        return f"{_glob_escape(self.prefix)}:worker:*"
+
+    def symbol_of_lock(self, key: str) -> str:
+        """Inverse of `lock`."""
+        head = f"{self.prefix}:lock:"
+        if not key.startswith(head):
+            raise ValueError(f"{key!r} is not a lock key under {self.prefix!r}")
+        return key[len(head) :]
+
+    def worker_id_of(self, key: str) -> str:
+        """Inverse of `worker`."""
+        head = f"{self.prefix}:worker:"
+        if not key.startswith(head):
+            raise ValueError(f"{key!r} is not a worker key under {self.prefix!r}")
+        return key[len(head) :]
