@@ -1,0 +1,220 @@
+"""The notice stream ``{prefix}:events``: what happened in the fleet, in past tense.
+
+Each entry has the fields ``type`` (a `NoticeType` value), ``worker_id``, ``symbol`` (empty when
+the notice is not about one symbol), ``ts`` (ISO 8601 UTC with milliseconds, the same format the
+lock scripts write) and ``data`` (a JSON object, ``{}`` when there is nothing more to say). The
+stream is trimmed with ``MAXLEN ~ maxlen``. Lock notices (acquired, released, expired) are
+written by the lock scripts themselves; everything else goes through `Notices.publish`.
+
+Readers either follow the stream by id (`read`) or share it through a consumer group
+(`ensure_group`, `consume`, `ack`), with `autoclaim` taking over entries a dead consumer left
+pending.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+from redis.typing import EncodableT
+
+from coordination._wire import DEFAULT_TIMEOUT_S, bounded, now_iso, parse_iso, text, utc_iso
+from coordination.keys import Keyspace
+from market.clock import Clock
+
+
+class NoticeType(StrEnum):
+    """Values of the ``type`` field. ``lock.lost`` is published by a holder that finds its lease
+    gone; the other lock types come from the lock scripts and the worker's recovery."""
+
+    WORKER_STATE = "worker.state"
+    LOCK_ACQUIRED = "lock.acquired"
+    LOCK_RELEASED = "lock.released"
+    LOCK_EXPIRED = "lock.expired"
+    LOCK_RECOVERED = "lock.recovered"
+    LOCK_LOST = "lock.lost"
+    ORDER_FILLED = "order.filled"
+    RISK_HALT = "risk.halt"
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One stream entry, parsed. `type` is a `NoticeType` unless a newer writer used a type this
+    code does not know, in which case it is the raw string (compare with ``==`` either way)."""
+
+    id: str
+    type: NoticeType | str
+    worker_id: str
+    symbol: str | None
+    ts: datetime
+    data: Mapping[str, Any]
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Decimal):  # money travels as an exact decimal string, never a float
+        return str(value)
+    raise TypeError(f"cannot encode {type(value).__name__} in notice data")
+
+
+def _parse_type(raw: str) -> NoticeType | str:
+    try:
+        return NoticeType(raw)
+    except ValueError:
+        return raw
+
+
+def parse_entry(entry_id: bytes | str, fields: Mapping[Any, Any]) -> Notice:
+    """A Notice from an XRANGE/XREADGROUP entry (bytes or str replies)."""
+    f = {text(k): text(v) for k, v in fields.items()}
+    return Notice(
+        id=text(entry_id),
+        type=_parse_type(f.get("type", "")),
+        worker_id=f.get("worker_id", ""),
+        symbol=f.get("symbol") or None,
+        ts=parse_iso(f["ts"]),
+        data=orjson.loads(f.get("data") or "{}"),
+    )
+
+
+def _parse_entries(entries: Sequence[Any] | None) -> list[Notice]:
+    # XAUTOCLAIM on Redis 6.2 reports entries deleted since they were read as (id, None).
+    return [parse_entry(eid, fields) for eid, fields in entries or () if fields is not None]
+
+
+def _group_entries(reply: Any) -> list[Any]:
+    """The entries of our one stream from an XREADGROUP reply, whatever the protocol."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):  # RESP3: {stream: entries} or {stream: [entries]}
+        entries = next(iter(reply.values()))
+        if entries and isinstance(entries[0], list):
+            entries = entries[0]
+        return list(entries)
+    return list(reply[0][1])  # RESP2: [[stream, entries]]
+
+
+class Notices:
+    """Publish to and read the notice stream. Every call is bounded by `timeout_s`."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keyspace,
+        maxlen: int = 100_000,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        clock: Clock | None = None,
+    ) -> None:
+        if maxlen <= 0:
+            raise ValueError(f"maxlen must be positive, got {maxlen!r}")
+        self.redis = redis
+        self.keys = keys
+        self.maxlen = maxlen
+        self.timeout_s = timeout_s
+        self._clock = clock
+
+    async def publish(
+        self,
+        type: NoticeType,
+        worker_id: str,
+        symbol: str | None,
+        data: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Append a notice; returns its stream id."""
+        ts = now_iso() if self._clock is None else utc_iso(self._clock.now())
+        fields: dict[EncodableT, EncodableT] = {
+            "type": NoticeType(type).value,
+            "worker_id": worker_id,
+            "symbol": symbol or "",
+            "ts": ts,
+            "data": orjson.dumps(dict(data or {}), default=_json_default),
+        }
+        with bounded(f"publish {type}", self.timeout_s):
+            entry_id = await self.redis.xadd(
+                self.keys.events, fields, maxlen=self.maxlen, approximate=True
+            )
+        return text(entry_id)
+
+    async def read(self, since_id: str = "0-0", count: int = 100) -> list[Notice]:
+        """Up to `count` notices with ids strictly after `since_id`, oldest first."""
+        with bounded("read notices", self.timeout_s):
+            entries = await self.redis.xrange(
+                self.keys.events, min=f"({since_id}", max="+", count=count
+            )
+        return _parse_entries(entries)
+
+    async def ensure_group(self, group: str, start_id: str = "0") -> bool:
+        """Create consumer group `group` (and the stream) if absent. True if it was created.
+
+        `start_id` "0" delivers the whole retained stream to the new group, "$" only new notices.
+        """
+        with bounded(f"create group {group}", self.timeout_s):
+            try:
+                await self.redis.xgroup_create(self.keys.events, group, id=start_id, mkstream=True)
+            except rexc.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+                return False
+        return True
+
+    async def consume(
+        self, group: str, consumer: str, count: int = 100, block_ms: int | None = None
+    ) -> list[Notice]:
+        """New notices for `consumer` in `group`; they stay pending until `ack`ed.
+
+        With `block_ms`, wait up to that long for the first one. The wait must be shorter than
+        the client's socket timeout, or redis-py would report the quiet stream as a timeout.
+        """
+        deadline = self.timeout_s
+        if block_ms is not None:
+            if block_ms < 0:
+                raise ValueError(f"block_ms must be >= 0, got {block_ms!r}")
+            socket_timeout = self.redis.connection_pool.connection_kwargs.get("socket_timeout")
+            if socket_timeout is not None and block_ms / 1000 >= socket_timeout:
+                raise ValueError(
+                    f"block_ms={block_ms} must be below the client's socket timeout "
+                    f"({socket_timeout} s)"
+                )
+            deadline += block_ms / 1000
+        with bounded(f"consume {group}/{consumer}", deadline):
+            reply = await self.redis.xreadgroup(
+                group, consumer, {self.keys.events: ">"}, count=count, block=block_ms
+            )
+        return _parse_entries(_group_entries(reply))
+
+    async def ack(self, group: str, ids: Sequence[str]) -> int:
+        """Acknowledge handled notices; returns how many were pending."""
+        if not ids:
+            return 0
+        with bounded(f"ack {group}", self.timeout_s):
+            return int(await self.redis.xack(self.keys.events, group, *ids))
+
+    async def autoclaim(
+        self, group: str, consumer: str, min_idle_ms: int, count: int = 100
+    ) -> list[Notice]:
+        """Take over up to `count` notices pending in `group` for at least `min_idle_ms`
+        (their consumer died or stalled); they become `consumer`'s to handle and `ack`."""
+        claimed: list[Notice] = []
+        cursor = "0-0"
+        while len(claimed) < count:
+            with bounded(f"autoclaim {group}/{consumer}", self.timeout_s):
+                reply = await self.redis.xautoclaim(
+                    self.keys.events,
+                    group,
+                    consumer,
+                    min_idle_ms,
+                    start_id=cursor,
+                    count=count - len(claimed),
+                )
+            claimed += _parse_entries(reply[1])
+            cursor = text(reply[0])
+            if cursor == "0-0":
+                break
+        return claimed
