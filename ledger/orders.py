@@ -1,0 +1,70 @@
+"""The order state machine: states, the allowed transitions, and the check.
+
+The table below (`TRANSITIONS`) is the whole machine; in short:
+NEW -> SENT -> PARTIALLY_FILLED (repeatable) -> FILLED | CANCELED | EXPIRED; SENT may also end
+REJECTED; every non-terminal state may become UNKNOWN, which reconciliation resolves.
+
+* NEW: in the ledger (the fenced insert succeeded), not yet sent to the broker.
+* SENT: the broker accepted it and gave a broker order id (KIS ODNO).
+* UNKNOWN: the send's outcome is unknown (timeout, dropped connection); to be reconciled with
+  the broker's order list, never resent blindly.
+* FILLED, CANCELED, REJECTED, EXPIRED are terminal. CANCELED and EXPIRED orders may carry
+  partial fills (the rest was canceled, or the day ended with quantity still working).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+
+from ledger.errors import InvalidOrderTransition
+
+
+class OrderState(StrEnum):
+    NEW = "NEW"
+    SENT = "SENT"
+    PARTIALLY_FILLED = "PARTIALLY_FILLED"
+    FILLED = "FILLED"
+    CANCELED = "CANCELED"
+    REJECTED = "REJECTED"
+    EXPIRED = "EXPIRED"
+    UNKNOWN = "UNKNOWN"
+
+
+_S = OrderState
+
+#: state -> states it may move to. A state missing from its own set may not be "re-entered".
+TRANSITIONS: Mapping[OrderState, frozenset[OrderState]] = {
+    # NEW -> CANCELED: withdrawn before it was sent (e.g. the lock was lost meanwhile).
+    _S.NEW: frozenset({_S.SENT, _S.UNKNOWN, _S.REJECTED, _S.CANCELED}),
+    _S.SENT: frozenset(
+        {_S.PARTIALLY_FILLED, _S.FILLED, _S.CANCELED, _S.REJECTED, _S.EXPIRED, _S.UNKNOWN}
+    ),
+    # PARTIALLY_FILLED -> PARTIALLY_FILLED: another partial fill.
+    _S.PARTIALLY_FILLED: frozenset(
+        {_S.PARTIALLY_FILLED, _S.FILLED, _S.CANCELED, _S.EXPIRED, _S.UNKNOWN}
+    ),
+    # Reconciliation resolves UNKNOWN: found at the broker (SENT or further), or never placed
+    # (REJECTED).
+    _S.UNKNOWN: frozenset(
+        {_S.SENT, _S.PARTIALLY_FILLED, _S.FILLED, _S.CANCELED, _S.REJECTED, _S.EXPIRED}
+    ),
+    _S.FILLED: frozenset(),
+    _S.CANCELED: frozenset(),
+    _S.REJECTED: frozenset(),
+    _S.EXPIRED: frozenset(),
+}
+
+TERMINAL: frozenset[OrderState] = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
+#: Orders a worker (or the one adopting its symbol) still has to drive or reconcile.
+UNFINISHED: frozenset[OrderState] = frozenset({_S.NEW, _S.SENT, _S.PARTIALLY_FILLED, _S.UNKNOWN})
+
+
+def can_transition(current: OrderState, requested: OrderState) -> bool:
+    return requested in TRANSITIONS[current]
+
+
+def check_transition(client_order_id: str, current: OrderState, requested: OrderState) -> None:
+    """Raise `InvalidOrderTransition` unless `current -> requested` is in the table."""
+    if not can_transition(current, requested):
+        raise InvalidOrderTransition(client_order_id, current.value, requested.value)
