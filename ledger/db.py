@@ -1,0 +1,69 @@
+"""Engines for the ledger: the async one the worker uses, and URL handling shared with
+`ledger.migrate`.
+
+URLs may be written `postgresql://`, `postgres://` or `postgresql+psycopg://`; all are run on
+psycopg 3. A unix socket is given as a query parameter: `postgresql+psycopg://user@/db?host=/run/x`.
+"""
+
+from __future__ import annotations
+
+import anyio
+from sqlalchemy import URL, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from ledger.errors import LedgerError, LedgerUnavailable, translate_db_errors
+
+DRIVER = "postgresql+psycopg"
+
+
+def normalize_url(url: str | URL) -> URL:
+    """The URL with the psycopg 3 driver; ValueError for a non-Postgres URL."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() not in ("postgresql", "postgres"):
+        raise ValueError(f"not a PostgreSQL URL: {parsed.render_as_string(hide_password=True)}")
+    return parsed.set(drivername=DRIVER)
+
+
+def describe(url: str | URL) -> str:
+    """`host:port/db` (or `socket-dir/db`) for one-line messages; never the password."""
+    parsed = make_url(url)
+    host = parsed.host or parsed.query.get("host") or "localhost"
+    if isinstance(host, tuple):
+        host = ",".join(host)
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{host}{port}/{parsed.database or ''}"
+
+
+def create_engine(url: str | URL) -> AsyncEngine:
+    """An async engine on psycopg 3; connections are checked before use (pool_pre_ping)."""
+    return create_async_engine(normalize_url(url), pool_pre_ping=True)
+
+
+async def wait_ready(url: str | URL, attempts: int = 30, backoff_s: float = 0.5) -> None:
+    """Return once the database answers `SELECT 1`; retry with a doubling, capped backoff.
+
+    Raises `LedgerUnavailable` (one line naming host and database) after `attempts` tries.
+    """
+    if attempts < 1:
+        raise ValueError("attempts must be >= 1")
+    engine = create_engine(url)
+    last: LedgerError | None = None
+    delay = backoff_s
+    try:
+        for attempt in range(attempts):
+            try:
+                with translate_db_errors():
+                    async with engine.connect() as conn:
+                        await conn.execute(text("SELECT 1"))
+                return
+            except LedgerUnavailable as exc:
+                last = exc
+            if attempt + 1 < attempts:
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+    finally:
+        await engine.dispose()
+    raise LedgerUnavailable(
+        f"Postgres at {describe(url)} not reachable after {attempts} attempts: {last}"
+    )

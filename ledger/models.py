@@ -1,0 +1,297 @@
+"""The ledger schema as SQLAlchemy 2 declarative models.
+
+migrations/versions/*.py create exactly this (tests/test_migrations.py compares the two).
+
+Decisions:
+* Money columns are unconstrained `NUMERIC`: Postgres stores the exact value and never rounds
+  silently on insert. Averages that are rounded by rule carry their scale
+  (avg prices 4 dp, win rate 4 dp, avg pnl 2 dp).
+* Enumerations are `TEXT` + CHECK, not Postgres enum types, so adding a state is one
+  constraint swap in a migration.
+* `worker_id` columns carry no foreign key to `workers`: the lock mirror and the audit trail
+  must accept a write even when the worker row is missing or was purged.
+* Idempotency keys: `lock_events (symbol, fence, event)`, `fills (order_id, cum_qty)`
+  (broker order + cumulative filled qty), `trades (position_id)`.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Date,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    PrimaryKeyConstraint,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+MONEY = Numeric(asdecimal=True)
+PRICE4 = Numeric(18, 4, asdecimal=True)
+TSTZ = DateTime(timezone=True)
+
+LOCK_EVENTS = ("acquired", "released", "expired", "recovered", "lost")
+ORDER_STATES = (
+    "NEW", "SENT", "PARTIALLY_FILLED", "FILLED", "CANCELED", "REJECTED", "EXPIRED", "UNKNOWN",
+)  # fmt: skip
+POSITION_STATES = ("OPEN", "ORPHANED", "CLOSED")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Worker(Base):
+    __tablename__ = "workers"
+
+    worker_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    host: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text)
+    capital_limit: Mapped[Decimal | None] = mapped_column(MONEY)
+    current_symbol: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(TSTZ)
+    heartbeat_at: Mapped[datetime] = mapped_column(TSTZ)
+
+    __table_args__ = (CheckConstraint("capital_limit >= 0", name="capital_limit_nonneg"),)
+
+
+class StockLock(Base):
+    """Postgres mirror of the Redis lock: the row the fenced order insert checks."""
+
+    __tablename__ = "stock_locks"
+
+    symbol: Mapped[str] = mapped_column(Text, primary_key=True)
+    worker_id: Mapped[str] = mapped_column(Text)
+    fence: Mapped[int] = mapped_column(BigInteger)
+    locked_at: Mapped[datetime] = mapped_column(TSTZ)
+    ttl: Mapped[int] = mapped_column(Integer)  # milliseconds
+    heartbeat_at: Mapped[datetime] = mapped_column(TSTZ)
+
+    __table_args__ = (
+        CheckConstraint("fence > 0", name="fence_positive"),
+        CheckConstraint("ttl > 0", name="ttl_positive"),
+    )
+
+
+class LockEvent(Base):
+    """Append-only audit of lock ownership changes."""
+
+    __tablename__ = "lock_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    symbol: Mapped[str] = mapped_column(Text)
+    worker_id: Mapped[str] = mapped_column(Text)
+    fence: Mapped[int] = mapped_column(BigInteger)
+    event: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(TSTZ)
+
+    __table_args__ = (
+        UniqueConstraint("symbol", "fence", "event"),
+        CheckConstraint(_in("event", LOCK_EVENTS), name="event_known"),
+        CheckConstraint("fence > 0", name="fence_positive"),
+        Index(None, "at"),
+    )
+
+
+class Order(Base):
+    __tablename__ = "orders"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    client_order_id: Mapped[str] = mapped_column(Text, unique=True)
+    worker_id: Mapped[str] = mapped_column(Text)
+    symbol: Mapped[str] = mapped_column(Text)
+    side: Mapped[str] = mapped_column(Text)
+    order_type: Mapped[str] = mapped_column(Text)
+    qty: Mapped[int] = mapped_column(Integer)
+    price: Mapped[Decimal | None] = mapped_column(MONEY)  # NULL for market orders
+    status: Mapped[str] = mapped_column(Text)
+    broker_order_id: Mapped[str | None] = mapped_column(Text)
+    fence: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str | None] = mapped_column(Text)  # why the worker placed it (trade exit_reason)
+    status_reason: Mapped[str | None] = mapped_column(Text)  # why it was rejected/canceled
+    signal_price: Mapped[Decimal | None] = mapped_column(MONEY)
+    filled_qty: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    filled_amount: Mapped[Decimal] = mapped_column(MONEY, server_default=text("0"))
+    trading_day: Mapped[date] = mapped_column(Date)
+    created_at: Mapped[datetime] = mapped_column(TSTZ)
+    updated_at: Mapped[datetime] = mapped_column(TSTZ)
+
+    __table_args__ = (
+        CheckConstraint("side IN ('BUY', 'SELL')", name="side_known"),
+        CheckConstraint("order_type IN ('LIMIT', 'MARKET')", name="order_type_known"),
+        CheckConstraint(_in("status", ORDER_STATES), name="status_known"),
+        CheckConstraint("qty > 0", name="qty_positive"),
+        CheckConstraint("price IS NULL OR price > 0", name="price_positive"),
+        CheckConstraint("order_type = 'MARKET' OR price IS NOT NULL", name="limit_has_price"),
+        CheckConstraint("filled_qty >= 0 AND filled_qty <= qty", name="filled_qty_range"),
+        CheckConstraint("filled_amount >= 0", name="filled_amount_nonneg"),
+        CheckConstraint("fence > 0", name="fence_positive"),
+        Index(None, "worker_id", "status"),
+        Index(None, "symbol", "status"),
+        Index(None, "broker_order_id"),
+        Index(None, "trading_day"),
+    )
+
+
+class Fill(Base):
+    """One increment of an order's cumulative fill, with its fee and taxes."""
+
+    __tablename__ = "fills"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    order_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("orders.id"))
+    worker_id: Mapped[str] = mapped_column(Text)
+    symbol: Mapped[str] = mapped_column(Text)
+    side: Mapped[str] = mapped_column(Text)
+    qty: Mapped[int] = mapped_column(Integer)
+    price: Mapped[Decimal] = mapped_column(PRICE4)  # average price of this increment
+    amount: Mapped[Decimal] = mapped_column(MONEY)
+    fee: Mapped[Decimal] = mapped_column(MONEY)
+    tax: Mapped[Decimal] = mapped_column(MONEY)  # transaction_tax + rural_tax
+    transaction_tax: Mapped[Decimal] = mapped_column(MONEY)
+    rural_tax: Mapped[Decimal] = mapped_column(MONEY)
+    cum_qty: Mapped[int] = mapped_column(Integer)
+    filled_at: Mapped[datetime] = mapped_column(TSTZ)
+    trading_day: Mapped[date] = mapped_column(Date)
+
+    __table_args__ = (
+        UniqueConstraint("order_id", "cum_qty"),
+        CheckConstraint("side IN ('BUY', 'SELL')", name="side_known"),
+        CheckConstraint("qty > 0 AND cum_qty >= qty", name="qty_positive"),
+        CheckConstraint("amount > 0 AND price > 0", name="amount_positive"),
+        CheckConstraint(
+            "fee >= 0 AND transaction_tax >= 0 AND rural_tax >= 0", name="costs_nonneg"
+        ),
+        CheckConstraint("tax = transaction_tax + rural_tax", name="tax_is_sum"),
+        Index(None, "trading_day"),
+        Index(None, "symbol", "trading_day"),
+    )
+
+
+class Position(Base):
+    __tablename__ = "positions"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    worker_id: Mapped[str] = mapped_column(Text)
+    symbol: Mapped[str] = mapped_column(Text)
+    qty: Mapped[int] = mapped_column(Integer)
+    avg_price: Mapped[Decimal] = mapped_column(PRICE4)
+    buy_qty: Mapped[int] = mapped_column(Integer)
+    buy_amount: Mapped[Decimal] = mapped_column(MONEY)
+    sell_qty: Mapped[int] = mapped_column(Integer)
+    sell_amount: Mapped[Decimal] = mapped_column(MONEY)
+    fees: Mapped[Decimal] = mapped_column(MONEY)
+    taxes: Mapped[Decimal] = mapped_column(MONEY)
+    status: Mapped[str] = mapped_column(Text)
+    entry_reason: Mapped[str | None] = mapped_column(Text)
+    opened_at: Mapped[datetime] = mapped_column(TSTZ)
+    updated_at: Mapped[datetime] = mapped_column(TSTZ)
+    closed_at: Mapped[datetime | None] = mapped_column(TSTZ)
+    trading_day: Mapped[date] = mapped_column(Date)
+
+    __table_args__ = (
+        CheckConstraint(_in("status", POSITION_STATES), name="status_known"),
+        CheckConstraint("qty >= 0 AND qty = buy_qty - sell_qty", name="qty_balances"),
+        CheckConstraint(
+            "(status = 'CLOSED') = (closed_at IS NOT NULL) AND (status <> 'CLOSED' OR qty = 0)",
+            name="closed_is_flat",
+        ),
+        # At most one live (not closed) position per symbol: the symbol's single owner.
+        Index(
+            "uq_positions_symbol_live",
+            "symbol",
+            unique=True,
+            postgresql_where=text("status <> 'CLOSED'"),
+        ),
+        Index(None, "worker_id", "status"),
+        Index(None, "trading_day"),
+    )
+
+
+class Trade(Base):
+    """A closed round trip. pnl = sell_amount − buy_amount − fees − taxes (checked)."""
+
+    __tablename__ = "trades"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    position_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("positions.id"), unique=True)
+    worker_id: Mapped[str] = mapped_column(Text)
+    symbol: Mapped[str] = mapped_column(Text)
+    qty: Mapped[int] = mapped_column(Integer)
+    buy_amount: Mapped[Decimal] = mapped_column(MONEY)
+    sell_amount: Mapped[Decimal] = mapped_column(MONEY)
+    fees: Mapped[Decimal] = mapped_column(MONEY)
+    taxes: Mapped[Decimal] = mapped_column(MONEY)
+    pnl: Mapped[Decimal] = mapped_column(MONEY)
+    opened_at: Mapped[datetime] = mapped_column(TSTZ)
+    closed_at: Mapped[datetime] = mapped_column(TSTZ)
+    exit_reason: Mapped[str | None] = mapped_column(Text)
+    entry_reason: Mapped[str | None] = mapped_column(Text)
+    trading_day: Mapped[date] = mapped_column(Date)
+
+    __table_args__ = (
+        CheckConstraint("qty > 0", name="qty_positive"),
+        CheckConstraint("pnl = sell_amount - buy_amount - fees - taxes", name="pnl_balances"),
+        Index(None, "trading_day"),
+        Index(None, "worker_id", "trading_day"),
+    )
+
+
+class _SummaryFigures:
+    pnl: Mapped[Decimal] = mapped_column(MONEY)
+    win_rate: Mapped[Decimal] = mapped_column(Numeric(5, 4, asdecimal=True))
+    avg_pnl: Mapped[Decimal] = mapped_column(Numeric(20, 2, asdecimal=True))
+    max_loss: Mapped[Decimal] = mapped_column(MONEY)
+    trades_count: Mapped[int] = mapped_column(Integer)
+    wins: Mapped[int] = mapped_column(Integer)
+    fees: Mapped[Decimal] = mapped_column(MONEY)
+    taxes: Mapped[Decimal] = mapped_column(MONEY)
+    computed_at: Mapped[datetime] = mapped_column(TSTZ)
+
+
+class DailySummary(_SummaryFigures, Base):
+    __tablename__ = "daily_summaries"
+
+    date: Mapped[date] = mapped_column(Date, primary_key=True)
+
+    __table_args__ = (
+        CheckConstraint("wins >= 0 AND wins <= trades_count", name="wins_range"),
+        CheckConstraint("max_loss <= 0", name="max_loss_nonpos"),
+    )
+
+
+class DailyWorkerSummary(_SummaryFigures, Base):
+    __tablename__ = "daily_worker_summaries"
+
+    date: Mapped[date] = mapped_column(Date)
+    worker_id: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (
+        PrimaryKeyConstraint("date", "worker_id"),
+        CheckConstraint("wins >= 0 AND wins <= trades_count", name="wins_range"),
+        CheckConstraint("max_loss <= 0", name="max_loss_nonpos"),
+    )
