@@ -269,7 +269,9 @@ class Ledger:
     ) -> OrderRecord:
         """Move the order to `status` (validated by the transition table; same state: no-op).
 
-        Fill states come only from `apply_order_status`, which carries the figures.
+        Fill states come only from `apply_order_status`, which carries the figures; so do
+        CANCELED and EXPIRED once the broker knows the order (a cancel can lose the race with
+        a fill: apply the final status `Broker.cancel_order` returns instead).
         """
         if status in (OrderState.PARTIALLY_FILLED, OrderState.FILLED):
             raise ValueError(f"{status} is set by apply_order_status, not mark_order")
@@ -279,6 +281,11 @@ class Ledger:
             if current is status:
                 return order_record(order)
             check_transition(client_order_id, current, status)
+            broker_owned = (OrderState.CANCELED, OrderState.EXPIRED)
+            if status in broker_owned and order.broker_order_id is not None:
+                raise ValueError(
+                    f"order {client_order_id} is at the broker: apply its final status instead"
+                )
             order.status = status.value
             order.status_reason = reason if reason is not None else order.status_reason
             order.updated_at = at

@@ -405,6 +405,13 @@ async def test_illegal_transitions_raise(ledger: Ledger) -> None:
         filled.client_order_id, BrokerOrderId(f"B{filled.client_order_id}"), T0
     )
     assert again.status is OrderState.FILLED
+    sent = await placed(ledger, intent("w1", 1))
+    with pytest.raises(ValueError, match="apply its final status"):
+        await ledger.mark_order(sent.client_order_id, OrderState.CANCELED, T0)
+    lost = await ledger.create_order(intent("w1", 1))  # send timed out, broker never had it
+    await ledger.mark_order(lost.client_order_id, OrderState.UNKNOWN, T0, "timeout")
+    rejected = await ledger.mark_order(lost.client_order_id, OrderState.REJECTED, T0, "absent")
+    assert (rejected.status, rejected.status_reason) == (OrderState.REJECTED, "absent")
     with pytest.raises(OrderNotFound):
         await ledger.mark_order(ClientOrderId("nope"), OrderState.CANCELED, T0)
 
