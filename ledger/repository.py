@@ -323,6 +323,17 @@ class Ledger:
         async with self._tx() as s:
             return [order_record(o) for o in (await s.execute(stmt)).scalars()]
 
+    async def known_broker_order_ids(self, symbol: str, trading_day: date) -> set[str]:
+        """Broker order ids already linked to an order of ours for the symbol and day: a
+        reconciliation must not claim one of these for a different order."""
+        stmt = select(Order.broker_order_id).where(
+            Order.symbol == symbol,
+            Order.trading_day == trading_day,
+            Order.broker_order_id.is_not(None),
+        )
+        async with self._tx() as s:
+            return {str(b) for b in (await s.execute(stmt)).scalars() if b is not None}
+
     # -- positions ---------------------------------------------------------------------------
 
     async def open_positions(self, worker_id: str | None = None) -> list[PositionRecord]:

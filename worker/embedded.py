@@ -18,10 +18,12 @@ from typing import Any, TextIO
 import anyio
 from loguru import logger
 
+from ledger.db import create_engine
 from ledger.migrate import upgrade_head
+from ledger.records import DaySummaryRecord, SummaryFigures
 from ledger.repository import Ledger
 from market.calendar import default_calendar
-from worker.app import Plan, epoch_soon, plan_session, run_fleet
+from worker.app import Plan, cost_model, epoch_soon, plan_session, run_fleet
 from worker.servers import embedded_postgres, embedded_redis
 from worker.settings import Settings
 
@@ -58,13 +60,10 @@ async def _day(settings: Settings, database_url: str, redis_url: str) -> dict[st
             on_started=started,
         )
         done.set()
-        ledger = holder["ledger"]
-        # the fleet disposed of its engine; a fresh one for the final read
-    from ledger.db import create_engine
-
+    # the fleet disposed of its engine; a fresh one for the final read
     engine = create_engine(database_url)
     try:
-        final = Ledger(engine, ledger.costs)
+        final = Ledger(engine, cost_model(settings, default_calendar()))
         await final.summarize_day(plan.session.day)
         return {"plan": plan, "summary": await final.day_summary(plan.session.day)}
     finally:
@@ -102,34 +101,36 @@ async def _progress(plan: Plan, holder: dict[str, Ledger], done: anyio.Event,
         out.write("\n")
 
 
-def _money(value: Decimal | None) -> str:
-    return "-" if value is None else f"{value:+,.0f}"
-
-
 def render_summary(result: dict[str, Any], wall_s: float) -> str:
     plan: Plan = result["plan"]
-    summary = result["summary"]
-    lines = [
-        "",
-        f"tradefleet simulated day {plan.session.day}  "
-        f"({plan.session.open:%H:%M}-{plan.session.close:%H:%M} KST, {wall_s:.1f}s wall)",
-        "",
-    ]
-    header = f"{'worker':<16} {'trades':>6} {'win rate':>8} {'PnL (won)':>14} "
-    header += f"{'avg PnL':>12} {'max loss':>12}"
-    lines.append(header)
-    lines.append("-" * len(header))
-    rows = list(summary.workers) + [summary.total] if summary else []
-    for row in rows:
-        name = getattr(row, "worker_id", None) or "TOTAL"
-        if name == "TOTAL":
-            lines.append("-" * len(header))
-        lines.append(
-            f"{name[:16]:<16} {row.trades_count:>6} {float(row.win_rate) * 100:>7.1f}% "
-            f"{_money(row.pnl):>14} {_money(row.avg_pnl):>12} {_money(row.max_loss):>12}"
-        )
-    if not rows:
-        lines.append("(no trades)")
-    lines.append("")
-    lines.append(f"generated {datetime.now():%Y-%m-%d %H:%M:%S}")  # noqa: DTZ005
-    return "\n".join(lines)
+    record: DaySummaryRecord | None = result["summary"]
+    head = (
+        f"tradefleet simulated day {plan.session.day} "
+        f"({plan.session.open:%H:%M}-{plan.session.close:%H:%M} KST), {wall_s:.1f}s wall"
+    )
+    if record is None or record.total.summary.trades_count == 0:
+        return f"\n{head}\n\n(no trades)\n"
+    return f"\n{head}\n\n{summary_table(record)}\n"
+
+
+def summary_table(record: DaySummaryRecord) -> str:
+    """The day's figures per worker and in total, as a fixed-width table."""
+    header = (
+        f"{'worker':<38} {'trades':>6} {'win rate':>8} {'PnL (won)':>14} "
+        f"{'avg PnL':>12} {'max loss':>12}"
+    )
+    rule = "-" * len(header)
+    rows = [header, rule]
+    for worker_id, figures in sorted(record.by_worker.items()):
+        rows.append(_row(worker_id, figures))
+    rows.append(rule)
+    rows.append(_row("TOTAL", record.total))
+    return "\n".join(rows)
+
+
+def _row(name: str, figures: SummaryFigures) -> str:
+    d = figures.summary
+    return (
+        f"{name[:38]:<38} {d.trades_count:>6} {float(d.win_rate) * 100:>7.1f}% "
+        f"{d.pnl:>+14,.0f} {d.avg_pnl:>+12,.0f} {d.max_loss:>+12,.0f}"
+    )

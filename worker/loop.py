@@ -70,7 +70,7 @@ class Worker:
         self.state = WorkerState.IDLE
         self.lease: Lease | None = None
         self.held: HeldPosition | None = None
-        self.log = logger.bind(worker=self.id[:8])
+        self.log = logger.bind(worker=self.id if len(self.id) <= 16 else self.id[:8])
         self.keeper = LeaseKeeper(deps.lock, interval_s=s.heartbeat_s, on_lost=self._on_lost)
         self.orders = OrderExecutor(
             worker_id=self.id,
@@ -370,12 +370,11 @@ class Worker:
     async def _hold_tick(self) -> None:
         held, lease = self.held, self.lease
         assert held is not None and lease is not None
-        with anyio.CancelScope() as scope:
+        # The keeper cancels this scope the moment the lease is lost or its local deadline
+        # passes, so nothing below can send an order for a symbol we no longer own.
+        with self.keeper.scope(lease.symbol) as scope:
             self._hold_scope = scope
-            if not self.keeper.valid(lease.symbol):
-                scope.cancel()
-            else:
-                await self._hold_step(held, lease)
+            await self._hold_step(held, lease)
         self._hold_scope = None
         if scope.cancelled_caught or self._lost is not None:
             await self._lease_lost()

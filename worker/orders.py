@@ -84,7 +84,7 @@ class OrderExecutor:
         self.capital_limit = capital_limit
         self.daily_loss_limit = daily_loss_limit
         self.poll_s = poll_s
-        self.log = logger.bind(worker=worker_id[:8])
+        self.log = logger.bind(worker=worker_id if len(worker_id) <= 16 else worker_id[:8])
 
     async def execute(self, p: Placement, deadline: datetime) -> OrderStatus | None:
         """Place one order and follow it until done or `deadline` (then cancel the rest).
