@@ -67,6 +67,17 @@ _TRANSIENT = (
 )
 
 
+def translate(what: str, exc: BaseException) -> CoordinationError | None:
+    """Our error for a redis-py (or socket/timeout) exception, or None if it is not one."""
+    if isinstance(exc, _FATAL_CONNECTION):
+        return BackendRejected(f"{what}: {exc}")
+    if isinstance(exc, _TRANSIENT):
+        return BackendUnavailable(f"{what}: {str(exc) or type(exc).__name__}")
+    if isinstance(exc, rexc.RedisError):
+        return BackendRejected(f"{what}: {exc}")
+    return None
+
+
 @contextmanager
 def redis_errors(what: str) -> Iterator[None]:
     """Translate redis-py exceptions raised inside the block into the tree above.
@@ -75,10 +86,8 @@ def redis_errors(what: str) -> Iterator[None]:
     """
     try:
         yield
-    except _FATAL_CONNECTION as exc:
-        raise BackendRejected(f"{what}: {exc}") from exc
-    except _TRANSIENT as exc:
-        detail = str(exc) or type(exc).__name__
-        raise BackendUnavailable(f"{what}: {detail}") from exc
-    except rexc.RedisError as exc:
-        raise BackendRejected(f"{what}: {exc}") from exc
+    except Exception as exc:
+        ours = translate(what, exc)
+        if ours is None:
+            raise
+        raise ours from exc

@@ -33,6 +33,7 @@ import re
 from dataclasses import dataclass
 
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+_WHITESPACE = re.compile(r"\s")
 
 
 def _glob_escape(value: str) -> str:
@@ -40,7 +41,7 @@ def _glob_escape(value: str) -> str:
 
 
 def _check_part(kind: str, value: str) -> str:
-    if not value or any(ch.isspace() for ch in value):
+    if not value or _WHITESPACE.search(value):
         raise ValueError(f"{kind} must be non-empty and without whitespace, got {value!r}")
     return value
 

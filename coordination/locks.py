@@ -154,7 +154,7 @@ class RedisSymbolLock:
         keys = [k.lock(symbol), k.fence(symbol), k.lease(symbol), k.events]
         args = [*self._script_head(), symbol]
         sent_at = time.monotonic()
-        with bounded(f"acquire {symbol}", self.timeout_s):
+        async with bounded(f"acquire {symbol}", self.timeout_s):
             fence, expired = await self._acquire(keys=keys, args=args)
         if int(fence) == 0:
             return None
@@ -172,7 +172,7 @@ class RedisSymbolLock:
             keys += [k.lock(symbol), k.fence(symbol), k.lease(symbol)]
         args = [*self._script_head(), *symbols]
         sent_at = time.monotonic()
-        with bounded(f"acquire_first of {len(symbols)}", self.timeout_s):
+        async with bounded(f"acquire_first of {len(symbols)}", self.timeout_s):
             index, fence, expired = await self._acquire_first(keys=keys, args=args)
         if int(index) == 0:
             return None
@@ -191,7 +191,7 @@ class RedisSymbolLock:
         for lease in leases:
             args += [lease.value, _check_ttl(lease.ttl_ms)]
         sent_at = time.monotonic()
-        with bounded(f"renew {len(leases)} leases", self.timeout_s):
+        async with bounded(f"renew {len(leases)} leases", self.timeout_s):
             flags = await self._renew(keys=keys, args=args)
         return [
             replace(lease, valid_until=sent_at + (lease.ttl_ms - self.safety_ms) / 1000)
@@ -205,18 +205,20 @@ class RedisSymbolLock:
         k = self.keys
         keys = [k.lock(lease.symbol), k.lease(lease.symbol), k.events]
         args: list[EncodableT] = [lease.value, lease.symbol, self._ts(), self.events_maxlen]
-        with bounded(f"release {lease.symbol}", self.timeout_s):
+        async with bounded(f"release {lease.symbol}", self.timeout_s):
             released = await self._release(keys=keys, args=args)
         return int(released) == 1
 
     async def holder(self, symbol: str) -> LockInfo | None:
         """Who owns `symbol` now, with the ms left before its lock expires; None if free."""
         key = self.keys.lock(symbol)
-        with bounded(f"holder {symbol}", self.timeout_s):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.get(key)
-                pipe.pttl(key)
-                value, pttl = await pipe.execute()
+        async with (
+            bounded(f"holder {symbol}", self.timeout_s),
+            self.redis.pipeline(transaction=True) as pipe,
+        ):
+            pipe.get(key)
+            pipe.pttl(key)
+            value, pttl = await pipe.execute()
         if value is None:
             return None
         worker_id, fence = parse_value(text(value))
@@ -227,7 +229,7 @@ class RedisSymbolLock:
         found: list[LockInfo] = []
         cursor: int = 0
         while True:
-            with bounded("scan locks", self.timeout_s):
+            async with bounded("scan locks", self.timeout_s):
                 cursor, batch = await self.redis.scan(
                     cursor, match=self.keys.lock_pattern, count=_SCAN_COUNT
                 )

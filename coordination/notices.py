@@ -136,7 +136,7 @@ class Notices:
             "ts": ts,
             "data": orjson.dumps(dict(data or {}), default=_json_default),
         }
-        with bounded(f"publish {type}", self.timeout_s):
+        async with bounded(f"publish {type}", self.timeout_s):
             entry_id = await self.redis.xadd(
                 self.keys.events, fields, maxlen=self.maxlen, approximate=True
             )
@@ -144,7 +144,7 @@ class Notices:
 
     async def read(self, since_id: str = "0-0", count: int = 100) -> list[Notice]:
         """Up to `count` notices with ids strictly after `since_id`, oldest first."""
-        with bounded("read notices", self.timeout_s):
+        async with bounded("read notices", self.timeout_s):
             entries = await self.redis.xrange(
                 self.keys.events, min=f"({since_id}", max="+", count=count
             )
@@ -155,7 +155,7 @@ class Notices:
 
         `start_id` "0" delivers the whole retained stream to the new group, "$" only new notices.
         """
-        with bounded(f"create group {group}", self.timeout_s):
+        async with bounded(f"create group {group}", self.timeout_s):
             try:
                 await self.redis.xgroup_create(self.keys.events, group, id=start_id, mkstream=True)
             except rexc.ResponseError as exc:
@@ -183,7 +183,7 @@ class Notices:
                     f"({socket_timeout} s)"
                 )
             deadline += block_ms / 1000
-        with bounded(f"consume {group}/{consumer}", deadline):
+        async with bounded(f"consume {group}/{consumer}", deadline):
             reply = await self.redis.xreadgroup(
                 group, consumer, {self.keys.events: ">"}, count=count, block=block_ms
             )
@@ -193,7 +193,7 @@ class Notices:
         """Acknowledge handled notices; returns how many were pending."""
         if not ids:
             return 0
-        with bounded(f"ack {group}", self.timeout_s):
+        async with bounded(f"ack {group}", self.timeout_s):
             return int(await self.redis.xack(self.keys.events, group, *ids))
 
     async def autoclaim(
@@ -204,7 +204,7 @@ class Notices:
         claimed: list[Notice] = []
         cursor = "0-0"
         while len(claimed) < count:
-            with bounded(f"autoclaim {group}/{consumer}", self.timeout_s):
+            async with bounded(f"autoclaim {group}/{consumer}", self.timeout_s):
                 reply = await self.redis.xautoclaim(
                     self.keys.events,
                     group,

@@ -70,15 +70,17 @@ class WorkerRegistry:
             "host": host,
             "heartbeat_at": utc_iso(heartbeat_at),
         }
-        with bounded(f"register {worker_id}", self.timeout_s):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(key, mapping=mapping)
-                pipe.pexpire(key, self.ttl_ms)
-                await pipe.execute()
+        async with (
+            bounded(f"register {worker_id}", self.timeout_s),
+            self.redis.pipeline(transaction=True) as pipe,
+        ):
+            pipe.hset(key, mapping=mapping)
+            pipe.pexpire(key, self.ttl_ms)
+            await pipe.execute()
 
     async def remove(self, worker_id: str) -> bool:
         """Drop the worker's entry (clean shutdown). True if it existed."""
-        with bounded(f"unregister {worker_id}", self.timeout_s):
+        async with bounded(f"unregister {worker_id}", self.timeout_s):
             return int(await self.redis.delete(self.keys.worker(worker_id))) == 1
 
     async def list_workers(self) -> list[WorkerInfo]:
@@ -86,7 +88,7 @@ class WorkerRegistry:
         found: list[WorkerInfo] = []
         cursor: int = 0
         while True:
-            with bounded("scan workers", self.timeout_s):
+            async with bounded("scan workers", self.timeout_s):
                 cursor, batch = await self.redis.scan(
                     cursor, match=self.keys.worker_pattern, count=_SCAN_COUNT
                 )

@@ -294,3 +294,22 @@ async def test_script_error_raises_backend_rejected(
         await lock.acquire(SYM)
     assert isinstance(caught.value.__cause__, rexc.ResponseError)
     assert await redis_client.exists(f"{prefix}:lock:{SYM}") == 0
+
+
+async def test_silent_redis_hits_the_call_deadline(prefix: str) -> None:
+    # A port that accepts connections (kernel backlog) but never answers: only our own deadline
+    # can end the call, since this client has no socket timeout.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        client = aioredis.Redis(
+            host="127.0.0.1", port=silent.getsockname()[1], retry=Retry(NoBackoff(), 0)
+        )
+        try:
+            lock = RedisSymbolLock(client, Keyspace(prefix), "w1", timeout_s=0.3)
+            started = time.monotonic()
+            with pytest.raises(BackendUnavailable, match=r"no reply within 0\.3 s"):
+                await lock.acquire(SYM)
+            assert 0.25 < time.monotonic() - started < 1.0
+        finally:
+            await client.aclose()
