@@ -42,8 +42,9 @@ class Plan:
     clock: Clock
 
 
-def plan_session(settings: Settings, calendar: KrxCalendar, speed: float,
-                 epoch: float | None) -> Plan:
+def plan_session(
+    settings: Settings, calendar: KrxCalendar, speed: float, epoch: float | None
+) -> Plan:
     """Which session to trade and on which clock.
 
     Real time (speed 1): today's KRX session, if any. Simulated (speed > 1): PAPER_DAY, or today
@@ -64,8 +65,9 @@ def plan_session(settings: Settings, calendar: KrxCalendar, speed: float,
 
 
 def cost_model(settings: Settings, calendar: KrxCalendar) -> CostModel:
-    return CostModel(commission_rate=settings.commission_rate,
-                     settlement_of=calendar.settlement_day)
+    return CostModel(
+        commission_rate=settings.commission_rate, settlement_of=calendar.settlement_day
+    )
 
 
 async def run_fleet(
@@ -107,15 +109,29 @@ async def run_fleet(
             ws = settings if workers == 1 else replace_id(settings, n)
             lock = RedisSymbolLock(redis, keys, ws.worker_id, ttl_ms=ws.lock_ttl_ms)
             deps = Deps(
-                settings=ws, clock=plan.clock, session=plan.session, broker=broker,
-                market=broker, ledger=ledger, lock=lock,
+                settings=ws,
+                clock=plan.clock,
+                session=plan.session,
+                broker=broker,
+                market=broker,
+                ledger=ledger,
+                lock=lock,
                 registry=WorkerRegistry(redis, keys, ttl_ms=ws.worker_ttl_ms),
-                notices=notices, costs=costs, boards=boards, tiers=tiers,
+                notices=notices,
+                costs=costs,
+                boards=boards,
+                tiers=tiers,
             )
             fleet.append(Worker(deps))
-        logger.info("session {} {}-{} KST, clock x{:g}, {} worker(s), {} symbols",
-                    plan.session.day, f"{plan.session.open:%H:%M}",
-                    f"{plan.session.close:%H:%M}", speed, workers, len(instruments))
+        logger.info(
+            "session {} {}-{} KST, clock x{:g}, {} worker(s), {} symbols",
+            plan.session.day,
+            f"{plan.session.open:%H:%M}",
+            f"{plan.session.close:%H:%M}",
+            speed,
+            workers,
+            len(instruments),
+        )
         if on_started is not None:
             on_started(fleet, plan, ledger)
         async with anyio.create_task_group() as tg:

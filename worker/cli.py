@@ -41,18 +41,33 @@ def build_parser() -> argparse.ArgumentParser:
         "summary. Configuration comes from the environment (see README).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.add_parser("run", help="run one production worker until the close or SIGTERM",
-                   description="Run one worker against DATABASE_URL and REDIS_URL until the "
-                   "market closes or SIGTERM.")
-    sub.add_parser("migrate", help="alembic upgrade head on DATABASE_URL (idempotent)",
-                   description="Apply every migration to DATABASE_URL. Safe to repeat.")
-    sub.add_parser("locks", help="live symbol locks and drift against the Postgres mirror",
-                   description="List live locks (symbol, owner, fence, ms to expiry) from "
-                   "Redis and any drift against stock_locks.")
-    sub.add_parser("workers", help="registered workers and their heartbeat age",
-                   description="List workers (id, state, symbol, heartbeat age).")
-    summary = sub.add_parser("summary", help="the daily summary for a trading day",
-                             description="Print the daily summary (default: today, Asia/Seoul).")
+    sub.add_parser(
+        "run",
+        help="run one production worker until the close or SIGTERM",
+        description="Run one worker against DATABASE_URL and REDIS_URL until the "
+        "market closes or SIGTERM.",
+    )
+    sub.add_parser(
+        "migrate",
+        help="alembic upgrade head on DATABASE_URL (idempotent)",
+        description="Apply every migration to DATABASE_URL. Safe to repeat.",
+    )
+    sub.add_parser(
+        "locks",
+        help="live symbol locks and drift against the Postgres mirror",
+        description="List live locks (symbol, owner, fence, ms to expiry) from "
+        "Redis and any drift against stock_locks.",
+    )
+    sub.add_parser(
+        "workers",
+        help="registered workers and their heartbeat age",
+        description="List workers (id, state, symbol, heartbeat age).",
+    )
+    summary = sub.add_parser(
+        "summary",
+        help="the daily summary for a trading day",
+        description="Print the daily summary (default: today, Asia/Seoul).",
+    )
     summary.add_argument("--date", type=_date, help="trading day YYYY-MM-DD")
     summary.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
@@ -121,4 +136,3 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         day = args.date or datetime.now(KST).date()
         return commands.summary(settings, day, as_json=args.json)
     raise AssertionError(command)
-

@@ -16,14 +16,17 @@ from coordination.locks import RedisSymbolLock
 from coordination.registry import WorkerRegistry
 from ledger.db import create_engine
 from ledger.migrate import upgrade_head
+from ledger.records import DaySummaryRecord
 from ledger.repository import Ledger
 from market.costs import CostModel
 from worker.app import MarketClosed, run_fleet
+from worker.report import summary_dict, summary_table
 from worker.settings import Settings
 
 
 def run(settings: Settings) -> int:
-    assert settings.database_url and settings.redis_url
+    assert settings.database_url
+    assert settings.redis_url
     try:
         anyio.run(_run, settings)
     except MarketClosed as exc:
@@ -34,7 +37,8 @@ def run(settings: Settings) -> int:
 
 
 async def _run(settings: Settings) -> None:
-    assert settings.database_url and settings.redis_url
+    assert settings.database_url
+    assert settings.redis_url
     await run_fleet(settings, database_url=settings.database_url, redis_url=settings.redis_url)
 
 
@@ -52,8 +56,9 @@ def locks(settings: Settings) -> int:
         return 0
     print(f"{'symbol':<8} {'worker_id':<38} {'fence':>7} {'ttl_ms':>7}  mirror")
     for r in rows:
-        print(f"{r['symbol']:<8} {r['worker_id']:<38} {r['fence']:>7} {r['pttl_ms']:>7}  "
-              f"{r['drift']}")
+        print(
+            f"{r['symbol']:<8} {r['worker_id']:<38} {r['fence']:>7} {r['pttl_ms']:>7}  {r['drift']}"
+        )
     return 0
 
 
@@ -70,7 +75,7 @@ async def _locks(settings: Settings) -> list[dict[str, Any]]:
         engine = create_engine(settings.database_url)
         try:
             ledger = Ledger(engine, CostModel())
-            mirror = {m.symbol: (m.worker_id, m.fence) for m in await ledger.stock_locks()}
+            mirror = {m.symbol: (m.worker_id, m.fence) for m in await ledger.locks()}
         finally:
             await engine.dispose()
     rows: list[dict[str, Any]] = []
@@ -84,11 +89,25 @@ async def _locks(settings: Settings) -> list[dict[str, Any]]:
             drift = f"DRIFT: mirror has {seen[0]}:{seen[1]}"
         else:
             drift = "ok"
-        rows.append({"symbol": info.symbol, "worker_id": info.worker_id, "fence": info.fence,
-                     "pttl_ms": info.pttl_ms, "drift": drift})
+        rows.append(
+            {
+                "symbol": info.symbol,
+                "worker_id": info.worker_id,
+                "fence": info.fence,
+                "pttl_ms": info.pttl_ms,
+                "drift": drift,
+            }
+        )
     for symbol, (worker_id, fence) in sorted(mirror.items()):
-        rows.append({"symbol": symbol, "worker_id": worker_id, "fence": fence, "pttl_ms": -2,
-                     "drift": "STALE in stock_locks (no Redis lock)"})
+        rows.append(
+            {
+                "symbol": symbol,
+                "worker_id": worker_id,
+                "fence": fence,
+                "pttl_ms": -2,
+                "drift": "STALE in stock_locks (no Redis lock)",
+            }
+        )
     return rows
 
 
@@ -104,8 +123,10 @@ def workers(settings: Settings) -> int:
         stale = age is None or age * 1000 > settings.worker_ttl_ms / 2
         shown = "-" if age is None else f"{age:.1f}s"
         flag = "  STALE" if stale else ""
-        print(f"{w.worker_id:<38} {w.state:<5} {w.symbol or '-':<8} {shown:>10}  "
-              f"{w.pid}@{w.host}{flag}")
+        print(
+            f"{w.worker_id:<38} {w.state:<5} {w.symbol or '-':<8} {shown:>10}  "
+            f"{w.pid}@{w.host}{flag}"
+        )
     return 0
 
 
@@ -120,67 +141,31 @@ async def _workers(settings: Settings) -> list[Any]:
 
 
 def summary(settings: Settings, day: date, *, as_json: bool) -> int:
-    result = anyio.run(_summary, settings, day)
-    if result is None:
+    found = anyio.run(_summary, settings, day)
+    if found is None:
         print(f"no trades recorded for {day}")
         return 0
+    record, from_fills = found
     if as_json:
-        print(orjson.dumps(result, default=_json_default, option=orjson.OPT_INDENT_2).decode())
+        data = summary_dict(record, from_fills)
+        print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
         return 0
-    print(render_day(result))
+    check = "matches" if from_fills == record.total.summary.pnl else "DOES NOT MATCH"
+    print(
+        f"daily summary {day}\n\n{summary_table(record)}\n\n"
+        f"PnL recomputed from fills: {from_fills:+,.0f} won ({check} the summary)"
+    )
     return 0
 
 
-async def _summary(settings: Settings, day: date) -> dict[str, Any] | None:
+async def _summary(settings: Settings, day: date) -> tuple[DaySummaryRecord, Decimal] | None:
     assert settings.database_url
     engine = create_engine(settings.database_url)
     try:
         ledger = Ledger(engine, CostModel(commission_rate=settings.commission_rate))
         record = await ledger.summarize_day(day)
-        if record.trades_count == 0:
+        if record.total.summary.trades_count == 0:
             return None
-        found = await ledger.day_summary(day)
-        from_fills = await ledger.recompute_from_fills(day)
+        return record, await ledger.recompute_from_fills(day)
     finally:
         await engine.dispose()
-    assert found is not None
-    return {
-        "date": day.isoformat(),
-        "total": _row(found.total),
-        "workers": [_row(w) for w in found.workers],
-        "check_pnl_from_fills": from_fills,
-    }
-
-
-def _row(row: Any) -> dict[str, Any]:
-    return {
-        "worker_id": getattr(row, "worker_id", None),
-        "pnl": row.pnl,
-        "win_rate": row.win_rate,
-        "avg_pnl": row.avg_pnl,
-        "max_loss": row.max_loss,
-        "trades_count": row.trades_count,
-    }
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return str(value)
-    raise TypeError(type(value))
-
-
-def render_day(result: dict[str, Any]) -> str:
-    header = (f"{'worker':<38} {'trades':>6} {'win rate':>8} {'PnL (won)':>14} "
-              f"{'avg PnL':>12} {'max loss':>12}")
-    lines = [f"daily summary {result['date']}", "", header, "-" * len(header)]
-    for row in [*result["workers"], {**result["total"], "worker_id": "TOTAL"}]:
-        lines.append(
-            f"{row['worker_id'] or 'TOTAL':<38} {row['trades_count']:>6} "
-            f"{float(row['win_rate']) * 100:>7.1f}% {row['pnl']:>+14,.0f} "
-            f"{row['avg_pnl']:>+12,.0f} {row['max_loss']:>+12,.0f}"
-        )
-    lines.append("")
-    check = result["check_pnl_from_fills"]
-    ok = "matches" if check == result["total"]["pnl"] else "DOES NOT MATCH"
-    lines.append(f"PnL recomputed from fills: {check:+,.0f} won ({ok} the summary)")
-    return "\n".join(lines)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import datetime
 from decimal import Decimal
 from typing import Any, TextIO
 
@@ -20,10 +19,11 @@ from loguru import logger
 
 from ledger.db import create_engine
 from ledger.migrate import upgrade_head
-from ledger.records import DaySummaryRecord, SummaryFigures
+from ledger.records import DaySummaryRecord
 from ledger.repository import Ledger
 from market.calendar import default_calendar
 from worker.app import Plan, cost_model, epoch_soon, plan_session, run_fleet
+from worker.report import summary_table
 from worker.servers import embedded_postgres, embedded_redis
 from worker.settings import Settings
 
@@ -70,8 +70,7 @@ async def _day(settings: Settings, database_url: str, redis_url: str) -> dict[st
         await engine.dispose()
 
 
-async def _progress(plan: Plan, holder: dict[str, Ledger], done: anyio.Event,
-                    out: TextIO) -> None:
+async def _progress(plan: Plan, holder: dict[str, Ledger], done: anyio.Event, out: TextIO) -> None:
     session = plan.session
     total = (session.close - session.open).total_seconds()
     tty = out.isatty()
@@ -84,7 +83,7 @@ async def _progress(plan: Plan, holder: dict[str, Ledger], done: anyio.Event,
         if ledger is not None:
             try:
                 pnl = await ledger.realized_pnl(session.day)
-            except Exception:  # noqa: BLE001 - progress display only
+            except Exception:
                 pnl = Decimal(0)
         bar = "#" * int(frac * 30) + "-" * (30 - int(frac * 30))
         line = f"[{bar}] {now:%H:%M} KST  realized {pnl:+,.0f} won"
@@ -111,26 +110,3 @@ def render_summary(result: dict[str, Any], wall_s: float) -> str:
     if record is None or record.total.summary.trades_count == 0:
         return f"\n{head}\n\n(no trades)\n"
     return f"\n{head}\n\n{summary_table(record)}\n"
-
-
-def summary_table(record: DaySummaryRecord) -> str:
-    """The day's figures per worker and in total, as a fixed-width table."""
-    header = (
-        f"{'worker':<38} {'trades':>6} {'win rate':>8} {'PnL (won)':>14} "
-        f"{'avg PnL':>12} {'max loss':>12}"
-    )
-    rule = "-" * len(header)
-    rows = [header, rule]
-    for worker_id, figures in sorted(record.by_worker.items()):
-        rows.append(_row(worker_id, figures))
-    rows.append(rule)
-    rows.append(_row("TOTAL", record.total))
-    return "\n".join(rows)
-
-
-def _row(name: str, figures: SummaryFigures) -> str:
-    d = figures.summary
-    return (
-        f"{name[:38]:<38} {d.trades_count:>6} {float(d.win_rate) * 100:>7.1f}% "
-        f"{d.pnl:>+14,.0f} {d.avg_pnl:>+12,.0f} {d.max_loss:>+12,.0f}"
-    )

@@ -108,7 +108,10 @@ class Worker:
 
     async def run(self) -> None:
         await self.d.ledger.register_worker(
-            self.id, os.getpid(), socket.gethostname(), self.d.settings.capital_limit,
+            self.id,
+            os.getpid(),
+            socket.gethostname(),
+            self.d.settings.capital_limit,
             datetime.now(UTC),
         )
         await self._publish_state(None, WorkerEvent.START)
@@ -250,8 +253,11 @@ class Worker:
 
     async def _lease_lost(self) -> None:
         held = self.held
-        self.log.error("lease on {} lost ({}); position goes to recovery",
-                       held.symbol if held else "?", self._lost)
+        self.log.error(
+            "lease on {} lost ({}); position goes to recovery",
+            held.symbol if held else "?",
+            self._lost,
+        )
         if held is not None:
             await self.d.ledger.mark_position_orphaned(held.symbol, self.id)
         self.held = None
@@ -268,7 +274,8 @@ class Worker:
         snap = await self.d.market.snapshot(self.d.settings.n_bars)
         taken = {p.symbol for p in await self.d.ledger.open_positions()}
         ranked = [
-            c for c in rank_candidates(snap, self.scan_params)
+            c
+            for c in rank_candidates(snap, self.scan_params)
             if c.symbol not in taken and evaluate_buy_signal(c, self.signal_params)
         ]
         if not ranked:
@@ -282,8 +289,9 @@ class Worker:
             self.log.warning("contention: all {} candidates are owned", len(ranked))
             return
         if lease.symbol != ranked[0].symbol:
-            self.log.warning("contention: {} owned elsewhere, took {}", ranked[0].symbol,
-                             lease.symbol)
+            self.log.warning(
+                "contention: {} owned elsewhere, took {}", ranked[0].symbol, lease.symbol
+            )
         await self._take(lease)
         candidate = next(c for c in ranked if c.symbol == lease.symbol)
         if not await self._buy(lease, "; ".join(candidate.reasons), candidate.price):
@@ -295,8 +303,9 @@ class Worker:
         qty = self.d.costs.max_buy_qty(self.d.settings.capital_limit, price)
         if qty < 1:
             return False
-        placement = Placement(lease.symbol, Side.BUY, qty, order_type, price, lease.fence,
-                              reason, quote.price)
+        placement = Placement(
+            lease.symbol, Side.BUY, qty, order_type, price, lease.fence, reason, quote.price
+        )
         deadline = self.d.clock.now() + timedelta(seconds=self.d.settings.order_timeout_s)
         try:
             await self.orders.execute(placement, deadline)
@@ -307,10 +316,10 @@ class Worker:
         position = await self.d.ledger.open_position(lease.symbol)
         if position is None or position.qty <= 0:
             return False
-        self.held = HeldPosition(lease.symbol, position.qty, position.avg_price,
-                                 position.opened_at)
-        self.log.info("bought {} x{} @ {} ({})", lease.symbol, position.qty,
-                      position.avg_price, reason)
+        self.held = HeldPosition(lease.symbol, position.qty, position.avg_price, position.opened_at)
+        self.log.info(
+            "bought {} x{} @ {} ({})", lease.symbol, position.qty, position.avg_price, reason
+        )
         await self._fire(WorkerEvent.BOUGHT)
         return True
 
@@ -353,8 +362,7 @@ class Worker:
                 await self._release()
                 continue
             self.held = HeldPosition(fresh.symbol, fresh.qty, fresh.avg_price, fresh.opened_at)
-            self.log.warning("adopted {} x{} from {}", fresh.symbol, fresh.qty,
-                             position.worker_id)
+            self.log.warning("adopted {} x{} from {}", fresh.symbol, fresh.qty, position.worker_id)
             await self._fire(WorkerEvent.ADOPTED)
             return True
         return False
@@ -362,14 +370,16 @@ class Worker:
     async def _reconcile_orders(self, symbol: str) -> None:
         from worker.recovery import reconcile_unfinished
 
-        await reconcile_unfinished(self.orders, self.d.ledger, self.d.broker, self.id, symbol,
-                                   self.log)
+        await reconcile_unfinished(
+            self.orders, self.d.ledger, self.d.broker, self.id, symbol, self.log
+        )
 
     # ----- HOLD ------------------------------------------------------------------------------
 
     async def _hold_tick(self) -> None:
         held, lease = self.held, self.lease
-        assert held is not None and lease is not None
+        assert held is not None
+        assert lease is not None
         # The keeper cancels this scope the moment the lease is lost or its local deadline
         # passes, so nothing below can send an order for a symbol we no longer own.
         with self.keeper.scope(lease.symbol) as scope:
@@ -418,10 +428,19 @@ class Worker:
                 deadline = session.close + _AFTER_CLOSE_GRACE
             else:
                 order_type, price = sell_order(urgency, quote)
-                deadline = min(now + timedelta(seconds=self._timeout(urgency)),
-                               session.continuous_close)
-            placement = Placement(held.symbol, Side.SELL, position.qty, order_type, price,
-                                  lease.fence, signal.reason.value, signal.trigger_price)
+                deadline = min(
+                    now + timedelta(seconds=self._timeout(urgency)), session.continuous_close
+                )
+            placement = Placement(
+                held.symbol,
+                Side.SELL,
+                position.qty,
+                order_type,
+                price,
+                lease.fence,
+                signal.reason.value,
+                signal.trigger_price,
+            )
             status = await self.orders.execute(placement, deadline)
             if status is None:
                 await self.d.clock.sleep(self.d.settings.order_poll_s)

@@ -32,7 +32,8 @@ from broker.port import (
 from coordination.notices import Notices, NoticeType
 from ledger.errors import LossLimitReached, StaleFence
 from ledger.orders import OrderState
-from ledger.repository import Ledger, OrderIntent
+from ledger.records import OrderIntent
+from ledger.repository import Ledger
 from market.clock import Clock
 from market.types import Board
 

@@ -20,7 +20,11 @@ if TYPE_CHECKING:
 
 
 async def reconcile_unfinished(
-    executor: OrderExecutor, ledger: Ledger, broker: Broker, worker_id: str, symbol: str,
+    executor: OrderExecutor,
+    ledger: Ledger,
+    broker: Broker,
+    worker_id: str,
+    symbol: str,
     log: Any,
 ) -> None:
     for order in await ledger.unfinished_orders(worker_id):
@@ -29,8 +33,9 @@ async def reconcile_unfinished(
         cid = ClientOrderId(order.client_order_id)
         broker_id = BrokerOrderId(order.broker_order_id) if order.broker_order_id else None
         if broker_id is None:
-            request = OrderRequest(order.symbol, order.side, order.qty, order.order_type,
-                                   order.price)
+            request = OrderRequest(
+                order.symbol, order.side, order.qty, order.order_type, order.price
+            )
             ack = await executor.reconcile(cid, request, order.created_at)
             if ack is None:
                 continue
@@ -42,8 +47,9 @@ async def reconcile_unfinished(
                 status = await broker.cancel_order(broker_id)
         except UnknownOrder:
             log.error("order {} ({}) unknown to the broker; marked expired", cid, broker_id)
-            await ledger.mark_order(cid, OrderState.EXPIRED, executor.clock.now(),
-                                    "unknown to the broker at adoption")
+            await ledger.mark_order(
+                cid, OrderState.EXPIRED, executor.clock.now(), "unknown to the broker at adoption"
+            )
             continue
         except BrokerError as exc:
             log.error("could not reconcile order {}: {}", cid, exc)

