@@ -10,7 +10,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime
 
 import anyio
@@ -90,9 +90,9 @@ async def run_fleet(
         epoch = settings.paper_epoch.timestamp()
     plan = plan_session(settings, calendar, speed, epoch)
     costs = cost_model(settings, calendar)
-    await wait_ready(database_url, attempts=6, backoff_s=0.5)
+    await wait_ready(database_url, attempts=settings.connect_attempts, backoff_s=0.5)
     async with AsyncExitStack() as stack:
-        redis = await connect(redis_url)
+        redis = await connect(redis_url, attempts=settings.connect_attempts)
         stack.push_async_callback(redis.aclose)
         engine = create_engine(database_url)
         stack.push_async_callback(engine.dispose)
@@ -163,4 +163,4 @@ def epoch_soon(lead_s: float = 0.5) -> float:
     return time.time() + lead_s
 
 
-__all__ = ["MarketClosed", "Plan", "plan_session", "replace", "run_fleet"]
+__all__ = ["MarketClosed", "Plan", "plan_session", "run_fleet"]

@@ -97,7 +97,6 @@ def compute_indicators(snap: Snapshot, p: ScanParams) -> Indicators:
 
 def liquid_mask(snap: Snapshot, ind: Indicators, p: ScanParams) -> np.ndarray:
     """True for symbols that pass every pre-filter."""
-    excluded = np.fromiter((s in p.exclude for s in snap.symbols), bool, len(snap.symbols))
     enough_bars = ~np.isnan(snap.closes[:, -max(p.long_ma_bars, p.breakout_bars) :]).any(axis=1)
     mask: np.ndarray = (
         (snap.volume >= p.min_volume)
@@ -107,8 +106,9 @@ def liquid_mask(snap: Snapshot, ind: Indicators, p: ScanParams) -> np.ndarray:
         & (snap.price <= p.max_price)
         & (snap.price < snap.prev_close * _LIMIT_HEADROOM)
         & enough_bars
-        & ~excluded
     )
+    if p.exclude:  # the only per-symbol Python work in the scan: skip it when there is none
+        mask &= ~np.fromiter((s in p.exclude for s in snap.symbols), bool, len(snap.symbols))
     return mask
 
 
@@ -126,13 +126,21 @@ def rank_candidates(snap: Snapshot, p: ScanParams) -> list[Candidate]:
     """The best `max_candidates` liquid symbols, best first (ties broken by symbol)."""
     ind = compute_indicators(snap, p)
     scores = score(snap, ind)
-    mask = liquid_mask(snap, ind, p)
-    idx = np.flatnonzero(mask)
-    if idx.size == 0:
+    idx = np.flatnonzero(liquid_mask(snap, ind, p))
+    if idx.size == 0 or p.max_candidates < 1:
         return []
-    symbols = np.asarray(snap.symbols)[idx]
+    best = scores[idx]
+    k = p.max_candidates
+    if idx.size > k:
+        # Only scores at or above the k-th best can make the cut. Keeping every tie with it
+        # lets the symbol tie-break below see all contenders while sorting a handful of
+        # strings instead of the whole universe.
+        kth = -np.partition(-best, k - 1)[k - 1]
+        keep = best >= kth
+        idx, best = idx[keep], best[keep]
+    symbols = np.asarray([snap.symbols[i] for i in idx])
     # lexsort: last key is primary -> score descending, then symbol ascending
-    order = idx[np.lexsort((symbols, -scores[idx]))][: p.max_candidates]
+    order = idx[np.lexsort((symbols, -best))][:k]
     return [_candidate(snap, ind, scores, int(i), p) for i in order]
 
 

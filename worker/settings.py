@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     heartbeat_ms: int | None = Field(None, ge=50)
     worker_ttl_ms: int = Field(30_000, ge=1_000)
     events_maxlen: int = Field(100_000, ge=1_000)
+    connect_attempts: int = Field(6, ge=1, le=100)
 
     # --- pacing (clock seconds: simulated seconds under PAPER_SPEED > 1) ---
     scan_interval_s: float = Field(30.0, gt=0)

@@ -20,7 +20,7 @@ from decimal import Decimal
 from enum import IntEnum, StrEnum
 
 from broker.port import OrderType
-from market.ticks import round_to_tick
+from market.ticks import Direction, round_to_tick
 from market.types import Quote
 from worker.scan import Candidate
 from worker.settings import Settings
@@ -106,15 +106,26 @@ def evaluate_sell_signal(
     return None
 
 
+def _limit_price(price: Decimal, quote: Quote, direction: Direction) -> Decimal:
+    """`price` clamped into the day's limits, then onto the grid.
+
+    The limits are grid prices, so rounding a clamped price towards the inside of the band
+    cannot leave it: the result is on the grid and inside the limits even if an adapter hands
+    us an off-grid bid or ask (invariant 6 does not rest on every adapter being right).
+    """
+    clamped = min(max(price, quote.lower_limit), quote.upper_limit)
+    return round_to_tick(clamped, direction)
+
+
 def sell_order(urgency: Urgency, quote: Quote) -> tuple[OrderType, Decimal | None]:
     """The order type and limit price that carry out a sell at this urgency."""
     if urgency is Urgency.MARKET:
         return OrderType.MARKET, None
-    price = quote.ask if urgency is Urgency.PASSIVE else quote.bid
-    return OrderType.LIMIT, min(max(price, quote.lower_limit), quote.upper_limit)
+    if urgency is Urgency.PASSIVE:
+        return OrderType.LIMIT, _limit_price(quote.ask, quote, "up")
+    return OrderType.LIMIT, _limit_price(quote.bid, quote, "down")
 
 
 def buy_order(quote: Quote) -> tuple[OrderType, Decimal]:
     """Entries are marketable limits at the best ask, never above the upper limit."""
-    price = min(round_to_tick(quote.ask, "up"), quote.upper_limit)
-    return OrderType.LIMIT, price
+    return OrderType.LIMIT, _limit_price(quote.ask, quote, "up")
