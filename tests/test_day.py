@@ -1,0 +1,142 @@
+"""A whole simulated trading day, three workers in one process, real Redis and Postgres."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import date, datetime
+from decimal import Decimal
+
+import psycopg
+import pytest
+import redis as syncredis
+from sqlalchemy.engine import make_url
+
+from worker.app import epoch_soon, run_fleet
+from worker.settings import load_settings
+
+SPEED = 2_500.0  # a 6.5 h session in ~9.4 s of wall time
+
+
+def _libpq(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _overlaps(intervals: list[tuple[datetime, datetime, str]]) -> list[tuple[str, str]]:
+    """Pairs of different owners whose [start, end) intervals intersect."""
+    found = []
+    ordered = sorted(intervals)
+    for (s1, e1, o1), (s2, e2, o2) in zip(ordered, ordered[1:], strict=False):
+        if s2 < e1 and o1 != o2:
+            found.append((o1, o2))
+    return found
+
+
+@pytest.fixture
+def day_result(database_url: str, redis_url: str, prefix: str):
+    settings = load_settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        fleet_prefix=prefix,
+        worker_id="day",
+        paper_seed=7,
+        paper_symbols=300,
+        paper_day=date(2026, 11, 24),
+        lock_ttl_ms=3_000,
+    )
+    import anyio
+
+    plan = anyio.run(
+        lambda: run_fleet(
+            settings,
+            database_url=database_url,
+            redis_url=redis_url,
+            workers=3,
+            speed=SPEED,
+            epoch=epoch_soon(0.3),
+            handle_signals=False,
+        )
+    )
+    return plan, settings
+
+
+def test_full_day_three_workers(day_result, database_url: str, redis_url: str, prefix: str):
+    plan, settings = day_result
+    day = plan.session.day
+    with psycopg.connect(_libpq(database_url)) as conn:
+        trades = conn.execute(
+            "SELECT worker_id, symbol, pnl, opened_at, closed_at FROM trades WHERE trading_day=%s",
+            (day,),
+        ).fetchall()
+        assert len(trades) >= 10, "the strategy should trade during a whole day"
+        assert len({t[0] for t in trades}) == 3, "every worker traded"
+
+        # 1. no symbol ever held by two workers: holding intervals from the ledger
+        by_symbol: dict[str, list[tuple[datetime, datetime, str]]] = defaultdict(list)
+        for worker_id, symbol, _pnl, opened, closed in conn.execute(
+            "SELECT worker_id, symbol, pnl, opened_at, closed_at FROM trades"
+        ):
+            by_symbol[symbol].append((opened, closed, worker_id))
+        for symbol, intervals in by_symbol.items():
+            assert _overlaps(intervals) == [], symbol
+        # ... and from the lock audit: acquired -> released per (symbol, fence), never overlapping
+        spans: dict[tuple[str, int], dict[str, object]] = defaultdict(dict)
+        for symbol, worker_id, fence, event, at in conn.execute(
+            "SELECT symbol, worker_id, fence, event, at FROM lock_events ORDER BY id"
+        ):
+            spans[(symbol, fence)][event] = at
+            spans[(symbol, fence)]["worker"] = worker_id
+        lock_intervals: dict[str, list[tuple[datetime, datetime, str]]] = defaultdict(list)
+        for (symbol, fence), ev in spans.items():
+            assert "acquired" in ev, (symbol, fence)
+            end = ev.get("released") or ev.get("lost") or ev.get("expired")
+            assert end is not None, f"lock {symbol}:{fence} never ended"
+            lock_intervals[symbol].append((ev["acquired"], end, f"{ev['worker']}:{fence}"))
+        for symbol, intervals in lock_intervals.items():
+            assert _overlaps(intervals) == [], symbol
+
+        # 2. flat at the close, every lock released (mirror and Redis)
+        open_positions = conn.execute(
+            "SELECT symbol, qty, status FROM positions WHERE status <> 'CLOSED' OR qty <> 0"
+        ).fetchall()
+        assert open_positions == []
+        assert conn.execute("SELECT count(*) FROM stock_locks").fetchone() == (0,)
+        working = conn.execute(
+            "SELECT count(*) FROM orders WHERE status IN ('NEW','SENT','PARTIALLY_FILLED','UNKNOWN')"
+        ).fetchone()
+        assert working == (0,)
+
+        # 3. summary PnL == sells - buys - fees - taxes from fills, to the won
+        sells, buys, fees, taxes = conn.execute(
+            """SELECT coalesce(sum(amount) FILTER (WHERE side='SELL'), 0),
+                      coalesce(sum(amount) FILTER (WHERE side='BUY'), 0),
+                      coalesce(sum(fee), 0), coalesce(sum(tax), 0)
+               FROM fills WHERE trading_day=%s""",
+            (day,),
+        ).fetchone()
+        from_fills = sells - buys - fees - taxes
+        summary_pnl, count = conn.execute(
+            "SELECT pnl, trades_count FROM daily_summaries WHERE date=%s", (day,)
+        ).fetchone()
+        assert summary_pnl == from_fills
+        assert summary_pnl == sum((t[2] for t in trades), Decimal(0))
+        assert count == len(trades)
+
+        # 4. nothing is bought after the liquidation start
+        late_buys = conn.execute(
+            "SELECT count(*) FROM orders WHERE side='BUY' AND created_at >= %s",
+            (plan.session.liquidation_start(_minutes(settings.liquidation_lead_min)),),
+        ).fetchone()
+        assert late_buys == (0,)
+
+    client = syncredis.Redis.from_url(redis_url)
+    try:
+        assert list(client.scan_iter(match=f"{prefix}:lock:*")) == []
+        assert list(client.scan_iter(match=f"{prefix}:worker:*")) == []
+    finally:
+        client.close()
+
+
+def _minutes(n: int):
+    from datetime import timedelta
+
+    return timedelta(minutes=n)
