@@ -23,6 +23,7 @@ from ledger.convert import (
     trade_record,
 )
 from ledger.errors import LedgerInconsistent
+from ledger.fencing import hold_loss_guard
 from ledger.models import Fill, Order, Position, Trade
 from ledger.money import (
     AVG_PRICE_QUANTUM,
@@ -192,6 +193,8 @@ async def _apply_to_position(
     if not state.closed:
         await session.flush()
         return None
+    # Closing a trade changes the day's realized pnl: exclusive against BUY admission.
+    await hold_loss_guard(session, order.trading_day, exclusive=True)
     pos.status = "CLOSED"
     pos.closed_at = at
     await session.flush()

@@ -42,6 +42,24 @@ from ledger.records import OrderIntent, OrderRecord
 from market.costs import CostModel
 from market.ticks import is_on_grid
 
+_LOSS_GUARD_BASE = 0x5446_0000_0000  # "TF" + day ordinal: one advisory lock key per day
+
+
+def loss_guard_key(trading_day: date) -> int:
+    """Advisory-lock key that orders BUY admission against trade closes of one day."""
+    return _LOSS_GUARD_BASE + trading_day.toordinal()
+
+
+async def hold_loss_guard(s: AsyncSession, trading_day: date, *, exclusive: bool) -> None:
+    """Serialize the loss-limit check (shared) against closing a trade (exclusive).
+
+    Under READ COMMITTED a BUY's INSERT would otherwise not see a losing trade committed by
+    another worker while it runs, and both could slip past the limit. Holding the shared lock
+    first, the BUY's INSERT takes its snapshot after any in-flight close has committed.
+    """
+    fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    await s.execute(select(getattr(func, fn)(loss_guard_key(trading_day))))
+
 
 def day_pnl(trading_day: date) -> ColumnElement[Decimal]:
     """The day's realized pnl (sum of closed trades), as a scalar subquery."""

@@ -30,7 +30,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.types import DateTime
 
-from broker.port import BrokerOrderId, ClientOrderId, OrderStatus
+from broker.port import BrokerOrderId, ClientOrderId, OrderStatus, Side
 from ledger.applying import apply_status
 from ledger.convert import (
     lock_record,
@@ -43,7 +43,14 @@ from ledger.errors import (
     OrderNotFound,
     translate_db_errors,
 )
-from ledger.fencing import check_intent, day_pnl, explain_refusal, fenced_insert, typed_literal
+from ledger.fencing import (
+    check_intent,
+    day_pnl,
+    explain_refusal,
+    fenced_insert,
+    hold_loss_guard,
+    typed_literal,
+)
 from ledger.models import (
     LockEvent,
     Order,
@@ -226,6 +233,8 @@ class Ledger:
         check_intent(intent, self._costs)
         stmt = fenced_insert(intent)
         async with self._tx() as s:
+            if intent.side is Side.BUY and intent.daily_loss_limit is not None:
+                await hold_loss_guard(s, intent.trading_day, exclusive=False)
             row = (await s.execute(stmt)).scalar_one_or_none()
             if row is not None:
                 return order_record(row)

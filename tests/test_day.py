@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from datetime import date, datetime
 from decimal import Decimal
@@ -22,13 +23,12 @@ def _libpq(url: str) -> str:
 
 
 def _overlaps(intervals: list[tuple[datetime, datetime, str]]) -> list[tuple[str, str]]:
-    """Pairs of different owners whose [start, end) intervals intersect."""
-    found = []
-    ordered = sorted(intervals)
-    for (s1, e1, o1), (s2, e2, o2) in zip(ordered, ordered[1:], strict=False):
-        if s2 < e1 and o1 != o2:
-            found.append((o1, o2))
-    return found
+    """Pairs of different owners whose [start, end) intervals intersect (all pairs checked)."""
+    return [
+        (o1, o2)
+        for (s1, e1, o1), (s2, e2, o2) in itertools.combinations(intervals, 2)
+        if o1 != o2 and s1 < e2 and s2 < e1
+    ]
 
 
 @pytest.fixture
@@ -101,7 +101,8 @@ def test_full_day_three_workers(day_result, database_url: str, redis_url: str, p
         assert open_positions == []
         assert conn.execute("SELECT count(*) FROM stock_locks").fetchone() == (0,)
         working = conn.execute(
-            "SELECT count(*) FROM orders WHERE status IN ('NEW','SENT','PARTIALLY_FILLED','UNKNOWN')"
+            "SELECT count(*) FROM orders"
+            " WHERE status IN ('NEW', 'SENT', 'PARTIALLY_FILLED', 'UNKNOWN')"
         ).fetchone()
         assert working == (0,)
 
