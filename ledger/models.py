@@ -138,6 +138,10 @@ class Order(Base):
     filled_amount: Mapped[Decimal] = mapped_column(MONEY, server_default=text("0"))
     trading_day: Mapped[date] = mapped_column(Date)
     created_at: Mapped[datetime] = mapped_column(TSTZ)
+    # wall-clock instant the row was written (database clock), for commit-order audits
+    recorded_at: Mapped[datetime] = mapped_column(
+        TSTZ, server_default=text("clock_timestamp()"), nullable=False
+    )
     updated_at: Mapped[datetime] = mapped_column(TSTZ)
 
     __table_args__ = (
@@ -176,6 +180,10 @@ class Fill(Base):
     rural_tax: Mapped[Decimal] = mapped_column(MONEY)
     cum_qty: Mapped[int] = mapped_column(Integer)
     filled_at: Mapped[datetime] = mapped_column(TSTZ)
+    # wall-clock instant the row was written (database clock), for commit-order audits
+    recorded_at: Mapped[datetime] = mapped_column(
+        TSTZ, server_default=text("clock_timestamp()"), nullable=False
+    )
     trading_day: Mapped[date] = mapped_column(Date)
 
     __table_args__ = (
@@ -249,6 +257,10 @@ class Trade(Base):
     pnl: Mapped[Decimal] = mapped_column(MONEY)
     opened_at: Mapped[datetime] = mapped_column(TSTZ)
     closed_at: Mapped[datetime] = mapped_column(TSTZ)
+    # wall-clock instant the row was written (database clock), for commit-order audits
+    recorded_at: Mapped[datetime] = mapped_column(
+        TSTZ, server_default=text("clock_timestamp()"), nullable=False
+    )
     exit_reason: Mapped[str | None] = mapped_column(Text)
     entry_reason: Mapped[str | None] = mapped_column(Text)
     trading_day: Mapped[date] = mapped_column(Date)
