@@ -1,0 +1,112 @@
+"""Risk limits across real worker processes sharing one simulated session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from decimal import Decimal
+
+import orjson
+import psycopg
+import redis as syncredis
+from sqlalchemy.engine import make_url
+
+LOSS_LIMIT = Decimal(60_000)
+
+
+def _libpq(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def test_loss_limit_stops_every_buy_across_three_processes(
+    database_url: str, redis_url: str, prefix: str
+) -> None:
+    epoch = time.time() + 3.0  # the three processes start in ~1 s; all share this clock
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "FLEET_PREFIX": prefix,
+        "PAPER_SPEED": "3000",
+        "PAPER_EPOCH": str(epoch),
+        "PAPER_SEED": "11",
+        "PAPER_DAY": "2026-11-24",
+        "DAILY_LOSS_LIMIT": str(LOSS_LIMIT),
+        "CAPITAL_LIMIT": "20000000",
+        "LOCK_TTL_MS": "3000",
+        "LOG_LEVEL": "WARNING",
+    }
+    procs = [
+        subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "worker", "run"],
+            env={**env, "WORKER_ID": f"risk-{n}"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for n in (1, 2, 3)
+    ]
+    try:
+        for p in procs:
+            _out, err = p.communicate(timeout=90)
+            assert p.returncode == 0, err.decode()[-2000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+    with psycopg.connect(_libpq(database_url)) as conn:
+        trades = conn.execute(
+            "SELECT pnl, recorded_at, worker_id FROM trades ORDER BY recorded_at"
+        ).fetchall()
+        running = Decimal(0)
+        halted_at = None
+        for pnl, recorded_at, _worker in trades:
+            running += pnl
+            if running <= -LOSS_LIMIT:
+                halted_at = recorded_at
+                break
+        assert halted_at is not None, "the day never reached the loss limit: test is moot"
+
+        late_buys = conn.execute(
+            "SELECT count(*) FROM orders WHERE side = 'BUY' AND recorded_at > %s", (halted_at,)
+        ).fetchone()
+        assert late_buys == (0,), "a BUY entered the ledger after the loss limit was reached"
+        buys_before = conn.execute(
+            "SELECT count(*) FROM orders WHERE side = 'BUY' AND recorded_at <= %s", (halted_at,)
+        ).fetchone()[0]
+        assert buys_before >= 3
+
+        # holdings still sell: positions open at the halt were closed by later SELL fills
+        open_at_halt = conn.execute(
+            """SELECT count(*) FROM positions p
+               WHERE p.opened_at IS NOT NULL
+                 AND EXISTS (SELECT 1 FROM fills f JOIN orders o ON o.id = f.order_id
+                             WHERE o.symbol = p.symbol AND f.side = 'BUY'
+                               AND f.recorded_at <= %(h)s AND f.trading_day = p.trading_day)
+                 AND p.closed_at IS NOT NULL
+                 AND EXISTS (SELECT 1 FROM fills f WHERE f.symbol = p.symbol
+                               AND f.side = 'SELL' AND f.recorded_at > %(h)s)""",
+            {"h": halted_at},
+        ).fetchone()[0]
+        late_sells = conn.execute(
+            "SELECT count(*) FROM fills WHERE side = 'SELL' AND recorded_at > %s", (halted_at,)
+        ).fetchone()[0]
+        assert late_sells >= open_at_halt
+        assert conn.execute(
+            "SELECT count(*) FROM positions WHERE status <> 'CLOSED'"
+        ).fetchone() == (0,)
+
+    client = syncredis.Redis.from_url(redis_url)
+    try:
+        halts = [
+            fields
+            for _id, fields in client.xrange(f"{prefix}:events")
+            if fields[b"type"] == b"risk.halt"
+        ]
+    finally:
+        client.close()
+    assert {h[b"worker_id"].decode() for h in halts} == {"risk-1", "risk-2", "risk-3"}
+    for h in halts:
+        assert "why" in orjson.loads(h[b"data"])
