@@ -273,10 +273,14 @@ class Worker:
             return
         snap = await self.d.market.snapshot(self.d.settings.n_bars)
         taken = {p.symbol for p in await self.d.ledger.open_positions()}
+        # thin names are liquidated earlier, so they stop being bought earlier too
+        no_thin = self.d.clock.now() >= self.thin_liquidation_start
         ranked = [
             c
             for c in rank_candidates(snap, self.scan_params)
-            if c.symbol not in taken and evaluate_buy_signal(c, self.signal_params)
+            if c.symbol not in taken
+            and not (no_thin and c.tier is Tier.THIN)
+            and evaluate_buy_signal(c, self.signal_params)
         ]
         if not ranked:
             return
