@@ -31,6 +31,7 @@ from sqlalchemy import (
     MetaData,
     Numeric,
     PrimaryKeyConstraint,
+    SmallInteger,
     Text,
     UniqueConstraint,
     text,
@@ -134,6 +135,7 @@ class Order(Base):
     reason: Mapped[str | None] = mapped_column(Text)  # why the worker placed it (trade exit_reason)
     status_reason: Mapped[str | None] = mapped_column(Text)  # why it was rejected/canceled
     signal_price: Mapped[Decimal | None] = mapped_column(MONEY)
+    tier: Mapped[int | None] = mapped_column(SmallInteger)  # liquidity tier, for tuning
     filled_qty: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     filled_amount: Mapped[Decimal] = mapped_column(MONEY, server_default=text("0"))
     trading_day: Mapped[date] = mapped_column(Date)

@@ -35,6 +35,7 @@ class OrderIntent:
     created_at: datetime
     capital_limit: Decimal | None = None
     daily_loss_limit: Decimal | None = None
+    tier: int | None = None  # liquidity tier of the symbol, kept for tuning
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,6 +122,21 @@ def test_full_day_three_workers(day_result, database_url: str, redis_url: str, p
         assert summary_pnl == sum((t[2] for t in trades), Decimal(0))
         assert count == len(trades)
 
+        # tuning views: every trade lands in exactly one exit-reason and one entry-signal row
+        by_exit = conn.execute(
+            "SELECT sum(pnl), sum(trades) FROM tuning_exit_reasons WHERE trading_day=%s", (day,)
+        ).fetchone()
+        by_entry = conn.execute(
+            "SELECT sum(pnl), sum(trades) FROM tuning_entry_signals WHERE trading_day=%s",
+            (day,),
+        ).fetchone()
+        assert by_exit == by_entry == (summary_pnl, len(trades))
+        sides = conn.execute(
+            "SELECT DISTINCT side FROM tuning_slippage WHERE trading_day=%s AND tier IS NOT NULL",
+            (day,),
+        ).fetchall()
+        assert {s[0] for s in sides} == {"BUY", "SELL"}
+
         # 4. nothing is bought after the liquidation start
         late_buys = conn.execute(
             "SELECT count(*) FROM orders WHERE side='BUY' AND created_at >= %s",

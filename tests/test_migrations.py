@@ -38,7 +38,7 @@ def _tables(url: str) -> set[str]:
 def test_upgrade_on_empty_database(empty_database_url: str) -> None:
     assert current_revision(empty_database_url) is None
     upgrade_head(empty_database_url)
-    assert current_revision(empty_database_url) == head_revision() == "0001"
+    assert current_revision(empty_database_url) == head_revision() == "0002"
     assert _tables(empty_database_url) == LEDGER_TABLES | {"alembic_version"}
 
 
@@ -50,7 +50,7 @@ def test_second_upgrade_is_a_no_op_and_keeps_data(empty_database_url: str) -> No
             "VALUES ('w1', 'IDLE', now(), now())"
         )
     upgrade_head(empty_database_url)
-    assert current_revision(empty_database_url) == "0001"
+    assert current_revision(empty_database_url) == "0002"
     with psycopg.connect(_libpq(empty_database_url)) as conn:
         assert conn.execute("SELECT count(*) FROM workers").fetchone() == (1,)
 
@@ -61,15 +61,20 @@ def test_downgrade_to_base_then_upgrade_again(empty_database_url: str) -> None:
     assert current_revision(empty_database_url) is None
     # Alembic keeps its (now empty) bookkeeping table; no ledger table is left.
     assert _tables(empty_database_url) <= {"alembic_version"}
+    with psycopg.connect(_libpq(empty_database_url)) as conn:
+        views = conn.execute(
+            "SELECT count(*) FROM information_schema.views WHERE table_schema = 'public'"
+        ).fetchone()
+    assert views == (0,)
     upgrade_head(empty_database_url)
-    assert current_revision(empty_database_url) == "0001"
+    assert current_revision(empty_database_url) == "0002"
     assert _tables(empty_database_url) >= LEDGER_TABLES
 
 
 def test_concurrent_upgrades_apply_once(empty_database_url: str) -> None:
     with ThreadPoolExecutor(4) as pool_:
         list(pool_.map(upgrade_head, [empty_database_url] * 4))
-    assert current_revision(empty_database_url) == "0001"
+    assert current_revision(empty_database_url) == "0002"
 
 
 def test_models_match_the_migration(database_url: str) -> None:
@@ -99,7 +104,7 @@ def test_unix_socket_url(database_url: str) -> None:
     rendered = socket_url.render_as_string(hide_password=False)
     assert "?host=" in rendered
     upgrade_head(rendered)
-    assert current_revision(rendered) == "0001"
+    assert current_revision(rendered) == "0002"
 
 
 @pytest.mark.anyio

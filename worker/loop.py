@@ -12,6 +12,7 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import anyio
 from loguru import logger
@@ -28,7 +29,7 @@ from market.clock import Clock
 from market.costs import CostModel
 from market.types import Board, Tier
 from worker.orders import BuyRefused, LeaseInvalid, OrderExecutor, Placement
-from worker.scan import ScanParams, rank_candidates
+from worker.scan import Candidate, ScanParams, rank_candidates
 from worker.settings import Settings
 from worker.signals import (
     ExitReason,
@@ -44,6 +45,21 @@ from worker.signals import (
 from worker.state import WorkerEvent, WorkerState, next_state
 
 _AFTER_CLOSE_GRACE = timedelta(minutes=2)
+_SURGE = 1.5
+
+
+def entry_signal(candidate: Candidate) -> str:
+    """A stable label of the entry filters that fired, so tomorrow's tuning can group by it."""
+    flags = [
+        name
+        for name, on in (
+            ("nbar_breakout", candidate.breakout_nbar),
+            ("prior_high_breakout", candidate.breakout_prev_high),
+            ("volume_surge", candidate.surge >= _SURGE),
+        )
+        if on
+    ]
+    return "+".join(flags) or "momentum"
 
 
 @dataclass(frozen=True)
@@ -298,23 +314,38 @@ class Worker:
             )
         await self._take(lease)
         candidate = next(c for c in ranked if c.symbol == lease.symbol)
-        if not await self._buy(lease, "; ".join(candidate.reasons), candidate.price):
+        if not await self._buy(lease, entry_signal(candidate), candidate.price):
+            self.log.info("no entry on {} ({})", lease.symbol, "; ".join(candidate.reasons))
             await self._release()
 
-    async def _buy(self, lease: Lease, reason: str, signal_price: object) -> bool:
+    async def _buy(self, lease: Lease, reason: str, signal_price: Decimal) -> bool:
         quote = await self.d.market.quote(lease.symbol)
         order_type, price = buy_order(quote)
         qty = self.d.costs.max_buy_qty(self.d.settings.capital_limit, price)
         if qty < 1:
             return False
+        tier = self.d.tiers.get(lease.symbol)
         placement = Placement(
-            lease.symbol, Side.BUY, qty, order_type, price, lease.fence, reason, quote.price
+            lease.symbol,
+            Side.BUY,
+            qty,
+            order_type,
+            price,
+            lease.fence,
+            reason,
+            signal_price,
+            int(tier) if tier is not None else None,
         )
         deadline = self.d.clock.now() + timedelta(seconds=self.d.settings.order_timeout_s)
+        thin = tier is Tier.THIN
+        cutoff = self.thin_liquidation_start if thin else self.liquidation_start
         try:
-            await self.orders.execute(placement, deadline)
+            await self.orders.execute(placement, deadline, buy_cutoff=cutoff)
         except BuyRefused as exc:
-            await self._risk_halt(str(exc))
+            if self.d.clock.now() < cutoff:
+                await self._risk_halt(str(exc))
+            else:
+                self.log.warning("buy of {} refused: {}", lease.symbol, exc)
         except LeaseInvalid:
             pass
         position = await self.d.ledger.open_position(lease.symbol)
@@ -444,6 +475,7 @@ class Worker:
                 lease.fence,
                 signal.reason.value,
                 signal.trigger_price,
+                int(tier) if (tier := self.d.tiers.get(held.symbol)) is not None else None,
             )
             status = await self.orders.execute(placement, deadline)
             if status is None:

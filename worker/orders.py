@@ -56,6 +56,7 @@ class Placement:
     fence: int
     reason: str
     signal_price: Decimal | None
+    tier: int | None = None
 
 
 class OrderExecutor:
@@ -87,7 +88,9 @@ class OrderExecutor:
         self.poll_s = poll_s
         self.log = logger.bind(worker=worker_id if len(worker_id) <= 16 else worker_id[:8])
 
-    async def execute(self, p: Placement, deadline: datetime) -> OrderStatus | None:
+    async def execute(
+        self, p: Placement, deadline: datetime, *, buy_cutoff: datetime | None = None
+    ) -> OrderStatus | None:
         """Place one order and follow it until done or `deadline` (then cancel the rest).
 
         Returns the final status, or None when nothing was placed (rejected, broker down).
@@ -96,6 +99,9 @@ class OrderExecutor:
         cid = ClientOrderId(str(uuid.uuid4()))
         now = self.clock.now()
         buy = p.side is Side.BUY
+        if buy and buy_cutoff is not None and now >= buy_cutoff:
+            # checked against the very instant recorded as the order's created_at
+            raise BuyRefused(f"no new buys from {buy_cutoff:%H:%M:%S} (liquidation window)")
         intent = OrderIntent(
             client_order_id=cid,
             worker_id=self.worker_id,
@@ -111,6 +117,7 @@ class OrderExecutor:
             created_at=now,
             capital_limit=self.capital_limit if buy else None,
             daily_loss_limit=self.daily_loss_limit if buy else None,
+            tier=p.tier,
         )
         try:
             await self.ledger.create_order(intent)

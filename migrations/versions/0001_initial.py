@@ -104,6 +104,7 @@ def upgrade() -> None:
         sa.Column("reason", sa.Text(), nullable=True),
         sa.Column("status_reason", sa.Text(), nullable=True),
         sa.Column("signal_price", MONEY, nullable=True),
+        sa.Column("tier", sa.SmallInteger(), nullable=True),
         sa.Column("filled_qty", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.Column("filled_amount", MONEY, server_default=sa.text("0"), nullable=False),
         sa.Column("trading_day", sa.Date(), nullable=False),
