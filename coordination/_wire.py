@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from importlib import resources
 from types import TracebackType
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import BlockingConnectionPool
+from redis.exceptions import NoScriptError
+from redis.typing import EncodableT
 
 from coordination.errors import BackendUnavailable, translate
 
@@ -82,18 +88,49 @@ def call_deadline(redis: aioredis.Redis, timeout_s: float) -> float | None:
     return timeout_s
 
 
+def lua_source(name: str) -> str:
+    """The text of ``coordination/lua/{name}.lua``."""
+    return (resources.files("coordination") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+
+
+class LuaScript:
+    """One Lua script of ``coordination/lua``, called by SHA1 with EVALSHA.
+
+    redis-py's `Script` object costs a few µs per call on top of the command; calling
+    EVALSHA through `execute_command` with pre-encoded arguments does not. When the server does
+    not know the script (restart, SCRIPT FLUSH, failover) it answers NOSCRIPT without running
+    anything, so sending the source with EVAL then is safe, and caches it again.
+    """
+
+    __slots__ = ("name", "sha", "source")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.source = lua_source(name).encode()
+        self.sha = hashlib.sha1(self.source, usedforsecurity=False).hexdigest().encode()
+
+    async def __call__(self, redis: aioredis.Redis, *keys_and_args: EncodableT) -> Any:
+        """`keys_and_args` starts with the number of keys, as EVALSHA takes them."""
+        execute: Callable[..., Awaitable[Any]] = redis.execute_command
+        try:
+            return await execute(b"EVALSHA", self.sha, *keys_and_args)
+        except NoScriptError:
+            return await execute(b"EVAL", self.source, *keys_and_args)
+
+
 class bounded:  # lower case: it reads as a call, `async with bounded(...)`
     """Run the block under a deadline and translate Redis errors (see `coordination.errors`).
 
     redis.asyncio only runs on asyncio, so this uses `asyncio.timeout`: about 5 µs per call
     against ~16 µs for an anyio cancel scope, on a round trip of ~60 µs. It still honours anyio
     cancellation (a cancelled scope passes through untouched). Cancelling a redis-py command
-    mid-reply is safe: the client drops that connection.
+    mid-reply is safe: the client drops that connection. With `timeout_s` None (see
+    `call_deadline`) it only translates errors.
     """
 
     __slots__ = ("_timeout", "timeout_s", "what")
 
-    def __init__(self, what: str, timeout_s: float) -> None:
+    def __init__(self, what: str, timeout_s: float | None) -> None:
         self.what = what
         self.timeout_s = timeout_s
         self._timeout: asyncio.Timeout | None = None
@@ -113,7 +150,7 @@ class bounded:  # lower case: it reads as a call, `async with bounded(...)`
             await self._timeout.__aexit__(exc_type, exc, tb)
         except TimeoutError as timed_out:
             raise BackendUnavailable(
-                f"{self.what}: no reply within {self.timeout_s:g} s"
+                f"{self.what}: no reply within {self.timeout_s or 0:g} s"
             ) from timed_out
         if exc is not None:
             ours = translate(self.what, exc)

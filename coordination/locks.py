@@ -17,21 +17,20 @@ difference between the two machines and the time the holder needs to stop acting
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
 from redis.typing import EncodableT
 
 from coordination._wire import (
     DEFAULT_TIMEOUT_S,
+    LuaScript,
     bounded,
     call_deadline,
+    lua_source,
     now_iso,
     text,
     utc_iso,
@@ -48,7 +47,7 @@ _KEY_CACHE_MAX = 8_192
 
 def script_source(name: str) -> str:
     """The text of ``coordination/lua/{name}.lua``."""
-    return (resources.files("coordination") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+    return lua_source(name)
 
 
 def parse_value(value: str) -> tuple[str, int]:
@@ -102,31 +101,6 @@ def _check_ttl(ttl_ms: int) -> int:
     return ttl_ms
 
 
-class _Script:
-    """One Lua script, called by SHA1 with EVALSHA.
-
-    redis-py's `Script` object costs a few µs per call on top of the command; calling
-    EVALSHA through `execute_command` with pre-encoded arguments does not. When the server does
-    not know the script (restart, SCRIPT FLUSH, failover) it answers NOSCRIPT without running
-    anything, so sending the source with EVAL then is safe and caches it again.
-    """
-
-    __slots__ = ("name", "sha", "source")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.source = script_source(name).encode()
-        self.sha = hashlib.sha1(self.source, usedforsecurity=False).hexdigest().encode()
-
-    async def __call__(self, redis: aioredis.Redis, *keys_and_args: EncodableT) -> Any:
-        """`keys_and_args` starts with the number of keys, as EVALSHA takes them."""
-        execute: Callable[..., Awaitable[Any]] = redis.execute_command
-        try:
-            return await execute(b"EVALSHA", self.sha, *keys_and_args)
-        except NoScriptError:
-            return await execute(b"EVAL", self.source, *keys_and_args)
-
-
 # (symbol, lock key, fence key, lease key) encoded, then the lock key as str.
 _SymbolKeys = tuple[bytes, bytes, bytes, bytes, str]
 
@@ -145,10 +119,10 @@ def _renewed(lease: Lease, valid_until: float) -> Lease:
     return clone
 
 
-_ACQUIRE = _Script("acquire")
-_ACQUIRE_FIRST = _Script("acquire_first")
-_RENEW = _Script("renew")
-_RELEASE = _Script("release")
+_ACQUIRE = LuaScript("acquire")
+_ACQUIRE_FIRST = LuaScript("acquire_first")
+_RENEW = LuaScript("renew")
+_RELEASE = LuaScript("release")
 
 
 class RedisSymbolLock:
@@ -224,7 +198,7 @@ class RedisSymbolLock:
             self._symbol_keys[symbol] = found
         return found
 
-    async def _call(self, what: str, script: _Script, *keys_and_args: EncodableT) -> Any:
+    async def _call(self, what: str, script: LuaScript, *keys_and_args: EncodableT) -> Any:
         """Run `script`, bounded in time, with Redis errors translated (`coordination.errors`)."""
         deadline = self._deadline_s
         if deadline is None:  # the client's socket timeouts bound the call

@@ -12,12 +12,20 @@ from datetime import datetime
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.typing import EncodableT
 
-from coordination._wire import DEFAULT_TIMEOUT_S, bounded, parse_iso, text, utc_iso
+from coordination._wire import (
+    DEFAULT_TIMEOUT_S,
+    LuaScript,
+    bounded,
+    call_deadline,
+    parse_iso,
+    text,
+    utc_iso,
+)
 from coordination.keys import Keyspace
 
 _SCAN_COUNT = 500
+_REGISTER = LuaScript("register")
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,7 @@ class WorkerRegistry:
         self.keys = keys
         self.ttl_ms = ttl_ms
         self.timeout_s = timeout_s
+        self._deadline_s = call_deadline(redis, timeout_s)
 
     async def update(
         self,
@@ -61,22 +70,25 @@ class WorkerRegistry:
         host: str,
         heartbeat_at: datetime,
     ) -> None:
-        """Write every field and reset the entry's TTL, atomically (MULTI/EXEC)."""
+        """Write every field and reset the entry's TTL, atomically, as one command."""
         key = self.keys.worker(worker_id)
-        mapping: dict[EncodableT, EncodableT] = {
-            "state": state,
-            "symbol": symbol or "",
-            "pid": pid,
-            "host": host,
-            "heartbeat_at": utc_iso(heartbeat_at),
-        }
-        async with (
-            bounded(f"register {worker_id}", self.timeout_s),
-            self.redis.pipeline(transaction=True) as pipe,
-        ):
-            pipe.hset(key, mapping=mapping)
-            pipe.pexpire(key, self.ttl_ms)
-            await pipe.execute()
+        async with bounded(f"register {worker_id}", self._deadline_s):
+            await _REGISTER(
+                self.redis,
+                1,
+                key,
+                self.ttl_ms,
+                "state",
+                state,
+                "symbol",
+                symbol or "",
+                "pid",
+                pid,
+                "host",
+                host,
+                "heartbeat_at",
+                utc_iso(heartbeat_at),
+            )
 
     async def remove(self, worker_id: str) -> bool:
         """Drop the worker's entry (clean shutdown). True if it existed."""
