@@ -21,6 +21,18 @@ key                            type        TTL       meaning
                                                      (ISO 8601 UTC); refreshed by the registry.
 ``fleet:events``               stream      MAXLEN~   notices: type, worker_id, symbol, ts
                                                      (ISO 8601 UTC), data (JSON object).
+``fleet:meta``                 hash        none      ``run_id`` of the Redis server the fence
+                                                     counters were last seeded on, ``seeded_at``
+                                                     (ISO 8601 UTC), ``floors`` (how many symbols
+                                                     were seeded). A ``run_id`` other than the
+                                                     server's own means Redis restarted (or failed
+                                                     over) and may have lost fences: reseed them
+                                                     from Postgres before acquiring
+                                                     (`coordination.fences`).
+``fleet:reaped``               hash        none      symbol -> ``{worker_id}:{fence}`` of a lease
+                                                     the reaper declared expired and whose symbol
+                                                     no live worker has taken since; removed when
+                                                     one does (``lock.recovered``).
 =============================  ==========  ========  ===========================================
 
 ``fleet:lease:*`` deliberately does not match ``fleet:lock:*``, so
@@ -77,6 +89,21 @@ class Keyspace:
         return f"{self.prefix}:events"
 
     @property
+    def meta(self) -> str:
+        """Hash run_id, seeded_at, floors: which Redis server the fences were seeded on."""
+        return f"{self.prefix}:meta"
+
+    @property
+    def reaped(self) -> str:
+        """Hash symbol -> ``{worker_id}:{fence}`` of reaped leases not yet taken over."""
+        return f"{self.prefix}:reaped"
+
+    @property
+    def lease_pattern(self) -> str:
+        """SCAN MATCH pattern for every lease meta key."""
+        return f"{_glob_escape(self.prefix)}:lease:*"
+
+    @property
     def lock_pattern(self) -> str:
         """SCAN MATCH pattern for every lock key (the prefix's glob characters escaped)."""
         return f"{_glob_escape(self.prefix)}:lock:*"
@@ -90,6 +117,13 @@ class Keyspace:
         head = f"{self.prefix}:lock:"
         if not key.startswith(head):
             raise ValueError(f"{key!r} is not a lock key under {self.prefix!r}")
+        return key[len(head) :]
+
+    def symbol_of_lease(self, key: str) -> str:
+        """Inverse of `lease`."""
+        head = f"{self.prefix}:lease:"
+        if not key.startswith(head):
+            raise ValueError(f"{key!r} is not a lease key under {self.prefix!r}")
         return key[len(head) :]
 
     def worker_id_of(self, key: str) -> str:

@@ -1,0 +1,37 @@
+-- seed_fences.lua: raise fence counters to floors taken from the ledger, once per Redis server.
+--
+-- KEYS[1]      {prefix}:meta             hash run_id, seeded_at, floors
+-- KEYS[1+i]    {prefix}:fence:{symbol_i}  i = 1..n
+-- ARGV[1]      ts, ISO 8601 UTC
+-- ARGV[1+i]    floor for symbol i: the counter is raised to it if lower, never lowered
+--
+-- The server's run_id is read here, inside the script, so "already seeded on this server" and
+-- the seeding itself are one atomic step: when many workers detect a restart at once, the first
+-- script to run seeds and records the run_id, the others change nothing.
+-- Returns {raised, run_id}: how many counters were raised (-1: already seeded on this server).
+local n = #KEYS - 1
+if #ARGV ~= n + 1 then
+  return redis.error_reply('ERR expected one floor per fence key, got ' .. (#ARGV - 1) .. ' for ' .. n)
+end
+local info = redis.call('INFO', 'server')
+local run_id = string.match(info, 'run_id:(%x+)') or ''
+if run_id ~= '' and redis.call('HGET', KEYS[1], 'run_id') == run_id then
+  return {-1, run_id}
+end
+for i = 1, n do
+  local floor = tonumber(ARGV[1 + i])
+  if not floor or floor < 0 or floor ~= math.floor(floor) then
+    return redis.error_reply('ERR floor must be a non-negative integer, got ' .. tostring(ARGV[1 + i]))
+  end
+end
+local raised = 0
+for i = 1, n do
+  local floor = tonumber(ARGV[1 + i])
+  local current = tonumber(redis.call('GET', KEYS[1 + i]) or '0') or 0
+  if current < floor then
+    redis.call('SET', KEYS[1 + i], ARGV[1 + i])
+    raised = raised + 1
+  end
+end
+redis.call('HSET', KEYS[1], 'run_id', run_id, 'seeded_at', ARGV[1], 'floors', n)
+return {raised, run_id}
