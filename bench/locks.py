@@ -6,6 +6,12 @@ Prints one ``name=value`` line per figure (latencies in microseconds, throughput
 pairs per second), then ``lock_acquire_vs_rtt`` and ``lock_pair_vs_rtt``: our p50 over PING's p50.
 Everything runs under a fresh key prefix that is deleted at the end. One Python process drives
 all clients, so the throughput figures are bounded by the client's CPU as much as by Redis.
+
+Fairness: every figure uses one client (built by `connect` with its default 2 s timeouts, as the
+worker does) and its one connection for the latency runs. Operations that are compared are
+measured interleaved, one sample of each per round after a warm-up, so drift (CPU frequency,
+other load on the machine) hits them alike; every p50 is over >= 2,000 samples. Throughput
+runs alternate the three implementations over several short rounds and report the median.
 """
 
 from __future__ import annotations
@@ -28,9 +34,14 @@ from coordination.heartbeat import LeaseKeeper
 from coordination.keys import Keyspace
 from coordination.locks import Lease, RedisSymbolLock
 
-N = 2_000
-THROUGHPUT_S = 2.0
+N = 3_000
+N_BATCH = 2_000
+WARMUP = 200
+THROUGHPUT_S = 1.0
+THROUGHPUT_ROUNDS = 3
 TTL_MS = 10_000
+
+Op = Callable[[], Awaitable[object]]
 
 # The textbook unfenced unlock: delete only if the token is still ours.
 COMPARE_AND_DELETE = """
@@ -48,31 +59,38 @@ def percentiles(samples_ns: list[int]) -> tuple[float, float]:
     return statistics.median(us), us[min(len(us) - 1, int(len(us) * 0.99))]
 
 
-async def timed(
-    name: str,
-    op: Callable[[], Awaitable[object]],
-    n: int = N,
-    after: Callable[[], Awaitable[object]] | None = None,
-) -> float:
-    """Run `op` n times (plus warm-up), `after` untimed after each; emit p50/p99; return p50."""
-    for _ in range(50):
-        await op()
-        if after is not None:
-            await after()
-    samples = []
-    for _ in range(n):
-        t0 = time.perf_counter_ns()
-        await op()
-        samples.append(time.perf_counter_ns() - t0)
-        if after is not None:
-            await after()
-    p50, p99 = percentiles(samples)
-    emit(f"{name}_p50_us", p50)
-    emit(f"{name}_p99_us", p99)
-    return p50
+async def interleaved(
+    ops: dict[str, tuple[Op, Op | None, Op | None]], n: int = N
+) -> dict[str, float]:
+    """Time each op once per round, round-robin, `n` rounds after a warm-up.
+
+    Each entry is (op, before, after): `before`/`after` run untimed around every call (to set up
+    or undo what the op needs). Emits p50/p99 per op and returns the p50s.
+    """
+    samples: dict[str, list[int]] = {name: [] for name in ops}
+    clock = time.perf_counter_ns
+    for round_ in range(WARMUP + n):
+        for name, (op, before, after) in ops.items():
+            if before is not None:
+                await before()
+            t0 = clock()
+            await op()
+            elapsed = clock() - t0
+            if after is not None:
+                await after()
+            if round_ >= WARMUP:
+                samples[name].append(elapsed)
+    p50s = {}
+    for name, taken in samples.items():
+        p50, p99 = percentiles(taken)
+        emit(f"{name}_p50_us", p50)
+        emit(f"{name}_p99_us", p99)
+        p50s[name] = p50
+    return p50s
 
 
-async def throughput(name: str, pair: Callable[[int], Awaitable[None]], clients: int) -> None:
+async def throughput(pair: Callable[[int], Awaitable[None]], clients: int) -> float:
+    """Pairs per second with `clients` tasks looping `pair` for THROUGHPUT_S."""
     done = 0
     stop_at = time.perf_counter() + THROUGHPUT_S
 
@@ -84,7 +102,7 @@ async def throughput(name: str, pair: Callable[[int], Awaitable[None]], clients:
 
     started = time.perf_counter()
     await asyncio.gather(*(client(i) for i in range(clients)))
-    emit(f"{name}_c{clients}_pairs_per_s", done / (time.perf_counter() - started))
+    return done / (time.perf_counter() - started)
 
 
 async def latencies(client: aioredis.Redis, keys: Keyspace) -> dict[str, float]:
@@ -93,8 +111,7 @@ async def latencies(client: aioredis.Redis, keys: Keyspace) -> dict[str, float]:
     lock = RedisSymbolLock(client, keys, "bench-w1", ttl_ms=TTL_MS)
     other = RedisSymbolLock(client, keys, "bench-w2", ttl_ms=TTL_MS)
     cad = client.register_script(COMPARE_AND_DELETE)
-
-    ping = await timed("ping", client.ping)
+    await client.script_load(COMPARE_AND_DELETE)
 
     raw_key = f"{prefix}:raw:lat"
 
@@ -102,18 +119,15 @@ async def latencies(client: aioredis.Redis, keys: Keyspace) -> dict[str, float]:
         await client.set(raw_key, "tok", nx=True, px=TTL_MS)
         await cad(keys=[raw_key], args=["tok"])
 
-    await timed("raw_setnx_cad_pair", raw_pair)
-
     pylock = client.lock(f"{prefix}:redispy:lat", timeout=TTL_MS / 1000)
-    await timed(
-        "redispy_lock_acquire", lambda: pylock.acquire(blocking=False), after=pylock.release
-    )
+    pylock_pair_lock = client.lock(f"{prefix}:redispy:lat2", timeout=TTL_MS / 1000)
+
+    async def pylock_acquire() -> None:
+        assert await pylock.acquire(blocking=False)
 
     async def pylock_pair() -> None:
-        await pylock.acquire(blocking=False)
-        await pylock.release()
-
-    await timed("redispy_lock_pair", pylock_pair)
+        assert await pylock_pair_lock.acquire(blocking=False)
+        await pylock_pair_lock.release()
 
     held: list[Lease] = []
 
@@ -125,24 +139,40 @@ async def latencies(client: aioredis.Redis, keys: Keyspace) -> dict[str, float]:
     async def ours_release_held() -> None:
         assert await lock.release(held.pop())
 
-    acquire_p50 = await timed("ours_acquire", ours_acquire, after=ours_release_held)
-
     async def ours_pair() -> None:
-        lease = await lock.acquire("LAT")
+        lease = await lock.acquire("PAIR")
         assert lease is not None
         assert await lock.release(lease)
 
-    pair_p50 = await timed("ours_pair", ours_pair)
+    renewed = await lock.acquire("RN")
+    assert renewed is not None
+    released: list[Lease] = []
 
-    one = await lock.acquire("RN")
-    assert one is not None
-    await timed("ours_renew_1", lambda: lock.renew([one]))
-    await lock.release(one)
+    async def take_for_release() -> None:
+        lease = await lock.acquire("REL")
+        assert lease is not None
+        released.append(lease)
 
-    await ours_acquire()  # release needs something to release first
-    await timed("ours_release", ours_release_held, after=ours_acquire)
-    await ours_release_held()
+    async def ours_release() -> None:
+        assert await lock.release(released.pop())
 
+    p50 = await interleaved(
+        {
+            "ping": (client.ping, None, None),
+            "raw_setnx_cad_pair": (raw_pair, None, None),
+            "redispy_lock_acquire": (pylock_acquire, None, pylock.release),
+            "redispy_lock_pair": (pylock_pair, None, None),
+            "ours_acquire": (ours_acquire, None, ours_release_held),
+            "ours_pair": (ours_pair, None, None),
+            "ours_renew_1": (lambda: lock.renew([renewed]), None, None),
+            "ours_release": (ours_release, take_for_release, None),
+        }
+    )
+    await lock.release(renewed)
+
+    batch: dict[str, tuple[Op, Op | None, Op | None]] = {
+        "ping_batch_run": (client.ping, None, None)
+    }
     for size in (20, 100):
         taken = [f"AF{size}-{i:03d}" for i in range(size - 1)]
         for symbol in taken:
@@ -154,16 +184,19 @@ async def latencies(client: aioredis.Redis, keys: Keyspace) -> dict[str, float]:
             assert lease is not None
             held.append(lease)
 
-        await timed(
-            f"ours_acquire_first_{size}_{size - 1}_taken", first, n=1_000, after=ours_release_held
-        )
+        batch[f"ours_acquire_first_{size}_{size - 1}_taken"] = (first, None, ours_release_held)
 
-    batch = [await lock.acquire(f"RB-{i:03d}") for i in range(100)]
-    leases = [lease for lease in batch if lease is not None]
+    acquired = [await lock.acquire(f"RB-{i:03d}") for i in range(100)]
+    leases = [lease for lease in acquired if lease is not None]
     assert len(leases) == 100
-    await timed("ours_renew_batch_100", lambda: lock.renew(leases), n=1_000)
+    batch["ours_renew_batch_100"] = (lambda: lock.renew(leases), None, None)
+    await interleaved(batch, n=N_BATCH)
 
-    return {"lock_acquire_vs_rtt": acquire_p50 / ping, "lock_pair_vs_rtt": pair_p50 / ping}
+    ping = p50["ping"]
+    return {
+        "lock_acquire_vs_rtt": p50["ours_acquire"] / ping,
+        "lock_pair_vs_rtt": p50["ours_pair"] / ping,
+    }
 
 
 async def throughputs(client: aioredis.Redis, keys: Keyspace) -> None:
@@ -193,24 +226,43 @@ async def throughputs(client: aioredis.Redis, keys: Keyspace) -> None:
         await pylocks[i].acquire(blocking=False)
         await pylocks[i].release()
 
+    contenders = {
+        "ours_pair": ours_tp,
+        "raw_fenced_pair": raw_fenced_tp,
+        "redispy_lock_pair": redispy_tp,
+    }
     for clients in (8, 64):
-        await throughput("ours_pair", ours_tp, clients)
-        await throughput("raw_fenced_pair", raw_fenced_tp, clients)
-        await throughput("redispy_lock_pair", redispy_tp, clients)
+        rates: dict[str, list[float]] = {name: [] for name in contenders}
+        for _ in range(THROUGHPUT_ROUNDS):  # alternate, so drift hits all three alike
+            for name, pair in contenders.items():
+                rates[name].append(await throughput(pair, clients))
+        for name, measured in rates.items():
+            emit(f"{name}_c{clients}_pairs_per_s", statistics.median(measured))
+        emit(
+            f"ours_vs_raw_fenced_c{clients}",
+            statistics.median(rates["ours_pair"]) / statistics.median(rates["raw_fenced_pair"]),
+        )
 
 
 def idle_cost(client: aioredis.Redis, keys: Keyspace) -> None:
-    """Redis load of an idle worker holding one symbol at default settings: one EVALSHA per
-    heartbeat, which runs GET + PEXPIRE inside Redis."""
+    """Redis load of one idle worker holding one symbol at default settings.
+
+    Per heartbeat period (TTL / 3 = 3.33 s by default, for the lease keeper and for the worker's
+    registry refresh alike): one EVALSHA renew.lua (MGET + PEXPIRE inside) and one EVALSHA
+    register.lua (HSET + PEXPIRE inside). `commands` counts what the worker sends (the commands
+    in INFO commandstats' EVALSHA line); `redis_ops` adds the commands the scripts run.
+    """
     keeper = LeaseKeeper(RedisSymbolLock(client, keys, "idle"))
+    per_beat_commands = 2  # renew + registry refresh, one EVALSHA each
+    per_beat_ops = per_beat_commands * 3
     emit("idle_holder_heartbeat_interval_s", keeper.interval_s)
-    emit("idle_holder_commands_per_s", 1 / keeper.interval_s)
-    emit("idle_holder_redis_ops_per_s", 3 / keeper.interval_s)
+    emit("idle_holder_commands_per_s", per_beat_commands / keeper.interval_s)
+    emit("idle_holder_redis_ops_per_s", per_beat_ops / keeper.interval_s)
 
 
 async def main() -> None:
     url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    client = await connect(url, timeout_s=5.0)
+    client = await connect(url)  # default timeouts, as the worker connects
     keys = Keyspace(f"bench{uuid.uuid4().hex[:8]}")
     try:
         info = await client.info("server")
