@@ -90,7 +90,8 @@ class FenceSeeder:
         async with bounded(f"seed {len(floors)} fences", max(self.timeout_s, 5.0)):
             raised, run_id = await self._seed(keys=keys, args=args)
         if int(raised) >= 0:
-            logger.warning(
+            log = logger.warning if int(raised) else logger.info
+            log(
                 "Redis run {} had no seeded fences: raised {} of {} counters to the ledger's "
                 "floor + {}",
                 text(run_id)[:12],

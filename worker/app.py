@@ -12,15 +12,18 @@ from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import date, datetime
+from functools import partial
 
 import anyio
 from loguru import logger
 
 from broker.paper import PaperBroker
 from coordination.connection import connect
+from coordination.fences import FenceSeeder
 from coordination.keys import Keyspace
 from coordination.locks import RedisSymbolLock
 from coordination.notices import Notices
+from coordination.reaper import LeaseReaper
 from coordination.registry import WorkerRegistry
 from ledger.db import create_engine, wait_ready
 from ledger.repository import Ledger
@@ -29,6 +32,8 @@ from market.clock import KST, Clock, RealClock, SimClock
 from market.costs import CostModel
 from market.sim import SimulatedMarket
 from worker.loop import Deps, Worker
+from worker.mirror import LockMirror
+from worker.reaper import run_reaper
 from worker.settings import ConfigError, Settings
 
 
@@ -99,6 +104,12 @@ async def run_fleet(
         ledger = Ledger(engine, costs)
         keys = Keyspace(settings.fleet_prefix)
         notices = Notices(redis, keys, maxlen=settings.events_maxlen)
+        # Fence counters lost in a Redis restart are reseeded from the ledger before anyone
+        # here acquires; the reaper loop repeats the check every pass.
+        seeder = FenceSeeder(redis, keys)
+        await seeder.ensure(ledger.max_fences)
+        reaper = LeaseReaper(redis, keys, settings.events_maxlen)
+        mirror = LockMirror(notices, ledger, settings.worker_id, reaper=reaper)
         market = SimulatedMarket(settings.paper_seed, plan.session, settings.paper_symbols)
         broker = PaperBroker(market, plan.clock)
         instruments = market.instruments
@@ -137,6 +148,18 @@ async def run_fleet(
         async with anyio.create_task_group() as tg:
             if handle_signals:
                 tg.start_soon(_stop_on_signal, fleet, tg.cancel_scope)
+            # One reaper and one mirror per process; cancelled with tg once the workers finish.
+            tg.start_soon(mirror.run)
+            tg.start_soon(
+                partial(
+                    run_reaper,
+                    reaper,
+                    ledger,
+                    settings.heartbeat_s,
+                    seeder=seeder,
+                    max_fences=ledger.max_fences,
+                )
+            )
             async with anyio.create_task_group() as workers_tg:
                 for w in fleet:
                     workers_tg.start_soon(w.run)
