@@ -169,11 +169,9 @@ class RedisSymbolLock:
         # Constant script arguments, encoded once.
         self._worker_b = worker_id.encode()
         self._ttl_b = str(ttl_ms).encode()
-        self._ttl_token = f" {ttl_ms} "
         self._maxlen_b = str(events_maxlen).encode()
         self._events_b = keys.events.encode()
         self._prefix_b = f"{keys.prefix}:".encode()
-        self._lock_head_b = f"{keys.prefix}:lock:".encode()
         self._valid_s = (ttl_ms - self.safety_ms) / 1000
         # symbol -> its validated key names (see _SymbolKeys).
         self._symbol_keys: dict[str, _SymbolKeys] = {}
