@@ -13,7 +13,8 @@ import psycopg
 import redis as syncredis
 from sqlalchemy.engine import make_url
 
-LOSS_LIMIT = Decimal(60_000)
+LOSS_LIMIT = Decimal(300_000)
+SPEED = 1000.0
 
 
 def _libpq(url: str) -> str:
@@ -23,20 +24,28 @@ def _libpq(url: str) -> str:
 def test_loss_limit_stops_every_buy_across_three_processes(
     database_url: str, redis_url: str, prefix: str
 ) -> None:
-    epoch = time.time() + 3.0  # the three processes start in ~1 s; all share this clock
+    # The three processes start in ~1-2 s and share one clock that reaches 12:30 KST then;
+    # the afternoon runs at 1,000x (3 h in ~11 s).
+    epoch = time.time() + 2.0 - (3 * 3600 + 1800) / SPEED
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "FLEET_PREFIX": prefix,
-        "PAPER_SPEED": "3000",
+        "PAPER_SPEED": str(SPEED),
         "PAPER_EPOCH": str(epoch),
         "PAPER_SEED": "11",
         "PAPER_DAY": "2026-11-24",
         "DAILY_LOSS_LIMIT": str(LOSS_LIMIT),
         "CAPITAL_LIMIT": "20000000",
         "LOCK_TTL_MS": "3000",
-        "LOG_LEVEL": "WARNING",
+        # a deliberately twitchy strategy, so the day reaches the loss limit early
+        "STOP_LOSS_PCT": "0.3",
+        "TAKE_PROFIT_PCT": "50",
+        "MAX_HOLD_MIN": "2",
+        "TREND_BREAK_PCT": "0",
+        "TREND_MIN_HOLD_MIN": "0",
+        "LOG_LEVEL": "INFO",
     }
     procs = [
         subprocess.Popen(  # noqa: S603
@@ -48,9 +57,11 @@ def test_loss_limit_stops_every_buy_across_three_processes(
         for n in (1, 2, 3)
     ]
     try:
+        logs = []
         for p in procs:
             _out, err = p.communicate(timeout=90)
             assert p.returncode == 0, err.decode()[-2000:]
+            logs.append(err.decode())
     finally:
         for p in procs:
             if p.poll() is None:
@@ -67,7 +78,9 @@ def test_loss_limit_stops_every_buy_across_three_processes(
             if running <= -LOSS_LIMIT:
                 halted_at = recorded_at
                 break
-        assert halted_at is not None, "the day never reached the loss limit: test is moot"
+        assert halted_at is not None, "the day never reached the loss limit: test is moot\n" + (
+            "\n".join(log[-3000:] for log in logs)
+        )
 
         late_buys = conn.execute(
             "SELECT count(*) FROM orders WHERE side = 'BUY' AND recorded_at > %s", (halted_at,)

@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     stop_loss_pct: Decimal = Field(Decimal("1.5"), gt=0, lt=50)
     take_profit_pct: Decimal = Field(Decimal("3.0"), gt=0, lt=100)
     max_hold_min: int = Field(90, ge=1)
+    trend_break_pct: Decimal = Field(Decimal("0.5"), ge=0, lt=50)
+    trend_min_hold_min: int = Field(5, ge=0)
 
     # --- KIS Open API (BROKER=kis) ---
     kis_app_key: str | None = None

@@ -4,7 +4,8 @@ Sell rules, first match wins:
 1. forced liquidation: at or after the liquidation start            -> MARKETABLE
 2. stop loss: last price <= entry x (1 - STOP_LOSS_PCT / 100)       -> MARKETABLE
 3. take profit: last price >= entry x (1 + TAKE_PROFIT_PCT / 100)   -> PASSIVE
-4. trend break: last price below the short MA (after two minutes)   -> MARKETABLE
+4. trend break: last price TREND_BREAK_PCT below the short MA,
+   held at least TREND_MIN_HOLD_MIN minutes                        -> MARKETABLE
 5. time exit: held for MAX_HOLD_MIN minutes                         -> PASSIVE
 
 Urgency decides the sell order: PASSIVE = limit at the best ask (rests), MARKETABLE = limit at
@@ -24,8 +25,6 @@ from market.ticks import Direction, round_to_tick
 from market.types import Quote
 from worker.scan import Candidate
 from worker.settings import Settings
-
-_TREND_MIN_HOLD = timedelta(minutes=2)
 
 
 class ExitReason(StrEnum):
@@ -66,6 +65,8 @@ class SignalParams:
     stop_loss_pct: Decimal = Decimal("1.5")
     take_profit_pct: Decimal = Decimal("3.0")
     max_hold: timedelta = timedelta(minutes=90)
+    trend_break_pct: Decimal = Decimal("0.5")
+    trend_min_hold: timedelta = timedelta(minutes=5)
 
     @classmethod
     def from_settings(cls, s: Settings) -> SignalParams:
@@ -74,6 +75,8 @@ class SignalParams:
             stop_loss_pct=s.stop_loss_pct,
             take_profit_pct=s.take_profit_pct,
             max_hold=timedelta(minutes=s.max_hold_min),
+            trend_break_pct=s.trend_break_pct,
+            trend_min_hold=timedelta(minutes=s.trend_min_hold_min),
         )
 
 
@@ -99,7 +102,10 @@ def evaluate_sell_signal(
     if price >= position.avg_price * (1 + params.take_profit_pct / 100):
         return SellSignal(ExitReason.TAKE_PROFIT, Urgency.PASSIVE, price)
     held = now - position.opened_at
-    if quote.short_ma is not None and price < quote.short_ma and held >= _TREND_MIN_HOLD:
+    below_ma = quote.short_ma is not None and price < quote.short_ma * (
+        1 - params.trend_break_pct / 100
+    )
+    if below_ma and held >= params.trend_min_hold:
         return SellSignal(ExitReason.TREND_BREAK, Urgency.MARKETABLE, price)
     if held >= params.max_hold:
         return SellSignal(ExitReason.TIME_EXIT, Urgency.PASSIVE, price)
