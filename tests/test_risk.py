@@ -48,7 +48,7 @@ def test_loss_limit_stops_every_buy_across_three_processes(
         "LOG_LEVEL": "INFO",
     }
     procs = [
-        subprocess.Popen(  # noqa: S603
+        subprocess.Popen(
             [sys.executable, "-m", "worker", "run"],
             env={**env, "WORKER_ID": f"risk-{n}"},
             stdout=subprocess.PIPE,

@@ -69,7 +69,7 @@ def _holding(database_url: str) -> tuple[str, str] | None:
 def test_sigterm_hands_off_and_a_restart_adopts(
     fleet_env: dict[str, str], database_url: str, redis_url: str, prefix: str
 ) -> None:
-    proc = subprocess.Popen(  # noqa: S603
+    proc = subprocess.Popen(
         [sys.executable, "-m", "worker", "run"], env=fleet_env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
@@ -100,7 +100,7 @@ def test_sigterm_hands_off_and_a_restart_adopts(
             assert conn.execute("SELECT count(*) FROM stock_locks").fetchone() == (0,)
 
         # the same worker restarted adopts its own position again
-        proc = subprocess.Popen(  # noqa: S603
+        proc = subprocess.Popen(
             [sys.executable, "-m", "worker", "run"], env=fleet_env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
