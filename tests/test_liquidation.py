@@ -7,7 +7,6 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
-import anyio
 import psycopg
 import pytest
 import redis.asyncio as aioredis
@@ -54,8 +53,20 @@ async def _ghost_buys(database_url: str, redis_url: str, prefix: str, clock: Sim
         await ledger.lock_acquired(thin.symbol, "ghost", lease.fence, 5_000, datetime.now(UTC))
         cid = ClientOrderId(str(uuid.uuid4()))
         await ledger.create_order(
-            OrderIntent(cid, "ghost", thin.symbol, Side.BUY, OrderType.MARKET, QTY, None,
-                        lease.fence, "setup", None, DAY, clock.now())
+            OrderIntent(
+                cid,
+                "ghost",
+                thin.symbol,
+                Side.BUY,
+                OrderType.MARKET,
+                QTY,
+                None,
+                lease.fence,
+                "setup",
+                None,
+                DAY,
+                clock.now(),
+            )
         )
         ack = await broker.submit_order(OrderRequest(thin.symbol, Side.BUY, QTY, OrderType.MARKET))
         await ledger.mark_order_sent(cid, ack.broker_order_id, clock.now())

@@ -78,11 +78,15 @@ def test_sigterm_hands_off_and_a_restart_adopts(
         symbol, _ = _eventually(lambda: _holding(database_url))
         # live inspection while it holds
         value = client.get(f"{prefix}:lock:{symbol}")
-        assert value is not None and value.startswith("runner-1:")
+        assert value is not None
+        assert value.startswith("runner-1:")
         locks = _cli(fleet_env, "locks")
-        assert symbol in locks and "runner-1" in locks and "ok" in locks
+        assert symbol in locks
+        assert "runner-1" in locks
+        assert "ok" in locks
         workers = _cli(fleet_env, "workers")
-        assert "runner-1" in workers and "HOLD" in workers
+        assert "runner-1" in workers
+        assert "HOLD" in workers
 
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=20)
