@@ -19,9 +19,11 @@ from sqlalchemy import (
     Integer,
     Text,
     Update,
+    and_,
     delete,
     func,
     literal_column,
+    or_,
     select,
     union_all,
     update,
@@ -142,7 +144,15 @@ class Ledger:
         recorded for the symbol leaves it untouched (returns False). The audit row is written
         either way, once.
         """
-        newer_seen = select(LockEvent.id).where(LockEvent.symbol == symbol, LockEvent.fence > fence)
+        # Refused when a newer fence was seen, or when this very lease already ended (a late
+        # `lock.acquired` replayed by the mirror must not resurrect a dead lease's row).
+        newer_seen = select(LockEvent.id).where(
+            LockEvent.symbol == symbol,
+            or_(
+                LockEvent.fence > fence,
+                and_(LockEvent.fence == fence, LockEvent.event != "acquired"),
+            ),
+        )
         src = select(
             typed_literal(symbol, Text()),
             typed_literal(worker_id, Text()),

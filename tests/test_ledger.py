@@ -170,6 +170,16 @@ async def test_mirror_never_moves_back_to_an_older_fence(ledger: Ledger) -> None
     assert not await ledger.lock_heartbeat(SYM, "w1", 4, T0)
 
 
+async def test_a_replayed_grant_does_not_resurrect_an_ended_lease(ledger: Ledger) -> None:
+    assert await ledger.lock_acquired(SYM, "w1", 6, 30_000, T0)
+    assert await ledger.lock_released(SYM, "w1", 6, T0, event="expired")
+    # the mirror replays lock.acquired for fence 6 late: the row must not come back
+    assert not await ledger.lock_acquired(SYM, "w1", 6, 30_000, T0)
+    assert await ledger.locks() == []
+    with pytest.raises(StaleFence):
+        await ledger.create_order(intent("w1", 6))
+
+
 async def test_lock_events_are_recorded_once(ledger: Ledger, engine: AsyncEngine) -> None:
     await ledger.lock_acquired(SYM, "w1", 1, 30_000, T0)
     await ledger.lock_acquired(SYM, "w1", 1, 30_000, T0)
