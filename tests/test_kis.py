@@ -299,3 +299,34 @@ async def test_instruments_and_snapshot(
     quote = await broker.quote("005930", 5)
     assert quote.short_ma == Decimal(sum(expected[-5:])) / 5
     assert (quote.upper_limit, quote.lower_limit) == (90_300, 48_650)
+
+
+async def test_built_from_settings(
+    url: str, redis_client: aioredis.Redis, prefix: str, clock: ManualClock, fake: FakeKis
+) -> None:
+    from worker.app import kis_broker
+    from worker.settings import ConfigError, load_settings
+
+    settings = load_settings(
+        broker="kis",
+        kis_app_key=APP_KEY,
+        kis_app_secret=APP_SECRET,
+        kis_account=ACCOUNT,
+        kis_domain="mock",
+        kis_base_url=url,
+        kis_rate_per_s=500,
+        fleet_prefix=prefix,
+    )
+    fake.domain = "mock"
+    broker = kis_broker(settings, redis_client, clock)
+    try:
+        assert broker.client.config.rate == 500
+        # the mock domain has no volume ranking: the default universe is used
+        assert broker.universe is not None
+        assert "005930" in broker.universe
+        ack = await broker.submit_order(limit("005930", Side.BUY, 1, 69_000))
+        assert (await broker.order_status(ack.broker_order_id)).qty == 1
+    finally:
+        await broker.client.aclose()
+    with pytest.raises(ConfigError, match="KIS_ACCOUNT"):
+        kis_broker(settings.model_copy(update={"kis_account": "123"}), redis_client, clock)

@@ -13,8 +13,10 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import partial
+from typing import TYPE_CHECKING
 
 import anyio
+import redis.asyncio as aioredis
 from loguru import logger
 
 from broker.paper import PaperBroker
@@ -35,6 +37,9 @@ from worker.loop import Deps, Worker
 from worker.mirror import LockMirror
 from worker.reaper import run_reaper
 from worker.settings import ConfigError, Settings
+
+if TYPE_CHECKING:  # imported lazily: the paper path needs nothing of broker.kis
+    from broker.kis import KisBroker
 
 
 class MarketClosed(Exception):
@@ -87,10 +92,10 @@ async def run_fleet(
     handle_signals: bool = True,
 ) -> Plan:
     """Run `workers` workers in this process for one session; return the session plan."""
-    if settings.broker != "paper":
-        raise ConfigError("BROKER: 'kis' is not available in this build yet; use 'paper'")
     calendar = default_calendar()
     speed = settings.paper_speed if speed is None else speed
+    if settings.broker == "kis":
+        speed = 1.0  # a real account trades the real session in real time
     if epoch is None and settings.paper_epoch is not None:
         epoch = settings.paper_epoch.timestamp()
     plan = plan_session(settings, calendar, speed, epoch)
@@ -110,9 +115,15 @@ async def run_fleet(
         await seeder.ensure(ledger.max_fences)
         reaper = LeaseReaper(redis, keys, settings.events_maxlen)
         mirror = LockMirror(notices, ledger, settings.worker_id, reaper=reaper)
-        market = SimulatedMarket(settings.paper_seed, plan.session, settings.paper_symbols)
-        broker = PaperBroker(market, plan.clock)
-        instruments = market.instruments
+        broker: PaperBroker | KisBroker
+        if settings.broker == "kis":
+            broker = kis_broker(settings, redis, plan.clock)
+            stack.push_async_callback(broker.client.aclose)
+            instruments = list(await broker.instruments())
+        else:
+            market = SimulatedMarket(settings.paper_seed, plan.session, settings.paper_symbols)
+            broker = PaperBroker(market, plan.clock)
+            instruments = list(market.instruments)
         boards = {i.symbol: i.board for i in instruments}
         tiers = {i.symbol: i.tier for i in instruments}
         fleet: list[Worker] = []
@@ -166,6 +177,32 @@ async def run_fleet(
             tg.cancel_scope.cancel()
         await ledger.summarize_day(plan.session.day)
     return plan
+
+
+def kis_broker(settings: Settings, redis: aioredis.Redis, clock: Clock) -> KisBroker:
+    """`KisBroker` for BROKER=kis, sharing the token and the rate limit through `redis`.
+
+    Market data comes from KIS REST quotations: the universe is the volume ranking (at most
+    30 names) on the real domain and `DEFAULT_UNIVERSE` on the mock domain, which has no
+    ranking; boards and tiers are read from KIS once per day (see `broker.kis.market`).
+    """
+    from broker.kis import KisBroker, KisClient, KisConfig
+    from broker.kis.market import DEFAULT_UNIVERSE
+
+    try:
+        config = KisConfig(
+            app_key=settings.kis_app_key or "",
+            app_secret=settings.kis_app_secret or "",
+            account=settings.kis_account or "",
+            domain=settings.kis_domain,
+            base_url=settings.kis_base_url,
+            rate_per_s=settings.kis_rate_per_s,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    client = KisClient(config, redis, settings.fleet_prefix)
+    universe = DEFAULT_UNIVERSE if settings.kis_domain == "mock" else None
+    return KisBroker(client, clock, universe=universe)
 
 
 def replace_id(settings: Settings, n: int) -> Settings:

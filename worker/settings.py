@@ -108,6 +108,8 @@ class Settings(BaseSettings):
     kis_app_secret: str | None = None
     kis_account: str | None = None
     kis_domain: Literal["real", "mock"] = "mock"
+    kis_base_url: str | None = Field(None, pattern=r"^https?://")  # default: KIS's URL per domain
+    kis_rate_per_s: float | None = Field(None, gt=0, le=1_000)  # default: 20 real, 2 mock
 
     # --- logging ---
     log_json: bool = False
