@@ -187,8 +187,9 @@ async def test_unreachable_server_places_nothing(
 ) -> None:
     cfg = KisConfig(APP_KEY, APP_SECRET, ACCOUNT, base_url="http://127.0.0.1:9", timeout_s=0.5)
     client = KisClient(cfg, redis_client, prefix)
+    await redis_client.set(f"{prefix}:kis:token", "tok1", px=60_000)  # so the order POST is tried
     try:
-        with pytest.raises(BrokerUnavailable):
+        with pytest.raises(BrokerUnavailable, match="nothing was sent"):
             await KisBroker(client, clock).submit_order(market("005930", Side.BUY, 1))
     finally:
         await client.aclose()
