@@ -17,7 +17,7 @@ Orders (this module):
   as it is, with no cancel sent. The org number comes from this process's memory of the submit
   reply, or else from the inquiry row's ``ord_gno_brno`` (so another process can cancel it).
 
-Assumptions (not confirmed against a live account; see the report in the commit history):
+Assumptions, not yet confirmed against a live account:
 ``infm_tmd`` is the time of the row's last change (used as `updated_at`, else ``ord_tmd``);
 ``rmn_qty`` may lag a confirmed cancel, so remaining is also capped by ``cnc_cfrm_qty``;
 ``find_orders`` compares at whole seconds because ``ord_tmd`` has no fraction.
