@@ -143,6 +143,7 @@ async def run_fleet(
                 costs=costs,
                 boards=boards,
                 tiers=tiers,
+                fences=seeder,
             )
             fleet.append(Worker(deps))
         logger.info(

@@ -19,6 +19,7 @@ from loguru import logger
 
 from broker.port import Broker, MarketData, OrderType, Side
 from coordination.errors import CoordinationError
+from coordination.fences import FenceSeeder
 from coordination.heartbeat import LeaseKeeper
 from coordination.locks import Lease, RedisSymbolLock
 from coordination.notices import Notices, NoticeType
@@ -76,6 +77,7 @@ class Deps:
     costs: CostModel
     boards: dict[str, Board]
     tiers: dict[str, Tier]
+    fences: FenceSeeder
 
 
 class Worker:
@@ -244,13 +246,21 @@ class Worker:
         if self._hold_scope is not None:
             self._hold_scope.cancel()
 
-    async def _take(self, lease: Lease) -> None:
+    async def _take(self, lease: Lease) -> bool:
+        """Own `lease`: renew it and mirror it. False (and released) when the ledger already
+        knows a newer fence for the symbol, i.e. Redis granted from unseeded counters."""
         self.lease = lease
         self._lost = None
         self.keeper.add(lease)
-        await self.d.ledger.lock_acquired(
+        mirrored = await self.d.ledger.lock_acquired(
             lease.symbol, self.id, lease.fence, lease.ttl_ms, datetime.now(UTC)
         )
+        if not mirrored:
+            self.log.error(
+                "fence {} on {} is behind the ledger; giving it back", lease.fence, lease.symbol
+            )
+            await self._release()
+        return mirrored
 
     async def _release(self) -> None:
         lease, self.lease = self.lease, None
@@ -301,6 +311,7 @@ class Worker:
         if not ranked:
             return
         try:
+            await self.d.fences.ensure(self.d.ledger.max_fences)
             lease = await self.d.lock.acquire_first([c.symbol for c in ranked])
         except CoordinationError as exc:
             self.log.error("cannot acquire (no buys while Redis is away): {}", exc)
@@ -312,7 +323,8 @@ class Worker:
             self.log.warning(
                 "contention: {} owned elsewhere, took {}", ranked[0].symbol, lease.symbol
             )
-        await self._take(lease)
+        if not await self._take(lease):
+            return
         candidate = next(c for c in ranked if c.symbol == lease.symbol)
         if not await self._buy(lease, entry_signal(candidate), candidate.price):
             self.log.info("no entry on {} ({})", lease.symbol, "; ".join(candidate.reasons))
@@ -376,28 +388,31 @@ class Worker:
             self.log.error("risk.halt notice not published: {}", exc)
 
     async def _adopt_orphan(self) -> bool:
-        """Take over any open position whose symbol nobody owns (crash, handoff, restart)."""
-        for position in await self.d.ledger.open_positions():
-            if self.lease is not None:
-                return False
+        """Take over what nobody owns: an open position, or unfinished orders, on a symbol
+        whose lock is free (its owner crashed, handed off, or is this worker restarting).
+        A live owner always holds the lock, so a free lock means an orphan."""
+        if self.lease is not None:
+            return False
+        positions = {p.symbol: p.worker_id for p in await self.d.ledger.open_positions()}
+        orders = await self.d.ledger.unfinished_order_symbols()
+        for symbol, owner in {**orders, **positions}.items():
             try:
-                lease = await self.d.lock.acquire(position.symbol)
+                await self.d.fences.ensure(self.d.ledger.max_fences)
+                lease = await self.d.lock.acquire(symbol)
             except CoordinationError as exc:
                 self.log.error("adoption skipped, Redis unavailable: {}", exc)
                 return False
-            if lease is None:
+            if lease is None or not await self._take(lease):
                 continue
-            await self._take(lease)
-            if not await self.d.ledger.adopt_position(position.symbol, self.id):
-                await self._release()
-                continue
-            await self._reconcile_orders(position.symbol)
-            fresh = await self.d.ledger.open_position(position.symbol)
+            await self.d.ledger.adopt_position(symbol, self.id)
+            await self._reconcile_orders(symbol)
+            fresh = await self.d.ledger.open_position(symbol)
             if fresh is None or fresh.qty <= 0:
+                self.log.warning("reconciled {}'s orders on {}: nothing held", owner, symbol)
                 await self._release()
                 continue
             self.held = HeldPosition(fresh.symbol, fresh.qty, fresh.avg_price, fresh.opened_at)
-            self.log.warning("adopted {} x{} from {}", fresh.symbol, fresh.qty, position.worker_id)
+            self.log.warning("adopted {} x{} from {}", fresh.symbol, fresh.qty, owner)
             await self._fire(WorkerEvent.ADOPTED)
             return True
         return False
