@@ -17,13 +17,15 @@ from decimal import Decimal
 import anyio
 from loguru import logger
 
+from broker.errors import BrokerUnavailable
 from broker.port import Broker, MarketData, OrderType, Side
-from coordination.errors import CoordinationError
+from coordination.errors import BackendUnavailable, CoordinationError
 from coordination.fences import FenceSeeder
 from coordination.heartbeat import LeaseKeeper
 from coordination.locks import Lease, RedisSymbolLock
 from coordination.notices import Notices, NoticeType
 from coordination.registry import WorkerRegistry
+from ledger.errors import LedgerUnavailable
 from ledger.repository import Ledger
 from market.calendar import Session
 from market.clock import Clock
@@ -46,6 +48,8 @@ from worker.signals import (
 from worker.state import WorkerEvent, WorkerState, next_state
 
 _AFTER_CLOSE_GRACE = timedelta(minutes=2)
+_MAX_TICK_FAILURES = 30
+_TRANSIENT = (BrokerUnavailable, LedgerUnavailable, BackendUnavailable)
 _SURGE = 1.5
 
 
@@ -152,21 +156,36 @@ class Worker:
         if self._stop.is_set() or self.d.clock.now() >= session.close:
             return
         await self._fire(WorkerEvent.START)
+        failures = 0
         while not self._stop.is_set():
             started = self.d.clock.now()
-            if self.state is WorkerState.SCAN:
-                if started >= self.liquidation_start and not await self._adopt_orphan():
-                    break  # no new buys from here; nothing left to manage
-                if self.state is WorkerState.SCAN:
-                    await self._scan_tick()
-                interval = self.d.settings.scan_interval_s
-            else:
-                await self._hold_tick()
-                interval = self.d.settings.hold_interval_s
-            if self.d.clock.now() >= session.close + _AFTER_CLOSE_GRACE:
+            try:
+                interval = await self._tick(started)
+            except _TRANSIENT as exc:
+                # A server or the broker is away: nothing was half-done that the ledger does
+                # not know about; try again after a backoff, give up after a bounded run.
+                failures += 1
+                self.log.error("{} tick failed ({} in a row): {!r}", self.state, failures, exc)
+                if failures >= _MAX_TICK_FAILURES:
+                    raise
+                await anyio.sleep(min(0.05 * 2**failures, 5.0))
+                continue
+            failures = 0
+            if interval is None or self.d.clock.now() >= session.close + _AFTER_CLOSE_GRACE:
                 break
             spent = (self.d.clock.now() - started).total_seconds()
             await self._pause(interval - spent)
+
+    async def _tick(self, started: datetime) -> float | None:
+        """One step of SCAN or HOLD; the clock seconds to pause, or None when the day is done."""
+        if self.state is WorkerState.SCAN:
+            if started >= self.liquidation_start and not await self._adopt_orphan():
+                return None  # no new buys from here; nothing left to manage
+            if self.state is WorkerState.SCAN:
+                await self._scan_tick()
+            return self.d.settings.scan_interval_s
+        await self._hold_tick()
+        return self.d.settings.hold_interval_s
 
     async def _pause(self, seconds: float) -> None:
         if seconds <= 0 or self._stop.is_set():
@@ -326,7 +345,15 @@ class Worker:
         if not await self._take(lease):
             return
         candidate = next(c for c in ranked if c.symbol == lease.symbol)
-        if not await self._buy(lease, entry_signal(candidate), candidate.price):
+        try:
+            bought = await self._buy(lease, entry_signal(candidate), candidate.price)
+        except BaseException:
+            # Interrupted mid-entry: give the symbol up so that whoever takes it next (maybe
+            # this worker) reconciles the half-done order with the broker before acting.
+            with anyio.CancelScope(shield=True):
+                await self._release()
+            raise
+        if not bought:
             self.log.info("no entry on {} ({})", lease.symbol, "; ".join(candidate.reasons))
             await self._release()
 

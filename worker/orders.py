@@ -18,7 +18,13 @@ from decimal import Decimal
 import anyio
 from loguru import logger
 
-from broker.errors import BrokerError, BrokerUnavailable, OrderOutcomeUnknown, OrderRejected
+from broker.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    OrderOutcomeUnknown,
+    OrderRejected,
+    UnknownOrder,
+)
 from broker.port import (
     Broker,
     BrokerOrderId,
@@ -36,6 +42,8 @@ from ledger.records import OrderIntent
 from ledger.repository import Ledger
 from market.clock import Clock
 from market.types import Board
+
+_MAX_STATUS_FAILURES = 20
 
 
 class LeaseInvalid(Exception):
@@ -187,9 +195,12 @@ class OrderExecutor:
                 status = await self.broker.order_status(broker_id)
                 if not status.done and self.clock.now() >= deadline:
                     status = await self.broker.cancel_order(broker_id)
-            except BrokerUnavailable as exc:
+            except (BrokerUnavailable, UnknownOrder) as exc:
+                # UnknownOrder right after a submit: some brokers list an order a moment late
                 failures += 1
-                self.log.warning("order status unavailable ({}): {}", failures, exc)
+                self.log.warning("order status unavailable ({}): {!r}", failures, exc)
+                if failures >= _MAX_STATUS_FAILURES:
+                    raise
                 await anyio.sleep(min(0.05 * 2**failures, 2.0))
                 continue
             await self.apply(cid, status)
@@ -198,7 +209,12 @@ class OrderExecutor:
             await self.clock.sleep(self.poll_s)
 
     async def apply(self, cid: ClientOrderId, status: OrderStatus) -> None:
-        board = self.boards[status.symbol]
+        board = self.boards.get(status.symbol)
+        if board is None:
+            # outside this process's universe (e.g. adopted from another KIS universe): the
+            # 2026 sell tax totals the same on both boards; only its split differs
+            self.log.warning("board of {} unknown; taxing it as KOSPI", status.symbol)
+            board = Board.KOSPI
         result = await self.ledger.apply_order_status(cid, status, board, self.clock.now())
         for fill in result.new_fills:
             await self.notices.publish(
