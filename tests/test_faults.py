@@ -60,7 +60,8 @@ async def test_lost_replies_and_refusals_reconcile_without_duplicates(
         ).fetchall()
         linked = Counter(r[1] for r in rows if r[1] is not None)
         # no broker order is claimed by two ledger orders (a lost reply is never resent)
-        assert linked and max(linked.values()) == 1
+        assert linked
+        assert max(linked.values()) == 1
         # every order the broker accepted is in the ledger, with the broker's exact fills
         assert set(placed) == set(linked)
         for _cid, boid, status, _reason, filled_qty, filled_amount in rows:
