@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from broker.errors import BrokerUnavailable, RateLimited
+from coordination.keys import Keyspace
 
 # Kept inline rather than in a .lua file: the package data of `broker` ships only py.typed.
 # KEYS[1]  {prefix}:kis:rate
@@ -57,7 +58,7 @@ DEFAULT_RATE_PER_S = {"real": 20.0, "mock": 2.0}
 
 
 def rate_key(prefix: str) -> str:
-    return f"{prefix}:kis:rate"
+    return Keyspace(prefix).kis_rate
 
 
 class RedisRateLimiter:

@@ -35,6 +35,7 @@ from loguru import logger
 from redis.exceptions import RedisError
 
 from broker.kis.errors import TokenUnavailable
+from coordination.keys import Keyspace
 
 T = TypeVar("T")
 
@@ -57,11 +58,11 @@ Issuer = Callable[[], Awaitable[IssuedToken]]
 
 
 def token_key(prefix: str) -> str:
-    return f"{prefix}:kis:token"
+    return Keyspace(prefix).kis_token
 
 
 def issue_key(prefix: str) -> str:
-    return f"{prefix}:kis:token:issue"
+    return Keyspace(prefix).kis_token_issue
 
 
 class RedisTokenCache:
