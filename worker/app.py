@@ -90,8 +90,13 @@ async def run_fleet(
     epoch: float | None = None,
     on_started: Callable[[Sequence[Worker], Plan, Ledger], None] | None = None,
     handle_signals: bool = True,
+    clock_factory: Callable[[Plan], Clock] | None = None,
 ) -> Plan:
-    """Run `workers` workers in this process for one session; return the session plan."""
+    """Run `workers` workers in this process for one session; return the session plan.
+
+    `clock_factory`, if given, replaces the planned clock (e.g. an instrumented wrapper of
+    `plan.clock`, as bench/day.py uses to measure how late the workers wake).
+    """
     calendar = default_calendar()
     speed = settings.paper_speed if speed is None else speed
     if settings.broker == "kis":
@@ -99,6 +104,8 @@ async def run_fleet(
     if epoch is None and settings.paper_epoch is not None:
         epoch = settings.paper_epoch.timestamp()
     plan = plan_session(settings, calendar, speed, epoch)
+    if clock_factory is not None:
+        plan = Plan(plan.session, clock_factory(plan))
     costs = cost_model(settings, calendar)
     await wait_ready(database_url, attempts=settings.connect_attempts, backoff_s=0.5)
     async with AsyncExitStack() as stack:
