@@ -11,15 +11,17 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
 import redis.asyncio as aioredis
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-
-def _libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+if TYPE_CHECKING:
+    from ledger.repository import Ledger
+from support import libpq
 
 
 def _with_db(url: str, db: str) -> str:
@@ -62,26 +64,26 @@ def template_db(pg_server_url: str) -> Iterator[str]:
     from ledger.migrate import upgrade_head
 
     name = f"tf_tpl_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(_libpq(pg_server_url), autocommit=True) as conn:
+    with psycopg.connect(libpq(pg_server_url), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
         upgrade_head(_with_db(pg_server_url, name))
         yield name
     finally:
-        with psycopg.connect(_libpq(pg_server_url), autocommit=True) as conn:
+        with psycopg.connect(libpq(pg_server_url), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _create_db(server_url: str, template: str | None) -> str:
     name = f"tf_test_{uuid.uuid4().hex[:12]}"
     tpl = f' TEMPLATE "{template}"' if template else ""
-    with psycopg.connect(_libpq(server_url), autocommit=True) as conn:
+    with psycopg.connect(libpq(server_url), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"{tpl}')
     return name
 
 
 def _drop_db(server_url: str, name: str) -> None:
-    with psycopg.connect(_libpq(server_url), autocommit=True) as conn:
+    with psycopg.connect(libpq(server_url), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -119,6 +121,27 @@ def prefix(redis_url: str) -> Iterator[str]:
             client.delete(*keys)
     finally:
         client.close()
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An async engine on this test's database."""
+    from ledger.db import create_engine
+
+    eng = create_engine(database_url)
+    try:
+        yield eng
+    finally:
+        await eng.dispose()
+
+
+@pytest.fixture
+def ledger(engine: AsyncEngine) -> Ledger:
+    """The ledger on this test's database, with today's default costs."""
+    from ledger.repository import Ledger
+    from market.costs import CostModel
+
+    return Ledger(engine, CostModel())
 
 
 @pytest.fixture

@@ -10,16 +10,12 @@ from decimal import Decimal
 import psycopg
 import pytest
 import redis as syncredis
-from sqlalchemy.engine import make_url
+from support import libpq
 
 from worker.app import epoch_soon, run_fleet
 from worker.settings import load_settings
 
 SPEED = 2_500.0  # a 6.5 h session in ~9.4 s of wall time
-
-
-def _libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def _overlaps(intervals: list[tuple[datetime, datetime, str]]) -> list[tuple[str, str]]:
@@ -62,7 +58,7 @@ def day_result(database_url: str, redis_url: str, prefix: str):
 def test_full_day_three_workers(day_result, database_url: str, redis_url: str, prefix: str):
     plan, settings = day_result
     day = plan.session.day
-    with psycopg.connect(_libpq(database_url)) as conn:
+    with psycopg.connect(libpq(database_url)) as conn:
         trades = conn.execute(
             "SELECT worker_id, symbol, pnl, opened_at, closed_at FROM trades WHERE trading_day=%s",
             (day,),

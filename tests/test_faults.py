@@ -10,16 +10,12 @@ from datetime import date
 import anyio
 import psycopg
 import pytest
-from sqlalchemy.engine import make_url
+from support import libpq
 
 from broker.paper import PaperBroker
 from worker.app import Plan, epoch_soon, run_fleet
 from worker.loop import Worker
 from worker.settings import load_settings
-
-
-def _libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 @pytest.mark.anyio
@@ -53,7 +49,7 @@ async def test_lost_replies_and_refusals_reconcile_without_duplicates(
 
     broker = brokers[0]
     placed = broker._orders  # every order the broker ever accepted
-    with psycopg.connect(_libpq(database_url)) as conn:
+    with psycopg.connect(libpq(database_url)) as conn:
         rows = conn.execute(
             "SELECT client_order_id, broker_order_id, status, status_reason, filled_qty,"
             " filled_amount FROM orders"

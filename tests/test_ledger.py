@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -38,20 +37,6 @@ D = Decimal
 DAY = date(2025, 3, 10)
 T0 = datetime(2025, 3, 10, 9, 5, tzinfo=KST)
 SYM = "035720"
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    eng = create_engine(database_url)
-    try:
-        yield eng
-    finally:
-        await eng.dispose()
-
-
-@pytest.fixture
-def ledger(engine: AsyncEngine) -> Ledger:
-    return Ledger(engine, CostModel())
 
 
 _seq = iter(range(1, 1_000_000))

@@ -10,7 +10,7 @@ from decimal import Decimal
 import psycopg
 import pytest
 import redis.asyncio as aioredis
-from sqlalchemy.engine import make_url
+from support import libpq
 
 from broker.paper import PaperBroker
 from broker.port import ClientOrderId, OrderRequest, OrderType, Side
@@ -30,10 +30,6 @@ DAY = date(2026, 11, 24)
 SEED = 7
 SPEED = 600.0
 QTY = 12_000  # several minutes of a thin name's book: partial fills, then the auction
-
-
-def _libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 async def _ghost_buys(database_url: str, redis_url: str, prefix: str, clock: SimClock) -> str:
@@ -107,7 +103,7 @@ async def test_thin_position_is_liquidated_by_the_close(
     await run_fleet(settings, database_url=database_url, redis_url=redis_url, workers=1,
                     speed=SPEED, epoch=epoch, handle_signals=False)  # fmt: skip
 
-    with psycopg.connect(_libpq(database_url)) as conn:
+    with psycopg.connect(libpq(database_url)) as conn:
         (status, qty, closed_at, worker) = conn.execute(
             "SELECT status, qty, closed_at, worker_id FROM positions WHERE symbol = %s",
             (symbol,),

@@ -11,6 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, pool
 from sqlalchemy.engine import make_url
+from support import libpq
 
 from ledger.db import wait_ready
 from ledger.errors import LedgerUnavailable
@@ -23,12 +24,8 @@ LEDGER_TABLES = {
 }  # fmt: skip
 
 
-def _libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 def _tables(url: str) -> set[str]:
-    with psycopg.connect(_libpq(url)) as conn:
+    with psycopg.connect(libpq(url)) as conn:
         rows = conn.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
         ).fetchall()
@@ -44,14 +41,14 @@ def test_upgrade_on_empty_database(empty_database_url: str) -> None:
 
 def test_second_upgrade_is_a_no_op_and_keeps_data(empty_database_url: str) -> None:
     upgrade_head(empty_database_url)
-    with psycopg.connect(_libpq(empty_database_url)) as conn:
+    with psycopg.connect(libpq(empty_database_url)) as conn:
         conn.execute(
             "INSERT INTO workers (worker_id, status, started_at, heartbeat_at) "
             "VALUES ('w1', 'IDLE', now(), now())"
         )
     upgrade_head(empty_database_url)
     assert current_revision(empty_database_url) == "0002"
-    with psycopg.connect(_libpq(empty_database_url)) as conn:
+    with psycopg.connect(libpq(empty_database_url)) as conn:
         assert conn.execute("SELECT count(*) FROM workers").fetchone() == (1,)
 
 
@@ -61,7 +58,7 @@ def test_downgrade_to_base_then_upgrade_again(empty_database_url: str) -> None:
     assert current_revision(empty_database_url) is None
     # Alembic keeps its (now empty) bookkeeping table; no ledger table is left.
     assert _tables(empty_database_url) <= {"alembic_version"}
-    with psycopg.connect(_libpq(empty_database_url)) as conn:
+    with psycopg.connect(libpq(empty_database_url)) as conn:
         views = conn.execute(
             "SELECT count(*) FROM information_schema.views WHERE table_schema = 'public'"
         ).fetchone()
@@ -92,7 +89,7 @@ def test_models_match_the_migration(database_url: str) -> None:
 
 def test_unix_socket_url(database_url: str) -> None:
     url = make_url(database_url)
-    with psycopg.connect(_libpq(database_url)) as conn:
+    with psycopg.connect(libpq(database_url)) as conn:
         row = conn.execute("SHOW unix_socket_directories").fetchone()
     dirs = [d.strip() for d in (row[0] if row else "").split(",") if d.strip()]
     local = [d for d in dirs if os.path.isdir(d)]

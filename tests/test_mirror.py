@@ -9,23 +9,20 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
 import psycopg
 import pytest
 import redis.asyncio as aioredis
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine
+from support import libpq
 
 from coordination.keys import Keyspace
 from coordination.locks import RedisSymbolLock
 from coordination.notices import Notice, Notices
 from coordination.reaper import LeaseReaper
-from ledger.db import create_engine
 from ledger.repository import Ledger
-from market.costs import CostModel
 from worker.mirror import GROUP, LockMirror
 
 pytestmark = pytest.mark.anyio
@@ -34,23 +31,8 @@ CONSUMER = Path(__file__).parent / "harness" / "mirror_consumer.py"
 Key = tuple[str, int, str]
 
 
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    eng = create_engine(database_url)
-    try:
-        yield eng
-    finally:
-        await eng.dispose()
-
-
-@pytest.fixture
-def ledger(engine: AsyncEngine) -> Ledger:
-    return Ledger(engine, CostModel())
-
-
 def sql(database_url: str, query: str) -> list[tuple[object, ...]]:
-    url = make_url(database_url).set(drivername="postgresql")
-    with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True) as conn:
+    with psycopg.connect(libpq(database_url), autocommit=True) as conn:
         return list(conn.execute(query).fetchall())
 
 

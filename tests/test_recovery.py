@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -22,7 +22,6 @@ import psycopg
 import pytest
 import redis.asyncio as aioredis
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordination.connection import connect
 from coordination.errors import CoordinationError
@@ -31,9 +30,7 @@ from coordination.keys import Keyspace
 from coordination.locks import RedisSymbolLock
 from coordination.notices import Notices
 from coordination.reaper import LeaseReaper
-from ledger.db import create_engine
 from ledger.repository import Ledger
-from market.costs import CostModel
 from worker.mirror import LockMirror
 from worker.reaper import reap_once
 
@@ -41,20 +38,6 @@ pytestmark = pytest.mark.anyio
 
 HOLDER = Path(__file__).parent / "harness" / "holder.py"
 SYM = "005930"
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    eng = create_engine(database_url)
-    try:
-        yield eng
-    finally:
-        await eng.dispose()
-
-
-@pytest.fixture
-def ledger(engine: AsyncEngine) -> Ledger:
-    return Ledger(engine, CostModel())
 
 
 def libpq(url: str) -> str:

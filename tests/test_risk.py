@@ -11,14 +11,10 @@ from decimal import Decimal
 import orjson
 import psycopg
 import redis as syncredis
-from sqlalchemy.engine import make_url
+from support import libpq
 
 LOSS_LIMIT = Decimal(300_000)
 SPEED = 1000.0
-
-
-def _libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def test_loss_limit_stops_every_buy_across_three_processes(
@@ -67,7 +63,7 @@ def test_loss_limit_stops_every_buy_across_three_processes(
             if p.poll() is None:
                 p.kill()
 
-    with psycopg.connect(_libpq(database_url)) as conn:
+    with psycopg.connect(libpq(database_url)) as conn:
         trades = conn.execute(
             "SELECT pnl, recorded_at, worker_id FROM trades ORDER BY recorded_at"
         ).fetchall()

@@ -7,27 +7,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
 
 import psycopg
 import pytest
 import redis as syncredis
-from sqlalchemy.engine import make_url
-
-
-def _libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def _eventually(probe: Callable[[], Any], timeout: float = 20.0, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"condition not met within {timeout}s")
+from support import eventually, libpq
 
 
 @pytest.fixture
@@ -59,7 +43,7 @@ def _cli(env: dict[str, str], *args: str) -> str:
 
 
 def _holding(database_url: str) -> tuple[str, str] | None:
-    with psycopg.connect(_libpq(database_url)) as conn:
+    with psycopg.connect(libpq(database_url)) as conn:
         row = conn.execute(
             "SELECT symbol, status FROM positions WHERE status <> 'CLOSED' AND qty > 0"
         ).fetchone()
@@ -75,7 +59,7 @@ def test_sigterm_hands_off_and_a_restart_adopts(
     )  # fmt: skip
     client = syncredis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        symbol, _ = _eventually(lambda: _holding(database_url))
+        symbol, _ = eventually(lambda: _holding(database_url))
         # live inspection while it holds
         value = client.get(f"{prefix}:lock:{symbol}")
         assert value is not None
@@ -93,7 +77,7 @@ def test_sigterm_hands_off_and_a_restart_adopts(
         assert proc.returncode == 0, err.decode()[-2000:]
         assert client.get(f"{prefix}:lock:{symbol}") is None
         assert client.exists(f"{prefix}:worker:runner-1") == 0
-        with psycopg.connect(_libpq(database_url)) as conn:
+        with psycopg.connect(libpq(database_url)) as conn:
             assert conn.execute(
                 "SELECT status, worker_id FROM positions WHERE symbol=%s AND status <> 'CLOSED'",
                 (symbol,),
@@ -108,8 +92,8 @@ def test_sigterm_hands_off_and_a_restart_adopts(
             [sys.executable, "-m", "worker", "run"], env=fleet_env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
-        _eventually(lambda: (client.get(f"{prefix}:lock:{symbol}") or "").startswith("runner-1:"))
-        _eventually(lambda: _holding(database_url) == (symbol, "OPEN"))
+        eventually(lambda: (client.get(f"{prefix}:lock:{symbol}") or "").startswith("runner-1:"))
+        eventually(lambda: _holding(database_url) == (symbol, "OPEN"))
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=20)
         assert proc.returncode == 0, err.decode()[-2000:]
