@@ -1,7 +1,9 @@
-"""Invariant 1 under real contention: several OS processes × many asyncio tasks fight over a few
-symbols on one Redis. Every owner records when it held the symbol, measured *while* holding (right
-after acquire returned, right before release was sent), so each recorded interval lies inside the
-true ownership interval; no two may overlap, and fences must rise in acquisition order.
+"""Invariant 1 under real contention: 4 OS processes x 16 asyncio tasks fight over 10 symbols
+on one Redis for 10 s. Every owner records when it held the symbol, measured *while* holding
+(right after acquire returned, right before release was sent), so each recorded interval lies
+inside the true ownership interval; no two may overlap, and fences must rise in acquisition
+order. An independent observer process polls the lock keys the whole time: whenever it sees a
+key, the value must belong to whichever owner believed it held the symbol at that instant.
 
 Times are `time.monotonic_ns()`, which on Linux (CLOCK_MONOTONIC) is one clock for every process
 on the machine, so intervals from different processes compare directly.
@@ -25,10 +27,11 @@ from coordination.connection import connect
 from coordination.keys import Keyspace
 from coordination.locks import RedisSymbolLock
 
-PROCESSES = 3
-TASKS_PER_PROCESS = 8
-SYMBOLS = ["005930", "000660", "035420"]
-DURATION_S = 3.0
+PROCESSES = 4
+TASKS_PER_PROCESS = 16
+SYMBOLS = ["005930", "000660", "035420", "035720", "051910", "005380", "068270", "207940",
+           "105560", "055550"]  # fmt: skip
+DURATION_S = 10.0
 
 # (symbol, fence, t_acquired_ns, t_released_ns, released_ok, worker_id)
 Record = tuple[str, int, int, int, bool, str]
@@ -78,20 +81,59 @@ def contend_in_process(redis_url: str, prefix: str, proc: int, barrier: Any, res
         results.put((proc, {"error": traceback.format_exc()}))
 
 
+# (t_sent_ns, t_received_ns, values of every lock key in SYMBOLS order)
+Observation = tuple[int, int, tuple[str | None, ...]]
+
+
+def observe_in_process(redis_url: str, prefix: str, barrier: Any, results: Any) -> None:
+    """The independent observer: MGET every lock key, about every half millisecond."""
+    try:
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        keys = [Keyspace(prefix).lock(s) for s in SYMBOLS]
+        seen: list[Observation] = []
+        barrier.wait(timeout=30)
+        stop_at = time.monotonic() + DURATION_S
+        while time.monotonic() < stop_at:
+            sent = time.monotonic_ns()
+            values = tuple(client.mget(keys))
+            seen.append((sent, time.monotonic_ns(), values))
+            time.sleep(0.0005)
+        client.close()
+        results.put(("observer", {"observations": seen}))
+    except BaseException:
+        results.put(("observer", {"error": traceback.format_exc()}))
+
+
+def _contradictions(records: list[Record], observations: list[Observation]) -> list[str]:
+    """Sightings that contradict an owner's belief: the owner held the symbol for the whole
+    round trip of an MGET, yet the key showed another value (or none)."""
+    found = []
+    by_symbol: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        by_symbol[r[0]].append(r)
+    for col, symbol in enumerate(SYMBOLS):
+        for sent, received, values in observations:
+            for r in by_symbol[symbol]:
+                if r[2] <= sent and received <= r[3] and values[col] != f"{r[5]}:{r[1]}":
+                    found.append(f"{symbol}: {r[5]}:{r[1]} held, observer saw {values[col]}")
+    return found
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(90)
 def test_no_two_owners_overlap_and_fences_rise(redis_url: str, prefix: str) -> None:
     ctx = mp.get_context("spawn")
-    barrier = ctx.Barrier(PROCESSES)
+    barrier = ctx.Barrier(PROCESSES + 1)
     results = ctx.Queue()
     procs = [
         ctx.Process(target=contend_in_process, args=(redis_url, prefix, p, barrier, results))
         for p in range(PROCESSES)
     ]
+    procs.append(ctx.Process(target=observe_in_process, args=(redis_url, prefix, barrier, results)))
     for proc in procs:
         proc.start()
     try:
-        outcomes = dict(results.get(timeout=45) for _ in procs)
+        outcomes = dict(results.get(timeout=75) for _ in procs)
     finally:
         for proc in procs:
             proc.join(timeout=10)
@@ -100,6 +142,7 @@ def test_no_two_owners_overlap_and_fences_rise(redis_url: str, prefix: str) -> N
     errors = [o["error"] for o in outcomes.values() if "error" in o]
     assert not errors, errors[0]
 
+    observations: list[Observation] = outcomes.pop("observer")["observations"]
     records: list[Record] = [r for o in outcomes.values() for r in o["records"]]
     misses = sum(o["misses"] for o in outcomes.values())
     by_symbol: dict[str, list[Record]] = defaultdict(list)
@@ -130,3 +173,10 @@ def test_no_two_owners_overlap_and_fences_rise(redis_url: str, prefix: str) -> N
         assert all(a < b for a, b in itertools.pairwise(fences)), symbol
         # every fence issued was used by exactly one recorded owner
         assert fences == list(range(1, issued[symbol] + 1)), symbol
+
+    # The observer watched the whole run and caught owners in the act many times.
+    assert len(observations) > 1_000
+    held_sightings = sum(v is not None for _s, _r, values in observations for v in values)
+    assert held_sightings > 1_000
+    contradictions = _contradictions(records, observations)
+    assert contradictions == [], f"{len(contradictions)}, e.g. {contradictions[:3]}"
