@@ -33,7 +33,9 @@ from market.calendar import KrxCalendar, Session, default_calendar
 from market.clock import KST, Clock, RealClock, SimClock
 from market.costs import CostModel
 from market.sim import SimulatedMarket
+from worker.health import FleetHealth, HealthServer, stall_after_s
 from worker.loop import Deps, Worker
+from worker.metrics import FleetMetrics
 from worker.mirror import LockMirror
 from worker.reaper import run_reaper
 from worker.settings import ConfigError, Settings
@@ -134,6 +136,7 @@ async def run_fleet(
         boards = {i.symbol: i.board for i in instruments}
         tiers = {i.symbol: i.tier for i in instruments}
         fleet: list[Worker] = []
+        metrics = FleetMetrics()
         for n in range(workers):
             ws = settings if workers == 1 else replace_id(settings, n)
             lock = RedisSymbolLock(redis, keys, ws.worker_id, ttl_ms=ws.lock_ttl_ms)
@@ -151,6 +154,7 @@ async def run_fleet(
                 boards=boards,
                 tiers=tiers,
                 fences=seeder,
+                metrics=metrics.for_worker(ws.worker_id),
             )
             fleet.append(Worker(deps))
         logger.info(
@@ -167,6 +171,11 @@ async def run_fleet(
         async with anyio.create_task_group() as tg:
             if handle_signals:
                 tg.start_soon(_stop_on_signal, fleet, tg.cancel_scope)
+            if settings.health_port > 0:
+                # Bound before the workers start, closed with tg once they finish.
+                health = FleetHealth(fleet, stall_after_s(settings, plan.clock.speed))
+                server = HealthServer(health, metrics)
+                await tg.start(server.serve, settings.health_host, settings.health_port)
             # One reaper and one mirror per process; cancelled with tg once the workers finish.
             tg.start_soon(mirror.run)
             tg.start_soon(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -31,6 +32,7 @@ from market.calendar import Session
 from market.clock import Clock
 from market.costs import CostModel
 from market.types import Board, Tier
+from worker.metrics import NULL_METRICS, WorkerMetrics
 from worker.orders import BuyRefused, LeaseInvalid, OrderExecutor, Placement
 from worker.scan import Candidate, ScanParams, rank_candidates
 from worker.settings import Settings
@@ -82,6 +84,7 @@ class Deps:
     boards: dict[str, Board]
     tiers: dict[str, Tier]
     fences: FenceSeeder
+    metrics: WorkerMetrics = NULL_METRICS
 
 
 class Worker:
@@ -92,6 +95,10 @@ class Worker:
         self.state = WorkerState.IDLE
         self.lease: Lease | None = None
         self.held: HeldPosition | None = None
+        # time.monotonic() when the main loop last began a step (None before the open): the
+        # health check's evidence that the loop is alive.
+        self.last_tick_at: float | None = None
+        self.metrics = deps.metrics
         self.log = logger.bind(worker=self.id if len(self.id) <= 16 else self.id[:8])
         self.keeper = LeaseKeeper(deps.lock, interval_s=s.heartbeat_s, on_lost=self._on_lost)
         self.orders = OrderExecutor(
@@ -105,6 +112,7 @@ class Worker:
             capital_limit=s.capital_limit,
             daily_loss_limit=s.daily_loss_limit,
             poll_s=s.order_poll_s,
+            metrics=deps.metrics,
         )
         self.scan_params = ScanParams.from_settings(s)
         self.signal_params = SignalParams.from_settings(s)
@@ -158,6 +166,7 @@ class Worker:
         await self._fire(WorkerEvent.START)
         failures = 0
         while not self._stop.is_set():
+            self.last_tick_at = time.monotonic()
             started = self.d.clock.now()
             try:
                 interval = await self._tick(started)
@@ -182,7 +191,9 @@ class Worker:
             if started >= self.liquidation_start and not await self._adopt_orphan():
                 return None  # no new buys from here; nothing left to manage
             if self.state is WorkerState.SCAN:
+                scan_started = time.monotonic()
                 await self._scan_tick()
+                self.metrics.scan_done(time.monotonic() - scan_started)
             return self.d.settings.scan_interval_s
         await self._hold_tick()
         return self.d.settings.hold_interval_s
@@ -215,6 +226,7 @@ class Worker:
     async def _fire(self, event: WorkerEvent) -> None:
         old = self.state
         self.state = next_state(old, event)
+        self.metrics.state_changed(self.state)
         symbol = self.lease.symbol if self.lease else None
         self.log.info("state {} -> {} on {}", old, self.state, event)
         await self.d.ledger.set_worker_status(self.id, self.state.value, symbol, datetime.now(UTC))
@@ -279,6 +291,8 @@ class Worker:
                 "fence {} on {} is behind the ledger; giving it back", lease.fence, lease.symbol
             )
             await self._release()
+        else:
+            self.metrics.lock_acquired()
         return mirrored
 
     async def _release(self) -> None:
@@ -303,6 +317,7 @@ class Worker:
             held.symbol if held else "?",
             self._lost,
         )
+        self.metrics.lease_lost()
         if held is not None:
             await self.d.ledger.mark_position_orphaned(held.symbol, self.id)
         self.held = None
@@ -335,6 +350,8 @@ class Worker:
         except CoordinationError as exc:
             self.log.error("cannot acquire (no buys while Redis is away): {}", exc)
             return
+        if lease is None or lease.symbol != ranked[0].symbol:
+            self.metrics.lock_contended()
         if lease is None:
             self.log.warning("contention: all {} candidates are owned", len(ranked))
             return
@@ -408,6 +425,7 @@ class Worker:
         if self._halt_published:
             return
         self._halt_published = True
+        self.metrics.risk_halted()
         self.log.warning("risk halt: daily loss limit reached, no new buys ({})", why)
         try:
             await self.d.notices.publish(NoticeType.RISK_HALT, self.id, None, {"why": why})

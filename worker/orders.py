@@ -36,12 +36,14 @@ from broker.port import (
     Side,
 )
 from coordination.notices import Notices, NoticeType
+from ledger.applying import target_state
 from ledger.errors import LossLimitReached, StaleFence
 from ledger.orders import OrderState
 from ledger.records import OrderIntent
 from ledger.repository import Ledger
 from market.clock import Clock
 from market.types import Board
+from worker.metrics import NOT_PLACED, NULL_METRICS, WorkerMetrics
 
 _MAX_STATUS_FAILURES = 20
 
@@ -83,6 +85,7 @@ class OrderExecutor:
         capital_limit: Decimal,
         daily_loss_limit: Decimal,
         poll_s: float,
+        metrics: WorkerMetrics = NULL_METRICS,
     ) -> None:
         self.worker_id = worker_id
         self.broker = broker
@@ -94,6 +97,7 @@ class OrderExecutor:
         self.capital_limit = capital_limit
         self.daily_loss_limit = daily_loss_limit
         self.poll_s = poll_s
+        self.metrics = metrics
         self.log = logger.bind(worker=worker_id if len(worker_id) <= 16 else worker_id[:8])
 
     async def execute(
@@ -137,9 +141,13 @@ class OrderExecutor:
         request = OrderRequest(p.symbol, p.side, p.qty, p.order_type, p.price)
         ack = await self._submit(cid, request, now)
         if ack is None:
+            self.metrics.order_done(p.side, NOT_PLACED, None)
             return None
         await self.ledger.mark_order_sent(cid, ack.broker_order_id, self.clock.now())
-        return await self.follow(cid, ack.broker_order_id, deadline)
+        final = await self.follow(cid, ack.broker_order_id, deadline)
+        latency_s = (self.clock.now() - now).total_seconds()
+        self.metrics.order_done(p.side, target_state(p.qty, final).value, latency_s)
+        return final
 
     async def _submit(
         self, cid: ClientOrderId, request: OrderRequest, created_at: datetime
@@ -216,6 +224,8 @@ class OrderExecutor:
             self.log.warning("board of {} unknown; taxing it as KOSPI", status.symbol)
             board = Board.KOSPI
         result = await self.ledger.apply_order_status(cid, status, board, self.clock.now())
+        if result.closed_trade is not None:
+            self.metrics.trade_closed(result.closed_trade.pnl)
         for fill in result.new_fills:
             await self.notices.publish(
                 NoticeType.ORDER_FILLED,

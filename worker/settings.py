@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     kis_base_url: str | None = Field(None, pattern=r"^https?://")  # default: KIS's URL per domain
     kis_rate_per_s: float | None = Field(None, gt=0, le=1_000)  # default: 20 real, 2 mock
 
+    # --- operations: /healthz and /metrics over HTTP (0 = no server) ---
+    health_port: int = Field(0, ge=0, le=65_535)
+    health_host: str = Field("127.0.0.1", min_length=1)
+
     # --- logging ---
     log_json: bool = False
     log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"

@@ -1,0 +1,239 @@
+"""Operator metrics: one Prometheus registry per fleet process, one hook object per worker.
+
+The worker loop and the order path call `WorkerMetrics` hooks (`trade_closed(pnl)`,
+`order_done(side, status, latency_s)`, ...). They are in-memory updates that never raise and
+never wait, so the loop's pacing and behaviour do not depend on whether anyone scrapes.
+`NullWorkerMetrics` is the default for code built without a fleet (unit tests, tools).
+
+Every series carries a `worker` label and nothing with unbounded cardinality (no symbols,
+no order ids). Exposed names (`tradefleet_` prefix):
+
+    worker_state{worker,state}              gauge, 1 for the worker's current state, else 0
+    trades_closed_total{worker}             counter of round trips closed by the worker's fills
+    realized_pnl_won{worker}                gauge, sum of those trades' pnl (won, may be < 0)
+    orders_total{worker,side,status}        counter of the worker's orders by final status
+    order_latency_seconds{worker,side}      histogram, submit -> done in clock seconds
+    lock_acquisitions_total{worker}         counter of locks taken (entries and adoptions)
+    lock_contention_total{worker}           counter of scans whose first choice was owned
+    leases_lost_total{worker}               counter of leases lost while holding
+    scan_duration_seconds{worker}           histogram, one SCAN tick in wall seconds
+    risk_halts_total{worker}                counter of daily-loss-limit halts
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from broker.port import Side
+from ledger.orders import OrderState
+from worker.state import WorkerState
+
+PREFIX = "tradefleet"
+
+#: `orders_total` status for an order the broker never took: rejected, broker unavailable,
+#: or found not placed (or left UNKNOWN) by reconciliation of an unanswered submit.
+NOT_PLACED = "NOT_PLACED"
+ORDER_STATUSES: tuple[str, ...] = (
+    OrderState.FILLED.value,
+    OrderState.CANCELED.value,
+    OrderState.EXPIRED.value,
+    OrderState.REJECTED.value,
+    NOT_PLACED,
+)
+
+# Clock seconds: a marketable order fills in one or two polls (ORDER_POLL_S = 2), a passive one
+# waits up to ORDER_TIMEOUT_S (60) before it is cancelled.
+_LATENCY_BUCKETS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 90.0, 120.0, 300.0)
+# Wall seconds: a scan is one snapshot, one ranking and at most a few Redis/ledger round trips.
+_SCAN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class WorkerMetrics(Protocol):
+    """Hooks one worker calls as things happen. Implementations must be cheap and never raise."""
+
+    def state_changed(self, state: WorkerState) -> None:
+        """The worker entered `state`."""
+
+    def trade_closed(self, pnl: Decimal) -> None:
+        """A fill applied by this worker closed a round trip with realized `pnl` (won)."""
+
+    def order_done(self, side: Side, status: str, latency_s: float | None) -> None:
+        """An order reached its final `status` (an `OrderState` value or `NOT_PLACED`);
+        `latency_s` is submit -> done in clock seconds, None when it was never placed."""
+
+    def lock_acquired(self) -> None:
+        """The worker took a symbol's lock (and the ledger accepted its fence)."""
+
+    def lock_contended(self) -> None:
+        """A scan's best candidate was owned by another worker."""
+
+    def lease_lost(self) -> None:
+        """A lease was lost while the worker held the symbol."""
+
+    def scan_done(self, wall_s: float) -> None:
+        """One SCAN tick finished after `wall_s` wall seconds."""
+
+    def risk_halted(self) -> None:
+        """The daily loss limit stopped this worker's buys."""
+
+
+class NullWorkerMetrics:
+    """Records nothing: the default when no fleet registry is wired in."""
+
+    def state_changed(self, state: WorkerState) -> None:
+        pass
+
+    def trade_closed(self, pnl: Decimal) -> None:
+        pass
+
+    def order_done(self, side: Side, status: str, latency_s: float | None) -> None:
+        pass
+
+    def lock_acquired(self) -> None:
+        pass
+
+    def lock_contended(self) -> None:
+        pass
+
+    def lease_lost(self) -> None:
+        pass
+
+    def scan_done(self, wall_s: float) -> None:
+        pass
+
+    def risk_halted(self) -> None:
+        pass
+
+
+NULL_METRICS: WorkerMetrics = NullWorkerMetrics()
+
+
+class FleetMetrics:
+    """The metric families of one fleet process, in a registry of its own (not the global
+    one), so several fleets can run in one process (tests) without colliding."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        w = ("worker",)
+        self.state = Gauge(
+            f"{PREFIX}_worker_state",
+            "1 for the worker's current state, 0 for the others",
+            (*w, "state"),
+            registry=r,
+        )
+        self.trades = Counter(
+            f"{PREFIX}_trades_closed", "Round trips closed by the worker's fills", w, registry=r
+        )
+        self.pnl = Gauge(
+            f"{PREFIX}_realized_pnl_won",
+            "Realized pnl of the trades the worker closed, in won",
+            w,
+            registry=r,
+        )
+        self.orders = Counter(
+            f"{PREFIX}_orders",
+            "Orders by side and final status (NOT_PLACED: the broker never took it)",
+            (*w, "side", "status"),
+            registry=r,
+        )
+        self.latency = Histogram(
+            f"{PREFIX}_order_latency_seconds",
+            "Order submit -> done, in clock seconds (simulated seconds under PAPER_SPEED > 1)",
+            (*w, "side"),
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.acquired = Counter(f"{PREFIX}_lock_acquisitions", "Symbol locks taken", w, registry=r)
+        self.contended = Counter(
+            f"{PREFIX}_lock_contention",
+            "Scans whose best candidate was owned by another worker",
+            w,
+            registry=r,
+        )
+        self.lost = Counter(f"{PREFIX}_leases_lost", "Leases lost while held", w, registry=r)
+        self.scan = Histogram(
+            f"{PREFIX}_scan_duration_seconds",
+            "One SCAN tick, in wall seconds",
+            w,
+            buckets=_SCAN_BUCKETS,
+            registry=r,
+        )
+        self.halts = Counter(
+            f"{PREFIX}_risk_halts", "Daily loss limit halts of new buys", w, registry=r
+        )
+
+    def for_worker(self, worker_id: str) -> PrometheusWorkerMetrics:
+        return PrometheusWorkerMetrics(self, worker_id)
+
+    def exposition(self) -> bytes:
+        """The registry in the Prometheus text format (version 0.0.4)."""
+        return generate_latest(self.registry)
+
+
+class PrometheusWorkerMetrics:
+    """`WorkerMetrics` writing into a `FleetMetrics` registry under one `worker` label.
+
+    Every series is created up front with zero values, so a scrape shows all of them for
+    every worker from the start (rate() and absent() behave, dashboards are not empty)."""
+
+    def __init__(self, fleet: FleetMetrics, worker_id: str) -> None:
+        self._states = {s: fleet.state.labels(worker_id, s.value) for s in WorkerState}
+        self._trades = fleet.trades.labels(worker_id)
+        self._pnl = fleet.pnl.labels(worker_id)
+        self._orders = {
+            (side, status): fleet.orders.labels(worker_id, side.value, status)
+            for side in Side
+            for status in ORDER_STATUSES
+        }
+        self._latency = {side: fleet.latency.labels(worker_id, side.value) for side in Side}
+        self._acquired = fleet.acquired.labels(worker_id)
+        self._contended = fleet.contended.labels(worker_id)
+        self._lost = fleet.lost.labels(worker_id)
+        self._scan = fleet.scan.labels(worker_id)
+        self._halts = fleet.halts.labels(worker_id)
+        self.state_changed(WorkerState.IDLE)
+
+    def state_changed(self, state: WorkerState) -> None:
+        for s, gauge in self._states.items():
+            gauge.set(1 if s is state else 0)
+
+    def trade_closed(self, pnl: Decimal) -> None:
+        self._trades.inc()
+        # Prometheus samples are float64; the ledger stays the exact record of money.
+        self._pnl.inc(float(pnl))
+
+    def order_done(self, side: Side, status: str, latency_s: float | None) -> None:
+        counter = self._orders.get((side, status))
+        if counter is not None:  # an unexpected status is dropped, not a new series
+            counter.inc()
+        if latency_s is not None:
+            self._latency[side].observe(max(0.0, latency_s))
+
+    def lock_acquired(self) -> None:
+        self._acquired.inc()
+
+    def lock_contended(self) -> None:
+        self._contended.inc()
+
+    def lease_lost(self) -> None:
+        self._lost.inc()
+
+    def scan_done(self, wall_s: float) -> None:
+        self._scan.observe(wall_s)
+
+    def risk_halted(self) -> None:
+        self._halts.inc()
+
+
+__all__ = [
+    "NOT_PLACED",
+    "NULL_METRICS",
+    "FleetMetrics",
+    "NullWorkerMetrics",
+    "PrometheusWorkerMetrics",
+    "WorkerMetrics",
+]
