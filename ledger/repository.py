@@ -141,8 +141,8 @@ class Ledger:
         self, symbol: str, worker_id: str, fence: int, ttl_ms: int, at: datetime
     ) -> bool:
         """Mirror a Redis lock grant. The row moves only forward: a fence not above every fence
-        recorded for the symbol leaves it untouched (returns False). The audit row is written
-        either way, once.
+        recorded for the symbol leaves it untouched. Returns whether the mirror shows this grant
+        afterwards (also when it already did). The audit row is written either way, once.
         """
         # Refused when a newer fence was seen, or when this very lease already ended (a late
         # `lock.acquired` replayed by the mirror must not resurrect a dead lease's row).
@@ -168,10 +168,15 @@ class Ledger:
             set_={c: ins.excluded[c] for c in cols[1:]},
             where=StockLock.fence < ins.excluded.fence,
         )
+        current = select(StockLock.symbol).where(
+            StockLock.symbol == symbol, StockLock.worker_id == worker_id, StockLock.fence == fence
+        )
         async with self._tx() as s:
-            moved = await _changed(s, upsert) == 1
+            await _changed(s, upsert)
             await self._lock_event(s, symbol, worker_id, fence, "acquired", at)
-            return moved
+            # True when the mirror now shows this grant, whoever wrote it first (the worker or
+            # the stream mirror applying the same lock.acquired notice)
+            return (await s.execute(current)).first() is not None
 
     async def lock_heartbeat(self, symbol: str, worker_id: str, fence: int, at: datetime) -> bool:
         """Refresh the mirror's heartbeat; False if the mirror no longer holds this fence."""

@@ -155,6 +155,13 @@ async def test_mirror_never_moves_back_to_an_older_fence(ledger: Ledger) -> None
     assert not await ledger.lock_heartbeat(SYM, "w1", 4, T0)
 
 
+async def test_a_grant_already_mirrored_is_reported_as_current(ledger: Ledger) -> None:
+    # the stream mirror applied lock.acquired before the worker's own write
+    assert await ledger.lock_acquired(SYM, "w1", 8, 30_000, T0)
+    assert await ledger.lock_acquired(SYM, "w1", 8, 30_000, T0)
+    assert [(lk.worker_id, lk.fence) for lk in await ledger.locks()] == [("w1", 8)]
+
+
 async def test_a_replayed_grant_does_not_resurrect_an_ended_lease(ledger: Ledger) -> None:
     assert await ledger.lock_acquired(SYM, "w1", 6, 30_000, T0)
     assert await ledger.lock_released(SYM, "w1", 6, T0, event="expired")
