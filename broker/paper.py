@@ -11,6 +11,13 @@ does not depend on how often anyone polls):
   that minute's top-of-book size. Depth taken by our orders is remembered per symbol, side and
   minute, so several orders (and several workers sharing this broker) cannot take the same
   shares twice; depth replenishes each simulated minute, deeper for more liquid tiers.
+* Volatility interruption (`SimulatedMarket.interruptions`: two minutes from the instant a
+  symbol's price breaches the static or dynamic VI band). No continuous matching for that
+  symbol: orders submitted meanwhile and the remaining quantity of working ones collect; at the
+  VI's end they execute in full at its single price (the simulated price at that instant,
+  on the grid, inside the limits) if they cross (MARKET, BUY limit >= price, SELL limit <=
+  price); the rest keeps working in continuous trading again. A VI that runs into the closing
+  auction merges into it.
 * Closing auction (continuous_close .. close). New orders and every remaining quantity are
   collected; once the clock reaches the close they execute in full at the auction price
   (MARKET orders and crossing LIMIT orders); everything else expires.
@@ -18,8 +25,8 @@ does not depend on how often anyone polls):
 
 Fees and taxes are not the broker's business: the ledger derives them from the fills with
 `market.costs`. Not modelled: account balances and holdings (a SELL is not checked against a
-position), order amendment, IOC/FOK, volatility interruptions, our own market impact on the
-printed prices.
+position), order amendment, IOC/FOK, our own market impact on the printed prices, depth at
+the VI auction (like the closing auction, it fills crossing orders in full).
 
 Concurrency: one instance may be shared by many tasks of one event loop; each method mutates
 state without awaiting in between, so calls are atomic with respect to each other.
@@ -159,7 +166,8 @@ class PaperBroker:
         self._next_no += 1
         self._orders[order.broker_order_id] = order
         self._working.append(order)
-        if self.market.phase(now) is Phase.CONTINUOUS:
+        halted = self.market.interruption_at(request.symbol, now) is not None
+        if self.market.phase(now) is Phase.CONTINUOUS and not halted:
             self._take(order, now, self.market.minute_of(now)[0])
             self._prune()
         if self._faults_unknown:
@@ -266,15 +274,29 @@ class PaperBroker:
     def _run_continuous(self, order: _Order, horizon: datetime) -> None:
         """Match `order` minute by minute from where it stopped up to `horizon`."""
         session = self.market.session
+        symbol = order.request.symbol
         t = max(order.evaluated_until, session.open)
         while t < horizon and order.remaining > 0:
+            vi = self.market.interruption_at(symbol, t)
+            if vi is not None:
+                if vi.end > horizon or vi.end >= session.continuous_close or vi.price is None:
+                    break  # still collecting (or handed over to the closing auction)
+                if _crosses(order.request, vi.price):
+                    order.fill(order.remaining, vi.price, vi.end)
+                t = vi.end
+                continue
             m, _ = self.market.minute_of(t)
             minute_end = session.open + (m + 1) * _MINUTE
-            end = min(horizon, minute_end)
-            # The book at `end` would already be the next minute's when `end` is a boundary.
-            probe = end if end < minute_end else minute_end - _EPSILON
-            if not self._take(order, probe, m):
-                self._rest(order, t, end, m)
+            upcoming = self.market.next_interruption(symbol, t)
+            stop = minute_end if upcoming is None else min(minute_end, upcoming.start)
+            end = min(horizon, stop)
+            # The breaching print starts the VI instead of trading: match only up to before it.
+            last = end - _EPSILON if upcoming is not None and end == upcoming.start else end
+            if last > t:
+                # The book at `last` would already be the next minute's on a boundary.
+                probe = last if last < minute_end else minute_end - _EPSILON
+                if not self._take(order, probe, m):
+                    self._rest(order, t, last, m)
             t = end
         order.evaluated_until = max(order.evaluated_until, horizon)
 
@@ -325,19 +347,22 @@ class PaperBroker:
     def _run_auction(self) -> None:
         close = self.market.session.close
         for order in self._working:
-            r = order.request
-            price = self.market.auction_price(r.symbol)
-            crosses = (
-                r.price is None
-                or (r.side is Side.BUY and r.price >= price)
-                or (r.side is Side.SELL and r.price <= price)
-            )
-            if crosses and order.remaining > 0:
+            price = self.market.auction_price(order.request.symbol)
+            if _crosses(order.request, price) and order.remaining > 0:
                 order.fill(order.remaining, price, close)
             if order.remaining > 0:
                 order.remaining = 0
                 order.expired = True
                 order.updated_at = close
+
+
+def _crosses(r: OrderRequest, price: Decimal) -> bool:
+    """Whether `r` executes in a single-price auction at `price`."""
+    return (
+        r.price is None
+        or (r.side is Side.BUY and r.price >= price)
+        or (r.side is Side.SELL and r.price <= price)
+    )
 
 
 if TYPE_CHECKING:  # mypy proves PaperBroker satisfies both ports

@@ -257,3 +257,137 @@ def make_paths(rng: np.random.Generator, u: Universe, m_count: int) -> DayPaths:
         auction_price=auction,
         auction_volume=auction_volume.astype(np.int64),
     )
+
+
+# ----- the path inside a minute, and volatility interruptions on it ------------------------------
+
+Rows = IntArray | slice
+
+#: Microseconds per one-minute bar; instants inside the session are counted in these units so
+#: the market and the VI detection evaluate the path at bit-identical fractions.
+MINUTE_US = 60_000_000
+#: A volatility interruption's single-price auction lasts two minutes.
+VI_US = 120_000_000
+STATIC_VI_PCT = 10  # from the reference: the day's opening price or the last VI auction price
+DYNAMIC_VI_PCT = 6  # within one minute, from the previous minute's close
+DYNAMIC_VI_PCT_KOSPI200 = 3
+
+
+def vertices(p: DayPaths, rows: Rows, m: int) -> list[FloatArray]:
+    """Minute m's path: open -> first extreme -> second extreme -> close (low first on up bars)."""
+    o, h, lo, c = p.open[rows, m], p.high[rows, m], p.low[rows, m], p.close[rows, m]
+    up = c >= o
+    return [o, np.where(up, lo, h), np.where(up, h, lo), c]
+
+
+def path_point(p: DayPaths, rows: Rows, m: int, f: float) -> FloatArray:
+    """The printed price a fraction f (0..1) into minute m: each leg a third, on the grid."""
+    v = vertices(p, rows, m)
+    x = 3.0 * f
+    seg = min(int(x), 2)
+    raw = v[seg] + (v[seg + 1] - v[seg]) * (x - seg)
+    out: FloatArray = np.clip(round_grid(raw, "nearest"), p.low[rows, m], p.high[rows, m])
+    return out
+
+
+@dataclass(frozen=True)
+class ViWindow:
+    """One volatility interruption of row `row`, in microseconds since the open."""
+
+    row: int
+    static: bool  # True: static (10% from the reference), False: dynamic (one-minute move)
+    start_us: int
+    end_us: int  # start + 2 min, or the end of continuous trading if that comes first
+    reference: float  # the price the triggering move was measured from
+    trigger: float  # the price that triggered it
+    price: float  # the printed price at end_us (NaN when the window runs into the close)
+
+
+def find_interruptions(u: Universe, p: DayPaths) -> list[ViWindow]:
+    """Every VI of the day, per row in time order (rows ascending).
+
+    Static: the printed price reaches +-10% of the reference (the day's opening price, then the
+    last VI auction price). Dynamic: it moves more than 3% (KOSPI 200) / 6% (others) from the
+    previous minute's close (the minute's open; the VI auction price for the rest of the minute
+    in which a VI ended). A VI freezes the symbol for two minutes from the instant the path
+    first breaches, then its single price is the path's price at that instant.
+    """
+    dyn = np.where(u.kospi200, DYNAMIC_VI_PCT_KOSPI200, DYNAMIC_VI_PCT)
+    d = dyn[:, None]
+    dyn_hit = (p.high * 100 > p.open * (100 + d)) | (p.low * 100 < p.open * (100 - d))
+    first = p.open[:, :1]
+    static_hit = (p.high * 10 >= first * 11) | (p.low * 10 <= first * 9)
+    out: list[ViWindow] = []
+    for row in np.flatnonzero((dyn_hit | static_hit).any(axis=1)):
+        out += _row_interruptions(p, int(row), int(dyn[row]), dyn_hit[row])
+    return out
+
+
+def _row_interruptions(p: DayPaths, i: int, d: int, dyn_hit: BoolArray) -> list[ViWindow]:
+    session_us = p.close.shape[1] * MINUTE_US
+    sref = float(p.open[i, 0])
+    oref: float | None = None  # dynamic reference for the rest of the minute a VI ended in
+    t = 0
+    out: list[ViWindow] = []
+    while t < session_us:
+        m0 = t // MINUTE_US
+        hi, lo = p.high[i, m0:], p.low[i, m0:]
+        hit = (hi * 10 >= sref * 11) | (lo * 10 <= sref * 9) | dyn_hit[m0:]
+        if oref is not None:
+            hit[0] |= hi[0] * 100 > oref * (100 + d) or lo[0] * 100 < oref * (100 - d)
+        found: tuple[int, bool, float, float] | None = None
+        for k in np.flatnonzero(hit):  # at most two tries: only minute m0 starts mid-way
+            m = m0 + int(k)
+            dref = oref if oref is not None and m == m0 else float(p.open[i, m])
+            found = _first_breach(p, i, m, t if m == m0 else m * MINUTE_US, sref, dref, d)
+            if found is not None:
+                break
+        if found is None or found[0] >= session_us:
+            break
+        start, static, ref, trigger = found
+        end = start + VI_US
+        if end >= session_us:  # runs into the closing auction, which takes it over
+            out.append(ViWindow(i, static, start, session_us, ref, trigger, float("nan")))
+            break
+        price = _price_at(p, i, end)
+        out.append(ViWindow(i, static, start, end, ref, trigger, price))
+        sref = oref = price
+        t = end
+    return out
+
+
+def _price_at(p: DayPaths, i: int, us: int) -> float:
+    m, r = divmod(us, MINUTE_US)
+    if m >= p.close.shape[1]:
+        m, r = m - 1, MINUTE_US
+    return float(path_point(p, np.array([i]), m, r / MINUTE_US)[0])
+
+
+def _first_breach(
+    p: DayPaths, i: int, m: int, start: int, sref: float, dref: float, d: int
+) -> tuple[int, bool, float, float] | None:
+    """(instant, static?, reference, price) of the first breach in minute m at or after `start`.
+
+    The path is monotone between consecutive vertices, so the first breaching vertex bounds the
+    first breaching instant, found by bisection to the microsecond.
+    """
+
+    def breach(x: float) -> tuple[bool, bool]:
+        static = x * 10 >= sref * 11 or x * 10 <= sref * 9
+        return static, static or x * 100 > dref * (100 + d) or x * 100 < dref * (100 - d)
+
+    base = m * MINUTE_US
+    legs = [base + k * MINUTE_US // 3 for k in (1, 2, 3)]
+    points = [start, *(us for us in legs if us > start)]
+    prev: int | None = None
+    for us in points:
+        if breach(_price_at(p, i, us))[1]:
+            lo, hi = (us - 1, us) if prev is None else (prev, us)
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if breach(_price_at(p, i, mid))[1] else (mid, hi)
+            x = _price_at(p, i, hi)
+            static = breach(x)[0]
+            return hi, static, sref if static else dref, x
+        prev = us
+    return None

@@ -16,26 +16,58 @@ Time inside the session:
 * at and after the close: the single auction price (on the grid, inside the limits) and the
   auction volume are added.
 
-Not modelled: volatility interruptions, the opening auction, VI-style halts, market impact of
-our own orders on the printed prices, and asymmetric books (bid and ask sides share sizes).
+Volatility interruptions (`market.paths.find_interruptions`, computed once at construction): a
+static VI when the printed price reaches +-10% of the reference (the day's opening price, then
+the last VI auction price), a dynamic VI when it moves more than 3% (KOSPI 200) / 6% (others)
+from the previous minute's close. Either starts at the microsecond the path first breaches and
+lasts two minutes; quotes carry `halted_until` and snapshots a `halted` column meanwhile, and
+the VI's single price is the path's price at its end. The VI is an overlay: the path itself
+(prices, volume, high/low) keeps printing through it and serves as the indicative price, so
+replays and indicators are unchanged; the paper broker is what stops matching.
+
+Not modelled: the opening auction, the VI's own indicative book, VIs during the closing auction,
+market impact of our own orders on the printed prices, and asymmetric books (bid and ask sides
+share sizes).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
 import numpy as np
+import numpy.typing as npt
 
 from market.calendar import Session
-from market.paths import MAX_LEVELS, make_paths, make_universe, round_grid, step_grid, tick_of
+from market.paths import (
+    MAX_LEVELS,
+    MINUTE_US,
+    Rows,
+    find_interruptions,
+    make_paths,
+    make_universe,
+    path_point,
+    step_grid,
+    tick_of,
+    vertices,
+)
 from market.ticks import step
-from market.types import Board, FloatArray, Instrument, IntArray, Quote, Snapshot, Tier
+from market.types import (
+    Board,
+    FloatArray,
+    Instrument,
+    IntArray,
+    Quote,
+    Snapshot,
+    Tier,
+    ViKind,
+    VolatilityInterruption,
+)
 
-Rows = IntArray | slice
 Level = tuple[Decimal, int]
+_US = timedelta(microseconds=1)
 
 
 class Phase(StrEnum):
@@ -97,6 +129,23 @@ class SimulatedMarket:
             )
             for i, s in enumerate(u.symbols)
         )
+        self._vi: dict[int, tuple[VolatilityInterruption, ...]] = {}
+        windows = find_interruptions(self._u, self._p)
+        for w in windows:
+            vi = VolatilityInterruption(
+                symbol=u.symbols[w.row],
+                kind=ViKind.STATIC if w.static else ViKind.DYNAMIC,
+                start=session.open + w.start_us * _US,
+                end=session.open + w.end_us * _US,
+                reference=_won(w.reference),
+                trigger_price=_won(w.trigger),
+                price=None if np.isnan(w.price) else _won(w.price),
+            )
+            self._vi[w.row] = (*self._vi.get(w.row, ()), vi)
+        # column form for snapshots
+        self._vi_rows = np.array([w.row for w in windows], dtype=np.int64)
+        self._vi_start = np.array([w.start_us for w in windows], dtype=np.int64)
+        self._vi_end = np.array([w.end_us for w in windows], dtype=np.int64)
 
     # ----- lookup -------------------------------------------------------------------------
 
@@ -122,6 +171,32 @@ class SimulatedMarket:
         """The closing single-price auction's price (known in advance to the simulator)."""
         return _won(self._p.auction_price[self.index(symbol)])
 
+    # ----- volatility interruptions -------------------------------------------------------
+
+    def interruptions(self, symbol: str) -> tuple[VolatilityInterruption, ...]:
+        """The symbol's VIs of the day, in time order (known in advance to the simulator)."""
+        return self._vi.get(self.index(symbol), ())
+
+    def interruption_at(self, symbol: str, at: datetime) -> VolatilityInterruption | None:
+        """The VI the symbol is in at `at` (start <= at < end), if any."""
+        for vi in self.interruptions(symbol):
+            if vi.start <= at < vi.end:
+                return vi
+        return None
+
+    def next_interruption(self, symbol: str, after: datetime) -> VolatilityInterruption | None:
+        """The first VI of the symbol starting strictly after `after`."""
+        for vi in self.interruptions(symbol):
+            if vi.start > after:
+                return vi
+        return None
+
+    def _halted(self, at: datetime) -> npt.NDArray[np.bool_]:
+        out = np.zeros(len(self._u.symbols), dtype=bool)
+        us = (at - self.session.open) // _US
+        out[self._vi_rows[(self._vi_start <= us) & (us < self._vi_end)]] = True
+        return out
+
     # ----- time ---------------------------------------------------------------------------
 
     def phase(self, at: datetime) -> Phase:
@@ -136,13 +211,14 @@ class SimulatedMarket:
 
     def minute_of(self, at: datetime) -> tuple[int, float]:
         """(minute index, fraction of it elapsed), clamped to the continuous session."""
-        seconds = (at - self.session.open).total_seconds()
-        if seconds < 0:
+        # whole microseconds, so the VI detection (market.paths) sees the same fractions
+        us = (at - self.session.open) // _US
+        if us < 0:
             return 0, 0.0
-        m = int(seconds // 60)
+        m, rest = divmod(us, MINUTE_US)
         if m >= self.n_minutes:
             return self.n_minutes - 1, 1.0
-        return m, (seconds - 60 * m) / 60.0
+        return m, rest / MINUTE_US
 
     def completed_bars(self, at: datetime) -> int:
         phase = self.phase(at)
@@ -155,17 +231,10 @@ class SimulatedMarket:
     # ----- the path -----------------------------------------------------------------------
 
     def _vertices(self, rows: Rows, m: int) -> list[FloatArray]:
-        p = self._p
-        o, h, lo, c = p.open[rows, m], p.high[rows, m], p.low[rows, m], p.close[rows, m]
-        up = c >= o
-        return [o, np.where(up, lo, h), np.where(up, h, lo), c]
+        return vertices(self._p, rows, m)
 
     def _path_point(self, rows: Rows, m: int, f: float) -> FloatArray:
-        v = self._vertices(rows, m)
-        x = 3.0 * f
-        seg = min(int(x), 2)
-        raw = v[seg] + (v[seg + 1] - v[seg]) * (x - seg)
-        return np.clip(round_grid(raw, "nearest"), self._p.low[rows, m], self._p.high[rows, m])
+        return path_point(self._p, rows, m, f)
 
     def _state(self, rows: Rows, at: datetime) -> _State:
         u, p = self._u, self._p
@@ -241,6 +310,7 @@ class SimulatedMarket:
             closes = self._p.close[i, st.completed - short_ma_bars : st.completed]
             short_ma = (_won(closes.sum()) / short_ma_bars).quantize(Decimal("0.01"))
         inst = self.instruments[i]
+        vi = self.interruption_at(symbol, at)
         return Quote(
             symbol=symbol,
             at=at,
@@ -260,6 +330,7 @@ class SimulatedMarket:
             lower_limit=_won(self._u.lower[i]),
             tier=inst.tier,
             short_ma=short_ma,
+            halted_until=None if vi is None else vi.end,
         )
 
     def snapshot(self, at: datetime, n_bars: int) -> Snapshot:
@@ -295,6 +366,7 @@ class SimulatedMarket:
             tier=u.tier,
             closes=closes,
             volumes=volumes,
+            halted=self._halted(at),
         )
 
     def _level_sizes(self, i: int, minute: int, levels: int) -> list[int]:

@@ -59,10 +59,35 @@ class Quote:
     lower_limit: Decimal
     tier: Tier
     short_ma: Decimal | None = None  # short moving average of minute closes, for the sell rules
+    # In a volatility interruption: when its single-price auction executes; None otherwise.
+    halted_until: datetime | None = None
 
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+class ViKind(StrEnum):
+    STATIC = "STATIC"  # 10% from the last single-price auction price
+    DYNAMIC = "DYNAMIC"  # a sharp move within one minute (3% KOSPI 200, 6% others)
+
+
+@dataclass(frozen=True, slots=True)
+class VolatilityInterruption:
+    """A two-minute single-price auction of one symbol, [start, end).
+
+    Orders collect during it and those that cross execute at `price` at `end`. A VI that would
+    run past the end of continuous trading ends there and merges into the closing auction.
+    """
+
+    symbol: str
+    kind: ViKind
+    start: datetime
+    end: datetime
+    reference: Decimal  # the price the triggering move was measured from
+    trigger_price: Decimal  # the printed price that triggered it
+    price: Decimal | None  # the auction price at `end`; None when it merges into the close
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,3 +117,4 @@ class Snapshot:
     tier: IntArray
     closes: FloatArray  # shape (n_symbols, n_bars)
     volumes: FloatArray  # shape (n_symbols, n_bars)
+    halted: BoolArray | None = None  # in a volatility interruption (None: source does not say)
