@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
+from support import free_port
 
 
 def _run(args: list[str], env: dict[str, str] | None = None, timeout: float = 60):
@@ -21,12 +21,6 @@ def _run(args: list[str], env: dict[str, str] | None = None, timeout: float = 60
         timeout=timeout,
         check=False,
     )
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.parametrize(
@@ -79,12 +73,12 @@ def test_every_command_has_help(command: list[str]) -> None:
 
 
 def test_unreachable_postgres_exits_1_naming_the_server() -> None:
-    port = _closed_port()
+    port = free_port()
     result = _run(
         ["run"],
         {
             "DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:{port}/nowhere",
-            "REDIS_URL": f"redis://127.0.0.1:{_closed_port()}/0",
+            "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
             "CONNECT_ATTEMPTS": "2",
             "PAPER_SPEED": "100",
         },
@@ -97,7 +91,7 @@ def test_unreachable_postgres_exits_1_naming_the_server() -> None:
 
 
 def test_unreachable_redis_exits_1_naming_the_server(database_url: str) -> None:
-    port = _closed_port()
+    port = free_port()
     result = _run(
         ["run"],
         {

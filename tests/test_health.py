@@ -3,7 +3,6 @@ runs and closes the port when it ends; the health verdict itself against stub wo
 
 from __future__ import annotations
 
-import socket
 import time
 from dataclasses import dataclass
 from datetime import date
@@ -12,6 +11,7 @@ import anyio
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from support import free_port
 
 from worker.app import run_fleet
 from worker.health import FleetHealth, HealthServer
@@ -38,12 +38,6 @@ METRIC_NAMES = (
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _samples(text: str) -> Samples:
     return {
         (s.name, frozenset(s.labels.items())): s.value
@@ -61,7 +55,7 @@ def _scans(samples: Samples, worker: str) -> float:
 async def test_fleet_serves_health_and_metrics_then_closes(
     database_url: str, redis_url: str, prefix: str
 ) -> None:
-    port = _free_port()
+    port = free_port()
     settings = load_settings(
         database_url=database_url,
         redis_url=redis_url,

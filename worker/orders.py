@@ -35,6 +35,7 @@ from broker.port import (
     OrderType,
     Side,
 )
+from coordination.errors import CoordinationError
 from coordination.notices import Notices, NoticeType
 from ledger.applying import target_state
 from ledger.errors import LossLimitReached, StaleFence
@@ -227,16 +228,19 @@ class OrderExecutor:
         if result.closed_trade is not None:
             self.metrics.trade_closed(result.closed_trade.pnl)
         for fill in result.new_fills:
-            await self.notices.publish(
-                NoticeType.ORDER_FILLED,
-                self.worker_id,
-                status.symbol,
-                {
-                    "client_order_id": cid,
-                    "broker_order_id": status.broker_order_id,
-                    "side": status.side.value,
-                    "qty": fill.qty,
-                    "price": str(fill.price),
-                    "cum_qty": fill.cum_qty,
-                },
-            )
+            data = {
+                "client_order_id": cid,
+                "broker_order_id": status.broker_order_id,
+                "side": status.side.value,
+                "qty": fill.qty,
+                "price": str(fill.price),
+                "cum_qty": fill.cum_qty,
+            }
+            try:
+                await self.notices.publish(
+                    NoticeType.ORDER_FILLED, self.worker_id, status.symbol, data
+                )
+            except CoordinationError as exc:
+                # the ledger holds the fill; the notice is for watchers and must not stop a
+                # sale while Redis is away
+                self.log.error("order.filled notice for {} not published: {}", cid, exc)
