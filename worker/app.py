@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -92,6 +92,7 @@ async def run_fleet(
     epoch: float | None = None,
     on_started: Callable[[Sequence[Worker], Plan, Ledger], None] | None = None,
     handle_signals: bool = True,
+    signalled: anyio.Event | None = None,
     clock_factory: Callable[[Plan], Clock] | None = None,
 ) -> Plan:
     """Run `workers` workers in this process for one session; return the session plan.
@@ -170,7 +171,7 @@ async def run_fleet(
             on_started(fleet, plan, ledger)
         async with anyio.create_task_group() as tg:
             if handle_signals:
-                tg.start_soon(_stop_on_signal, fleet, tg.cancel_scope)
+                tg.start_soon(_stop_on_signal, fleet, tg.cancel_scope, signalled)
             if settings.health_port > 0:
                 # Bound before the workers start, closed with tg once they finish.
                 health = FleetHealth(fleet, stall_after_s(settings, plan.clock.speed))
@@ -228,12 +229,27 @@ def replace_id(settings: Settings, n: int) -> Settings:
     )
 
 
-async def _stop_on_signal(fleet: Sequence[Worker], scope: anyio.CancelScope) -> None:
+async def _stop_on_signal(
+    fleet: Sequence[Worker], scope: anyio.CancelScope, signalled: anyio.Event | None = None
+) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             logger.warning("signal {} received: stopping gracefully", signal.Signals(signum).name)
+            if signalled is not None:
+                signalled.set()
             for w in fleet:
                 w.request_stop()
+
+
+def next_wake(now: datetime, calendar: KrxCalendar, lead: timedelta) -> datetime:
+    """When a long-running worker should wake for the next session: `lead` before its open.
+
+    The session of `now`'s day counts while it has not closed yet."""
+    today = now.astimezone(KST).date()
+    session = calendar.next_session(today)
+    if session.close <= now:
+        session = calendar.next_session(today + timedelta(days=1))
+    return session.open - lead
 
 
 def epoch_soon(lead_s: float = 0.5) -> float:

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+import signal
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import anyio
 import orjson
+from loguru import logger
 
 from coordination.connection import connect
 from coordination.keys import Keyspace
@@ -18,28 +20,48 @@ from ledger.db import create_engine
 from ledger.migrate import upgrade_head
 from ledger.records import DaySummaryRecord
 from ledger.repository import Ledger
+from market.calendar import default_calendar
+from market.clock import KST
 from market.costs import CostModel
-from worker.app import MarketClosed, run_fleet
+from worker.app import MarketClosed, next_wake, run_fleet
 from worker.report import summary_dict, summary_table
 from worker.settings import Settings
 
+_WAKE_LEAD = timedelta(minutes=5)
+
 
 def run(settings: Settings) -> int:
-    assert settings.database_url
-    assert settings.redis_url
-    try:
-        anyio.run(_run, settings)
-    except MarketClosed as exc:
-        from loguru import logger
-
-        logger.info("nothing to trade: {}", exc)
+    anyio.run(_run, settings)
     return 0
 
 
 async def _run(settings: Settings) -> None:
+    """One session (or none, when the market is closed); with WAIT_FOR_SESSION, every session
+    from now on, sleeping in between, until SIGTERM."""
     assert settings.database_url
     assert settings.redis_url
-    await run_fleet(settings, database_url=settings.database_url, redis_url=settings.redis_url)
+    forever = settings.wait_for_session and settings.paper_speed <= 1
+    while True:
+        signalled = anyio.Event()
+        try:
+            await run_fleet(settings, database_url=settings.database_url,
+                            redis_url=settings.redis_url, signalled=signalled)  # fmt: skip
+        except MarketClosed as exc:
+            logger.info("nothing to trade now: {}", exc)
+        if not forever or signalled.is_set() or not await _sleep_until_next_session():
+            return
+
+
+async def _sleep_until_next_session() -> bool:
+    """Sleep until shortly before the next KRX session; False if a signal came first."""
+    wake = next_wake(datetime.now(KST), default_calendar(), _WAKE_LEAD)
+    logger.info("sleeping until {} for the next session", wake)
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with anyio.move_on_after(max(0.0, (wake - datetime.now(KST)).total_seconds())):
+            async for signum in signals:
+                logger.warning("signal {} while waiting: exiting", signal.Signals(signum).name)
+                return False
+    return True
 
 
 def migrate(settings: Settings) -> int:

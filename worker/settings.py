@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     worker_ttl_ms: int = Field(30_000, ge=1_000)
     events_maxlen: int = Field(100_000, ge=1_000)
     connect_attempts: int = Field(6, ge=1, le=100)
+    wait_for_session: bool = False  # `run` stays up: sleeps between sessions (k8s Deployment)
 
     # --- pacing (clock seconds: simulated seconds under PAPER_SPEED > 1) ---
     scan_interval_s: float = Field(30.0, gt=0)
