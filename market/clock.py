@@ -3,7 +3,8 @@
 `RealClock` is Asia/Seoul wall time. `SimClock` maps wall time linearly onto one simulated
 session: `now = session_open + (wall - epoch) * speed`, so processes given the same epoch and
 speed share one simulated clock, and one started late joins the session in progress.
-`sleep(seconds)` is always in clock seconds (simulated seconds for a `SimClock`).
+`ManualClock` moves only when told (tests drive time one step at a time; `sleep` advances it
+instantly). `sleep(seconds)` is always in clock seconds (simulated seconds for a `SimClock`).
 """
 
 from __future__ import annotations
@@ -65,3 +66,24 @@ class SimClock:
 
     async def sleep_until(self, when: datetime) -> None:
         await self.sleep((when - self.now()).total_seconds())
+
+
+class ManualClock:
+    """A clock that moves only when told: `sleep` advances it at once, `set` jumps."""
+
+    speed = 1.0
+
+    def __init__(self, now: datetime) -> None:
+        if now.tzinfo is None:
+            raise ValueError("now must be timezone-aware")
+        self.t = now
+
+    def now(self) -> datetime:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.lowlevel.checkpoint()
+        self.t += timedelta(seconds=max(0.0, seconds))
+
+    def set(self, at: datetime) -> None:
+        self.t = at

@@ -34,7 +34,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from market.clock import KST
+from market.clock import (
+    KST,  # re-exported for the KIS tests
+)
 from market.ticks import is_on_grid, price_limits
 
 APP_KEY = "fake-app-key"
@@ -522,21 +524,3 @@ def serve(fake: FakeKis) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
-
-
-class ManualClock:
-    """A clock that moves only when told (sleep advances it instantly)."""
-
-    speed = 1.0
-
-    def __init__(self, now: datetime) -> None:
-        self.t = now
-
-    def now(self) -> datetime:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += timedelta(seconds=seconds)
-
-    def set(self, at: datetime) -> None:
-        self.t = at

@@ -17,14 +17,14 @@ from decimal import Decimal
 
 import pytest
 import redis.asyncio as aioredis
-from fake_kis import ACCOUNT, APP_KEY, APP_SECRET, FakeKis, ManualClock, serve
+from fake_kis import ACCOUNT, APP_KEY, APP_SECRET, FakeKis, serve
 
 from broker.errors import OrderRejected, UnknownOrder
 from broker.kis import KisBroker, KisClient, KisConfig
 from broker.paper import WALK_LEVELS, PaperBroker
 from broker.port import Broker, BrokerOrderId, OrderRequest, OrderStatus, OrderType, Side
 from market.calendar import Session
-from market.clock import KST
+from market.clock import KST, ManualClock
 from market.sim import SimulatedMarket
 from market.ticks import step
 from market.types import Tier

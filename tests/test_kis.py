@@ -11,12 +11,12 @@ from typing import Any
 import anyio
 import pytest
 import redis.asyncio as aioredis
-from fake_kis import ACCOUNT, APP_KEY, APP_SECRET, FakeKis, ManualClock, bar_close, serve
+from fake_kis import ACCOUNT, APP_KEY, APP_SECRET, FakeKis, bar_close, serve
 
 from broker.errors import BrokerUnavailable, OrderOutcomeUnknown, OrderRejected, RateLimited
 from broker.kis import KisBroker, KisClient, KisConfig, wire
 from broker.port import OrderRequest, OrderType, Side
-from market.clock import KST
+from market.clock import KST, ManualClock
 from market.types import Board, Tier
 
 pytestmark = pytest.mark.anyio

@@ -12,7 +12,7 @@ from broker.errors import BrokerUnavailable, OrderOutcomeUnknown, OrderRejected,
 from broker.paper import WALK_LEVELS, PaperBroker
 from broker.port import BrokerOrderId, OrderRequest, OrderType, Side
 from market.calendar import Session
-from market.clock import KST
+from market.clock import KST, ManualClock
 from market.sim import SimulatedMarket
 from market.ticks import step, tick_size
 from market.types import Tier
@@ -26,24 +26,6 @@ SESSION = Session(
     datetime(2026, 3, 10, 15, 20, tzinfo=KST),
     datetime(2026, 3, 10, 15, 30, tzinfo=KST),
 )
-
-
-class ManualClock:
-    """A clock that moves only when the test says so."""
-
-    speed = 1.0
-
-    def __init__(self, now: datetime) -> None:
-        self.t = now
-
-    def now(self) -> datetime:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += timedelta(seconds=seconds)
-
-    def set(self, at: datetime) -> None:
-        self.t = at
 
 
 @pytest.fixture(scope="module")

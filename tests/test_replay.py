@@ -29,21 +29,10 @@ from worker.signals import SignalParams
 sys.path.insert(0, str(Path(__file__).with_name("data")))
 import make_replay_sample as sample
 
+from market.clock import ManualClock
+
 SESSION = sample.SESSION
 N_BARS = 60
-
-
-class ManualClock:
-    speed = 1.0
-
-    def __init__(self, now: datetime) -> None:
-        self.t = now
-
-    def now(self) -> datetime:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += timedelta(seconds=seconds)
 
 
 def at_minute(m: float) -> datetime:
