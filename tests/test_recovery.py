@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -30,7 +30,7 @@ from coordination.notices import Notices
 from coordination.reaper import LeaseReaper
 from ledger.repository import Ledger
 from worker.mirror import LockMirror
-from worker.reaper import reap_once
+from worker.reaper import cleanup_expired_locks, reap_once
 
 pytestmark = pytest.mark.anyio
 
@@ -235,6 +235,35 @@ async def test_many_reapers_at_once_reap_each_lease_once(
     assert sorted(str(r[0]) for r in rows) == symbols
     assert sql(database_url, "SELECT count(*) FROM stock_locks") == [(0,)]
     assert await redis_client.exists(keys.lease("LIVE")) == 1  # a live lease is left alone
+
+
+async def test_stale_mirror_rows_redis_forgot_are_cleaned(
+    database_url: str, prefix: str, redis_client: aioredis.Redis, ledger: Ledger
+) -> None:
+    keys = Keyspace(prefix)
+    then = datetime.now(UTC) - timedelta(minutes=5)
+    # a lease Redis forgot (restart): mirror row and position, no key, no lease meta
+    await ledger.lock_acquired("FORGOT", "gone-2", 7, 3_000, then)
+    open_position(database_url, "gone-2", "FORGOT")
+    # a live holder whose ledger heartbeat is late: left alone
+    live = RedisSymbolLock(redis_client, keys, "alive-2", ttl_ms=10_000)
+    lease = await live.acquire("LATE")
+    assert lease is not None
+    await ledger.lock_acquired("LATE", "alive-2", lease.fence, 10_000, then)
+    # a fresh row: left alone whatever Redis says
+    await ledger.lock_acquired("FRESH", "busy-3", 4, 3_000, datetime.now(UTC))
+
+    cleaned = await cleanup_expired_locks(LeaseReaper(redis_client, keys), ledger, 30.0)
+
+    assert cleaned == 1
+    assert sorted(lk.symbol for lk in await ledger.locks()) == ["FRESH", "LATE"]
+    assert sql(database_url, "SELECT symbol, fence FROM lock_events WHERE event = 'expired'") == [
+        ("FORGOT", 7)
+    ]
+    assert sql(database_url, "SELECT status FROM positions WHERE symbol = 'FORGOT'") == [
+        ("ORPHANED",)
+    ]
+    assert await cleanup_expired_locks(LeaseReaper(redis_client, keys), ledger, 30.0) == 0
 
 
 # -- fences across a Redis restart ----------------------------------------------------------

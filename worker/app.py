@@ -187,6 +187,9 @@ async def run_fleet(
                     settings.heartbeat_s,
                     seeder=seeder,
                     max_fences=ledger.max_fences,
+                    # mirror rows are heartbeaten every heartbeat; well past the TTL they are
+                    # leases nobody can reap in Redis any more
+                    stale_after_s=3 * settings.lock_ttl_ms / 1000 + 2 * settings.heartbeat_s,
                 )
             )
             async with anyio.create_task_group() as workers_tg:

@@ -86,6 +86,36 @@ async def reap_once(
     return reaped
 
 
+async def cleanup_expired_locks(
+    reaper: LeaseReaper, ledger: Ledger, stale_after_s: float, now: datetime | None = None
+) -> int:
+    """Remove mirror rows whose lease is over without a trace in Redis.
+
+    A `stock_locks` row not heartbeaten for `stale_after_s` whose (worker, fence) is not the
+    symbol's live lock in Redis is a lease nobody can reap any more (Redis restarted and forgot
+    it, or its reaping was lost): record it `expired`, delete the row, orphan the position.
+    """
+    now = now or datetime.now(UTC)
+    stale = [
+        lk for lk in await ledger.locks() if (now - lk.heartbeat_at).total_seconds() > stale_after_s
+    ]
+    if not stale:
+        return 0
+    live = await reaper.holders(sorted({lk.symbol for lk in stale}))
+    cleaned = 0
+    for lk in stale:
+        if live.get(lk.symbol) == (lk.worker_id, lk.fence):
+            continue  # the holder is alive in Redis; its ledger heartbeat is just late
+        await ledger.lock_released(lk.symbol, lk.worker_id, lk.fence, now, event="expired")
+        orphaned = await ledger.mark_position_orphaned(lk.symbol, lk.worker_id)
+        logger.warning(
+            "stale mirror row {} ({} fence {}) cleaned{}",
+            lk.symbol, lk.worker_id, lk.fence, "; position orphaned" if orphaned else "",
+        )  # fmt: skip
+        cleaned += 1
+    return cleaned
+
+
 async def announce_recoveries(reaper: LeaseReaper) -> int:
     """``lock.recovered`` for each reaped symbol a live worker now holds with a newer fence."""
     pending = await reaper.pending_recoveries()
@@ -105,6 +135,7 @@ async def run_reaper(
     *,
     seeder: FenceSeeder | None = None,
     max_fences: Callable[[], Awaitable[Mapping[str, int]]] | None = None,
+    stale_after_s: float | None = None,
 ) -> None:
     """Reap every `interval_s` (after checking the fence seeding, when given), until cancelled.
 
@@ -119,6 +150,8 @@ async def run_reaper(
             if seeder is not None and max_fences is not None:
                 await seeder.ensure(max_fences)
             await reap_once(reaper, ledger, backlog)
+            if stale_after_s is not None:
+                await cleanup_expired_locks(reaper, ledger, stale_after_s)
         except (CoordinationError, LedgerError) as exc:
             logger.warning("reaper pass failed, retrying in {:.1f} s: {}", interval_s, exc)
         await anyio.sleep(max(0.0, interval_s - (anyio.current_time() - started)))
