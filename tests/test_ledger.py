@@ -514,3 +514,47 @@ async def test_constraint_violation_is_a_ledger_error_not_sqlalchemy(ledger: Led
         await ledger.register_worker("w1", 1, "h", D(-1), T0)  # CHECK capital_limit >= 0
     assert not isinstance(info.value, LedgerUnavailable)
     assert isinstance(info.value.__cause__, sa_exc.IntegrityError)
+
+
+# -- a replayed pair of days across the 2025 tax change -------------------------------------
+
+
+async def test_round_trips_either_side_of_the_2025_tax_cut(engine: AsyncEngine) -> None:
+    """Golden by hand. KOSPI, 100 shares bought at 50,000 and sold at 51,000 each day.
+
+    commission: floor(5,000,000 x 0.000140527) = 702 on the buy, floor(5,100,000 x ...) = 716
+    2024-12-26 settles 2024-12-30: 0.03% + 0.15% -> 1,530 + 7,650 = 9,180; pnl 89,402
+    2024-12-27 settles 2025-01-02 (12-31 and 01-01 closed): 0.00% + 0.15% -> 7,650; pnl 90,932
+    """
+    from market.calendar import default_calendar
+
+    ledger = Ledger(engine, CostModel(settlement_of=default_calendar().settlement_day))
+    days = {date(2024, 12, 26): D(89_402), date(2024, 12, 27): D(90_932)}
+    for n, day in enumerate(days):
+        at = datetime(day.year, day.month, day.day, 10, 0, tzinfo=KST)
+        await ledger.lock_acquired("005930", "w1", n + 1, 30_000, at)
+        for side, price in ((Side.BUY, 50_000), (Side.SELL, 51_000)):
+            order = await placed(
+                ledger,
+                replace(intent("w1", n + 1, side, 100, price, "005930"), trading_day=day,
+                        created_at=at),
+            )  # fmt: skip
+            await ledger.apply_order_status(
+                order.client_order_id, report(order, 100, 100 * price), Board.KOSPI, at
+            )
+        summary = await ledger.summarize_day(day)
+        assert summary.total.summary.pnl == days[day]
+        assert await ledger.recompute_from_fills(day) == days[day]
+    async with engine.connect() as conn:
+        taxes = (
+            await conn.execute(
+                text(
+                    "SELECT trading_day, transaction_tax, rural_tax, tax, fee FROM fills"
+                    " WHERE side = 'SELL' ORDER BY trading_day"
+                )
+            )
+        ).all()
+    assert [tuple(t) for t in taxes] == [
+        (date(2024, 12, 26), D(1_530), D(7_650), D(9_180), D(716)),
+        (date(2024, 12, 27), D(0), D(7_650), D(7_650), D(716)),
+    ]
