@@ -36,8 +36,13 @@ def describe(url: str | URL) -> str:
 
 
 def create_engine(url: str | URL) -> AsyncEngine:
-    """An async engine on psycopg 3; connections are checked before use (pool_pre_ping)."""
-    return create_async_engine(normalize_url(url), pool_pre_ping=True)
+    """An async engine on psycopg 3.
+
+    No pre-ping on checkout (a round trip per ledger call on the hot path): a connection that
+    died is reported as `LedgerUnavailable` by the call that meets it, SQLAlchemy then
+    invalidates the pool, and the caller's retry gets a fresh connection.
+    """
+    return create_async_engine(normalize_url(url), pool_pre_ping=False)
 
 
 async def wait_ready(url: str | URL, attempts: int = 30, backoff_s: float = 0.5) -> None:

@@ -165,6 +165,16 @@ class SummaryFigures:
 
 
 @dataclass(frozen=True, slots=True)
+class ScanView:
+    """What a scanning worker needs from the ledger, read in one round trip: who holds an open
+    position on which symbol, who has unfinished orders where, and the day's realized pnl."""
+
+    positions: Mapping[str, str]  # symbol -> worker_id
+    unfinished: Mapping[str, str]  # symbol -> worker_id
+    realized_pnl: Decimal
+
+
+@dataclass(frozen=True, slots=True)
 class DaySummaryRecord:
     trading_day: date
     total: SummaryFigures

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import date, datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -30,6 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.sql.selectable import CompoundSelect
 from sqlalchemy.types import DateTime
 
 from broker.port import BrokerOrderId, ClientOrderId, OrderStatus, Side
@@ -68,6 +70,7 @@ from ledger.records import (
     OrderIntent,
     OrderRecord,
     PositionRecord,
+    ScanView,
     WorkerRecord,
 )
 from ledger.summaries import load_day_summary, pnl_from_fills, store_day_summary
@@ -87,6 +90,8 @@ class Ledger:
         self._engine = engine
         self._costs = costs
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        # single-statement reads need no transaction: one round trip instead of three
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncSession]:
@@ -357,6 +362,31 @@ class Ledger:
         )
         async with self._tx() as s:
             return {str(b) for b in (await s.execute(stmt)).scalars() if b is not None}
+
+    async def scan_view(self, trading_day: date) -> ScanView:
+        """`ScanView` in one statement, outside a transaction (a scan's hot path)."""
+        stmt: CompoundSelect[Any] = union_all(
+            select(literal_column("'P'"), Position.symbol, Position.worker_id, literal_column(
+                "NULL::numeric")).where(Position.status != "CLOSED"),
+            select(literal_column("'O'"), Order.symbol, Order.worker_id, literal_column(
+                "NULL::numeric")).where(Order.status.in_(_UNFINISHED)),
+            select(literal_column("'R'"), literal_column("NULL"), literal_column("NULL"),
+                   day_pnl(trading_day)),
+        )  # fmt: skip
+        with translate_db_errors():
+            async with self._autocommit.connect() as conn:
+                rows = (await conn.execute(stmt)).all()
+        positions: dict[str, str] = {}
+        unfinished: dict[str, str] = {}
+        pnl = Decimal(0)
+        for kind, symbol, worker_id, value in rows:
+            if kind == "P":
+                positions[symbol] = worker_id
+            elif kind == "O":
+                unfinished.setdefault(symbol, worker_id)
+            else:
+                pnl = Decimal(value)
+        return ScanView(positions, unfinished, pnl)
 
     async def unfinished_order_symbols(self) -> dict[str, str]:
         """Symbols with an unfinished order (NEW, SENT, PARTIALLY_FILLED, UNKNOWN) and the

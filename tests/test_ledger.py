@@ -558,3 +558,18 @@ async def test_round_trips_either_side_of_the_2025_tax_cut(engine: AsyncEngine) 
         (date(2024, 12, 26), D(1_530), D(7_650), D(9_180), D(716)),
         (date(2024, 12, 27), D(0), D(7_650), D(7_650), D(716)),
     ]
+
+
+async def test_scan_view_reads_positions_orders_and_pnl_at_once(ledger: Ledger) -> None:
+    await ledger.lock_acquired(SYM, "w1", 1, 30_000, T0)
+    await round_trip(ledger, "w1", 1, SYM, 50_000, 49_000)  # a closed losing trade
+    await ledger.lock_acquired("000660", "w2", 1, 30_000, T0)
+    held = await placed(ledger, intent("w2", 1, Side.BUY, 10, 100_000, "000660"))
+    await ledger.apply_order_status(
+        held.client_order_id, report(held, 4, 400_000), Board.KOSPI, T0
+    )  # partly filled: an open position and an unfinished order
+    view = await ledger.scan_view(DAY)
+    assert dict(view.positions) == {"000660": "w2"}
+    assert dict(view.unfinished) == {"000660": "w2"}
+    assert view.realized_pnl == await ledger.realized_pnl(DAY) < 0
+    assert (await ledger.scan_view(date(2020, 1, 2))).realized_pnl == 0

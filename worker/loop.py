@@ -27,6 +27,7 @@ from coordination.locks import Lease, RedisSymbolLock
 from coordination.notices import Notices, NoticeType
 from coordination.registry import WorkerRegistry
 from ledger.errors import LedgerUnavailable
+from ledger.records import ScanView
 from ledger.repository import Ledger
 from market.calendar import Session
 from market.clock import Clock
@@ -191,11 +192,13 @@ class Worker:
     async def _tick(self, started: datetime) -> float | None:
         """One step of SCAN or HOLD; the clock seconds to pause, or None when the day is done."""
         if self.state is WorkerState.SCAN:
-            if started >= self.liquidation_start and not await self._adopt_orphan():
-                return None  # no new buys from here; nothing left to manage
-            if self.state is WorkerState.SCAN:
+            view = await self.d.ledger.scan_view(self.d.session.day)
+            if started >= self.liquidation_start:
+                if not await self._adopt_orphan(view):
+                    return None  # no new buys from here; nothing left to manage
+            else:
                 scan_started = time.monotonic()
-                await self._scan_tick()
+                await self._scan_tick(view)
                 self.metrics.scan_done(time.monotonic() - scan_started)
             return self.d.settings.scan_interval_s
         await self._hold_tick()
@@ -329,13 +332,13 @@ class Worker:
 
     # ----- SCAN ------------------------------------------------------------------------------
 
-    async def _scan_tick(self) -> None:
-        if await self._adopt_orphan():
+    async def _scan_tick(self, view: ScanView) -> None:
+        if await self._adopt_orphan(view):
             return
-        if await self._halted():
+        if await self._halted(view):
             return
         snap = await self.d.market.snapshot(self.d.settings.n_bars)
-        taken = {p.symbol for p in await self.d.ledger.open_positions()}
+        taken = set(view.positions)
         # thin names are liquidated earlier, so they stop being bought earlier too
         no_thin = self.d.clock.now() >= self.thin_liquidation_start
         ranked = [
@@ -417,8 +420,8 @@ class Worker:
         await self._fire(WorkerEvent.BOUGHT)
         return True
 
-    async def _halted(self) -> bool:
-        realized = await self.d.ledger.realized_pnl(self.d.session.day)
+    async def _halted(self, view: ScanView) -> bool:
+        realized = view.realized_pnl
         if realized > -self.d.settings.daily_loss_limit:
             return False
         await self._risk_halt(f"realized {realized} <= -{self.d.settings.daily_loss_limit}")
@@ -435,15 +438,13 @@ class Worker:
         except CoordinationError as exc:
             self.log.error("risk.halt notice not published: {}", exc)
 
-    async def _adopt_orphan(self) -> bool:
+    async def _adopt_orphan(self, view: ScanView) -> bool:
         """Take over what nobody owns: an open position, or unfinished orders, on a symbol
         whose lock is free (its owner crashed, handed off, or is this worker restarting).
         A live owner always holds the lock, so a free lock means an orphan."""
         if self.lease is not None:
             return False
-        positions = {p.symbol: p.worker_id for p in await self.d.ledger.open_positions()}
-        orders = await self.d.ledger.unfinished_order_symbols()
-        for symbol, owner in {**orders, **positions}.items():
+        for symbol, owner in {**view.unfinished, **view.positions}.items():
             try:
                 await self.d.fences.ensure(self.d.ledger.max_fences)
                 lease = await self.d.lock.acquire(symbol)
