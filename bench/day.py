@@ -59,7 +59,7 @@ from worker.loop import Worker
 from worker.servers import embedded_postgres, embedded_redis
 from worker.settings import load_settings
 
-SPEEDS = (500.0, 750.0, 1_000.0, 2_000.0, 4_000.0)
+SPEEDS = (750.0, 1_000.0, 1_250.0, 1_500.0, 2_000.0)
 N_SYMBOLS = 2_500
 WORKERS = 10
 SEED = 0

@@ -75,7 +75,24 @@ def round_grid(price: FloatArray, mode: str) -> FloatArray:
 
 
 def step_grid(price: FloatArray, n: IntArray) -> FloatArray:
-    """Vectorized `ticks.step`: each grid price moved n[i] ticks (n may be negative)."""
+    """Vectorized `ticks.step`: each grid price moved n[i] ticks (n may be negative).
+
+    Fast path: inside one tick band a move of n ticks is price + n x tick. Only the rows whose
+    move crosses a band boundary (rare) take the tick-by-tick walk.
+    """
+    up_tick = tick_of(price)
+    down_tick = tick_of(price - 1.0)
+    tick = np.where(n > 0, up_tick, down_tick)
+    out: FloatArray = price + n * tick
+    same_band = (n == 0) | np.where(n > 0, tick_of(out - 1.0) == up_tick, tick_of(out) == down_tick)
+    if same_band.all():
+        return out
+    slow = ~same_band
+    out[slow] = _step_walk(price[slow], n[slow])
+    return out
+
+
+def _step_walk(price: FloatArray, n: IntArray) -> FloatArray:
     out = price.copy()
     for _ in range(int(np.abs(n).max(initial=0))):
         up = n > 0

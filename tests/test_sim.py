@@ -240,3 +240,23 @@ def test_scales_to_2500_symbols() -> None:
     assert snap.closes.shape == (2_500, 120)
     assert built < 1.0
     assert per_snapshot < 0.02
+
+
+def test_step_grid_equals_the_scalar_step_across_band_edges() -> None:
+    from decimal import Decimal
+
+    import numpy as np
+
+    from market.paths import round_grid, step_grid
+    from market.ticks import step
+
+    rng = np.random.default_rng(5)
+    edges = [1_999, 2_000, 4_995, 5_000, 19_990, 20_000, 49_950, 50_000, 199_900, 200_000,
+             499_500, 500_000]  # fmt: skip
+    prices = np.concatenate(
+        [np.repeat(np.array(edges, float), 13),
+         round_grid(np.exp(rng.uniform(np.log(900), np.log(1_100_000), 500)), "nearest")]
+    )  # fmt: skip
+    moves = np.concatenate([np.tile(np.arange(-6, 7), len(edges)), rng.integers(-6, 7, 500)])
+    expected = [float(step(Decimal(int(p)), int(k))) for p, k in zip(prices, moves, strict=True)]
+    assert step_grid(prices, moves).tolist() == expected
