@@ -55,6 +55,7 @@ def pandas_loop(snap: Snapshot, p: ScanParams) -> list[tuple[str, float]]:
         spread = (snap.ask[i] - snap.bid[i]) / snap.tick[i]
         if (
             symbol in p.exclude
+            or (snap.halted is not None and snap.halted[i])
             or snap.volume[i] < p.min_volume
             or snap.traded_value[i] < p.min_traded_value
             or spread > p.max_spread_ticks

@@ -339,3 +339,12 @@ def test_reasons_name_what_produced_the_score() -> None:
 def test_an_empty_universe_ranks_nothing() -> None:
     snap = snapshot([{**BASE, "symbol": "000010", "volume": 0.0}], [UP], [[0.0] * len(UP)])
     assert rank_candidates(snap, PARAMS) == []
+
+
+def test_a_symbol_in_a_volatility_interruption_is_not_a_candidate() -> None:
+    rows = [{**BASE, "symbol": s} for s in ("000010", "000020")]
+    snap = snapshot(rows, [UP, UP], [[1_000.0] * len(UP)] * 2)
+    p = replace(PARAMS, exclude=frozenset())
+    assert [c.symbol for c in rank_candidates(snap, p)] == ["000010", "000020"]
+    halted = replace(snap, halted=np.array([True, False]))
+    assert [c.symbol for c in rank_candidates(halted, p)] == ["000020"]

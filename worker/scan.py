@@ -107,6 +107,8 @@ def liquid_mask(snap: Snapshot, ind: Indicators, p: ScanParams) -> np.ndarray:
         & (snap.price < snap.prev_close * _LIMIT_HEADROOM)
         & enough_bars
     )
+    if snap.halted is not None:  # in a volatility interruption: no continuous price to buy at
+        mask &= ~snap.halted
     if p.exclude:  # the only per-symbol Python work in the scan: skip it when there is none
         mask &= ~np.fromiter((s in p.exclude for s in snap.symbols), bool, len(snap.symbols))
     return mask
