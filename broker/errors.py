@@ -1,12 +1,12 @@
 """Broker errors, grouped by what the caller must do.
 
-    BrokerError
-    ├── BrokerUnavailable       transient: the request did not reach the broker; retry with backoff
-    │   └── RateLimited         transient: the shared rate limit refused it (KIS EGW00201)
-    ├── OrderOutcomeUnknown     the request may or may not have been placed (timeout, dropped
-    │                           connection): never resend blindly; reconcile with `find_orders`
-    ├── OrderRejected           final: the broker refused the order; `reason` says why
-    └── UnknownOrder            the broker has no order with that id
+BrokerError
+├── BrokerUnavailable       transient: the request did not reach the broker; retry with backoff
+│   └── RateLimited         transient: the shared rate limit refused it (KIS EGW00201)
+├── OrderOutcomeUnknown     the request may or may not have been placed (timeout, dropped
+│                           connection): never resend blindly; reconcile with `find_orders`
+├── OrderRejected           final: the broker refused the order; `reason` says why
+└── UnknownOrder            the broker has no order with that id
 """
 
 from __future__ import annotations
