@@ -1,0 +1,103 @@
+"""Invariant 4 end to end: a `run` worker SIGKILLed while holding loses nothing. Its lock
+expires and is reaped, a live worker adopts the position and closes it, and the day ends flat."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psycopg
+from support import eventually, libpq
+
+SPEED = 300.0
+
+
+def _holding(database_url: str, worker_id: str) -> str | None:
+    with psycopg.connect(libpq(database_url)) as conn:
+        row = conn.execute(
+            "SELECT current_symbol FROM workers WHERE worker_id = %s AND status = 'HOLD'",
+            (worker_id,),
+        ).fetchone()
+    return row[0] if row else None
+
+
+def test_sigkilled_holder_is_adopted_by_a_live_worker(
+    database_url: str, redis_url: str, prefix: str
+) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "FLEET_PREFIX": prefix,
+        "PAPER_SPEED": str(SPEED),
+        # both processes share one clock: the session at 14:00 when they are up
+        "PAPER_EPOCH": str(time.time() + 1.5 - 5 * 3600 / SPEED),
+        "PAPER_SEED": "3",
+        "PAPER_DAY": "2026-11-24",
+        "LOCK_TTL_MS": "1500",
+        "MAX_HOLD_MIN": "300",  # the victim's position stays open until someone sells it
+        "TAKE_PROFIT_PCT": "50",
+        "STOP_LOSS_PCT": "40",
+        "TREND_BREAK_PCT": "40",
+    }
+
+    def start(worker_id: str, stderr: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "worker", "run"],
+            env={**env, "WORKER_ID": worker_id},
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+
+    victim = start("victim", subprocess.DEVNULL)
+    try:
+        symbol = eventually(lambda: _holding(database_url, "victim"), timeout=30)
+        survivor = start("survivor", subprocess.PIPE)  # joins once the victim holds a symbol
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=10)
+        _out, err = survivor.communicate(timeout=60)
+        assert survivor.returncode == 0, err.decode()[-2000:]
+    finally:
+        for proc in (victim, locals().get("survivor")):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    with psycopg.connect(libpq(database_url)) as conn:
+        # the victim's position was adopted and closed by the survivor
+        trade = conn.execute(
+            "SELECT t.worker_id, t.qty, t.exit_reason FROM trades t"
+            " JOIN positions p ON p.id = t.position_id"
+            " WHERE t.symbol = %s ORDER BY t.id LIMIT 1",
+            (symbol,),
+        ).fetchone()
+        assert trade is not None
+        assert trade[0] == "survivor"
+        bought_by_victim = conn.execute(
+            "SELECT coalesce(sum(f.qty), 0) FROM fills f JOIN orders o ON o.id = f.order_id"
+            " WHERE f.symbol = %s AND f.side = 'BUY' AND o.worker_id = 'victim'",
+            (symbol,),
+        ).fetchone()[0]
+        assert bought_by_victim > 0
+        # the audit: the victim's lease expired (reaped), then the survivor took the symbol
+        events = conn.execute(
+            "SELECT worker_id, fence, event FROM lock_events WHERE symbol = %s ORDER BY fence, id",
+            (symbol,),
+        ).fetchall()
+        victim_fences = [f for w, f, e in events if w == "victim" and e == "acquired"]
+        assert ("victim", victim_fences[-1], "expired") in events
+        takeover = [f for w, f, e in events if w == "survivor" and e == "acquired"]
+        assert takeover
+        assert min(takeover) > victim_fences[-1]
+        # nothing lost: flat, no lock, no order left working
+        assert conn.execute(
+            "SELECT count(*) FROM positions WHERE status <> 'CLOSED'"
+        ).fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM stock_locks").fetchone() == (0,)
+        assert conn.execute(
+            "SELECT count(*) FROM orders"
+            " WHERE status IN ('NEW', 'SENT', 'PARTIALLY_FILLED', 'UNKNOWN')"
+        ).fetchone() == (0,)
