@@ -19,7 +19,7 @@ import anyio
 from loguru import logger
 
 from broker.errors import BrokerUnavailable
-from broker.port import Broker, MarketData, OrderType, Side
+from broker.port import Broker, MarketData, Side
 from coordination.errors import BackendUnavailable, CoordinationError
 from coordination.fences import FenceSeeder
 from coordination.heartbeat import LeaseKeeper
@@ -33,43 +33,25 @@ from market.calendar import Session
 from market.clock import Clock
 from market.costs import CostModel
 from market.types import Board, Tier
+from worker.exits import AFTER_CLOSE_GRACE, sell_until_flat
 from worker.metrics import NULL_METRICS, WorkerMetrics
 from worker.orders import BuyRefused, LeaseInvalid, OrderExecutor, Placement
-from worker.scan import Candidate, ScanParams, rank_candidates
+from worker.scan import ScanParams, rank_candidates
 from worker.settings import Settings
 from worker.signals import (
-    ExitReason,
     HeldPosition,
-    SellSignal,
     SignalParams,
-    Urgency,
     buy_order,
+    entry_signal,
     evaluate_buy_signal,
     evaluate_sell_signal,
-    sell_order,
 )
 from worker.state import WorkerEvent, WorkerState, next_state
 
-_AFTER_CLOSE_GRACE = timedelta(minutes=2)
 _MAX_TICK_FAILURES = 150  # ~12 minutes of backoff capped at 5 s before the worker gives up
 _FENCE_REFUSED = "fence refused by the ledger"
 _REDIS_AWAY = object()  # `_reverify`: Redis could not say who owns the symbol
 _TRANSIENT = (BrokerUnavailable, LedgerUnavailable, BackendUnavailable)
-_SURGE = 1.5
-
-
-def entry_signal(candidate: Candidate) -> str:
-    """A stable label of the entry filters that fired, so tomorrow's tuning can group by it."""
-    flags = [
-        name
-        for name, on in (
-            ("nbar_breakout", candidate.breakout_nbar),
-            ("prior_high_breakout", candidate.breakout_prev_high),
-            ("volume_surge", candidate.surge >= _SURGE),
-        )
-        if on
-    ]
-    return "+".join(flags) or "momentum"
 
 
 @dataclass(frozen=True)
@@ -184,7 +166,7 @@ class Worker:
                 await anyio.sleep(min(0.05 * 2**failures, 5.0))
                 continue
             failures = 0
-            if interval is None or self.d.clock.now() >= session.close + _AFTER_CLOSE_GRACE:
+            if interval is None or self.d.clock.now() >= session.close + AFTER_CLOSE_GRACE:
                 break
             spent = (self.d.clock.now() - started).total_seconds()
             await self._pause(interval - spent)
@@ -541,7 +523,7 @@ class Worker:
             return
         self.log.info("sell signal on {}: {} at {}", held.symbol, signal.reason, quote.price)
         try:
-            flat = await self._sell_until_flat(held, lease, signal)
+            flat = await sell_until_flat(self.d, self.orders, self.log, held, lease, signal)
         except LeaseInvalid:
             self._lost = _FENCE_REFUSED
             return
@@ -549,48 +531,3 @@ class Worker:
             self.held = None
             await self._release()
             await self._fire(WorkerEvent.SOLD)
-
-    async def _sell_until_flat(self, held: HeldPosition, lease: Lease, signal: SellSignal) -> bool:
-        urgency = signal.urgency
-        session = self.d.session
-        while True:
-            position = await self.d.ledger.open_position(held.symbol)
-            if position is None or position.qty <= 0:
-                return True
-            now = self.d.clock.now()
-            if now >= session.close + _AFTER_CLOSE_GRACE:
-                self.log.error("{} x{} still open after the close", held.symbol, position.qty)
-                return False
-            quote = await self.d.market.quote(held.symbol)
-            if now >= session.continuous_close:
-                # closing auction: everything left goes in at the single price
-                order_type, price = OrderType.MARKET, None
-                deadline = session.close + _AFTER_CLOSE_GRACE
-            else:
-                order_type, price = sell_order(urgency, quote)
-                deadline = min(
-                    now + timedelta(seconds=self._timeout(urgency)), session.continuous_close
-                )
-            placement = Placement(
-                held.symbol,
-                Side.SELL,
-                position.qty,
-                order_type,
-                price,
-                lease.fence,
-                signal.reason.value,
-                signal.trigger_price,
-                int(tier) if (tier := self.d.tiers.get(held.symbol)) is not None else None,
-            )
-            status = await self.orders.execute(placement, deadline)
-            if status is None:
-                await self.d.clock.sleep(self.d.settings.order_poll_s)
-            urgency = urgency.escalate()
-
-    def _timeout(self, urgency: Urgency) -> float:
-        base = self.d.settings.order_timeout_s
-        return base if urgency is Urgency.PASSIVE else base / 4
-
-    @staticmethod
-    def forced(reason: ExitReason) -> bool:
-        return reason is ExitReason.FORCED_LIQUIDATION

@@ -135,3 +135,20 @@ def sell_order(urgency: Urgency, quote: Quote) -> tuple[OrderType, Decimal | Non
 def buy_order(quote: Quote) -> tuple[OrderType, Decimal]:
     """Entries are marketable limits at the best ask, never above the upper limit."""
     return OrderType.LIMIT, _limit_price(quote.ask, quote, "up")
+
+
+SURGE_FOR_LABEL = 1.5
+
+
+def entry_signal(candidate: Candidate) -> str:
+    """A stable label of the entry filters that fired, so tomorrow's tuning can group by it."""
+    flags = [
+        name
+        for name, on in (
+            ("nbar_breakout", candidate.breakout_nbar),
+            ("prior_high_breakout", candidate.breakout_prev_high),
+            ("volume_surge", candidate.surge >= SURGE_FOR_LABEL),
+        )
+        if on
+    ]
+    return "+".join(flags) or "momentum"
