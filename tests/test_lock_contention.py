@@ -11,6 +11,7 @@ on the machine, so intervals from different processes compare directly.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import multiprocessing as mp
 import random
@@ -106,16 +107,25 @@ def observe_in_process(redis_url: str, prefix: str, barrier: Any, results: Any) 
 
 def _contradictions(records: list[Record], observations: list[Observation]) -> list[str]:
     """Sightings that contradict an owner's belief: the owner held the symbol for the whole
-    round trip of an MGET, yet the key showed another value (or none)."""
+    round trip of an MGET, yet the key showed another value (or none).
+
+    Owners' intervals on one symbol are disjoint (checked before this), so the only owner that
+    can cover a sighting is the last one that started before the MGET was sent: a bisection.
+    """
     found = []
     by_symbol: dict[str, list[Record]] = defaultdict(list)
     for r in records:
         by_symbol[r[0]].append(r)
     for col, symbol in enumerate(SYMBOLS):
+        recs = sorted(by_symbol[symbol], key=lambda r: r[2])
+        starts = [r[2] for r in recs]
         for sent, received, values in observations:
-            for r in by_symbol[symbol]:
-                if r[2] <= sent and received <= r[3] and values[col] != f"{r[5]}:{r[1]}":
-                    found.append(f"{symbol}: {r[5]}:{r[1]} held, observer saw {values[col]}")
+            i = bisect.bisect_right(starts, sent) - 1
+            if i < 0:
+                continue
+            r = recs[i]
+            if received <= r[3] and values[col] != f"{r[5]}:{r[1]}":
+                found.append(f"{symbol}: {r[5]}:{r[1]} held, observer saw {values[col]}")
     return found
 
 
