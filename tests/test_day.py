@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import subprocess
+import sys
 from collections import defaultdict
 from datetime import date, datetime
 from decimal import Decimal
@@ -146,6 +150,23 @@ def test_full_day_three_workers(day_result, database_url: str, redis_url: str, p
         assert list(client.scan_iter(match=f"{prefix}:worker:*")) == []
     finally:
         client.close()
+
+    # the operator's view of the same day: `summary` as a table and as JSON
+    env = {**os.environ, "DATABASE_URL": database_url}
+    table = subprocess.run(
+        [sys.executable, "-m", "worker", "summary", "--date", day.isoformat()],
+        env=env, capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert "TOTAL" in table
+    assert "matches the summary" in table
+    as_json = subprocess.run(
+        [sys.executable, "-m", "worker", "summary", "--date", day.isoformat(), "--json"],
+        env=env, capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    data = json.loads(as_json)
+    assert Decimal(data["total"]["pnl"]) == summary_pnl == Decimal(data["pnl_from_fills"])
+    assert data["total"]["trades_count"] == len(trades)
+    assert sorted(data["workers"]) == sorted({t[0] for t in trades})
 
 
 def _minutes(n: int):
