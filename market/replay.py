@@ -46,10 +46,9 @@ book). `bid_qty` / `ask_qty` are unknown and reported as 0.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -58,40 +57,16 @@ import numpy as np
 from market.calendar import Session
 from market.clock import Clock
 from market.paths import round_grid, tick_of
-from market.sim import SimulatedMarket
-from market.ticks import price_limits
-from market.types import Board, FloatArray, Instrument, Quote, Snapshot, Tier
-
-REQUIRED_COLUMNS = (
-    "symbol",
-    "board",
-    "minute",
-    "open",
-    "high",
-    "low",
-    "close",
-    "volume",
-    "prev_close",
-    "prev_high",
-    "prev_low",
+from market.replay_file import (
+    MINUTE,
+    Reader,
+    ReplayFormatError,
+    write_replay_csv,
 )
-OPTIONAL_COLUMNS = ("value", "tier")
-_MINUTE = timedelta(minutes=1)
-_PRICES = ("open", "high", "low", "close")
+from market.ticks import price_limits
+from market.types import FloatArray, Instrument, Quote, Snapshot
 
-
-class ReplayFormatError(ValueError):
-    """The replay file does not follow the layout in this module's docstring.
-
-    The message names the file and, where there is one, the line.
-    """
-
-
-@dataclass(frozen=True, slots=True)
-class _Static:
-    board: Board
-    tier: Tier
-    prev: tuple[int, int, int]
+__all__ = ["ReplayFormatError", "ReplayMarket", "write_replay_csv"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,112 +79,6 @@ class _View:
     completed: int
 
 
-class _Reader:
-    """Parses the file into per-row arrays, reporting the first bad line."""
-
-    def __init__(self, path: Path, session: Session) -> None:
-        self.path, self.session = path, session
-        self.n_minutes = int((session.continuous_close - session.open) / _MINUTE)
-        self.statics: dict[str, _Static] = {}  # insertion order = first appearance
-        self.ordinal: dict[str, int] = {}
-        self.sym: list[int] = []
-        self.minute: list[int] = []  # minutes since the open; >= n_minutes: closing auction
-        self.line: list[int] = []
-        self.bars: list[tuple[float, float, float, float, float, float]] = []
-
-    def fail(self, line: int | None, message: str) -> ReplayFormatError:
-        where = f"{self.path}:{line}" if line is not None else str(self.path)
-        return ReplayFormatError(f"{where}: {message}")
-
-    def read(self) -> None:
-        with self.path.open(newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None:
-                raise self.fail(None, "empty file")
-            names = [h.strip() for h in header]
-            missing = [c for c in REQUIRED_COLUMNS if c not in names]
-            if missing:
-                raise self.fail(1, f"missing column(s) {', '.join(missing)}")
-            col = {
-                name: names.index(name)
-                for name in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
-                if name in names
-            }
-            for line, row in enumerate(reader, start=2):
-                if not row:
-                    continue
-                if len(row) != len(names):
-                    raise self.fail(line, f"expected {len(names)} fields, got {len(row)}")
-                try:
-                    self._row(row, col)
-                except ValueError as exc:
-                    raise self.fail(line, str(exc)) from None
-                self.line.append(line)
-        if not self.bars:
-            raise self.fail(None, "no bars")
-
-    def _row(self, row: list[str], col: dict[str, int]) -> None:
-        symbol = row[col["symbol"]].strip()
-        if len(symbol) != 6 or not symbol.isalnum():
-            raise ValueError(f"symbol {symbol!r} is not a six-character KRX code")
-        static = _Static(
-            Board(row[col["board"]].strip()),
-            _tier(row[col["tier"]]) if "tier" in col else Tier.MID,
-            (
-                _whole(row[col["prev_close"]], "prev_close"),
-                _whole(row[col["prev_high"]], "prev_high"),
-                _whole(row[col["prev_low"]], "prev_low"),
-            ),
-        )
-        if self.statics.setdefault(symbol, static) != static:
-            raise ValueError(
-                f"board, tier or prior-day prices of {symbol} differ from earlier rows"
-            )
-        o, h, lo, c = (_whole(row[col[name]], name) for name in _PRICES)
-        if not lo <= min(o, c) <= max(o, c) <= h:
-            raise ValueError("need low <= open, close <= high")
-        volume = _whole(row[col["volume"]], "volume", minimum=0)
-        value = float(_whole(row[col["value"]], "value", minimum=0)) if "value" in col else np.nan
-        self.sym.append(self.ordinal.setdefault(symbol, len(self.ordinal)))
-        self.minute.append(self._minute(row[col["minute"]].strip()))
-        self.bars.append((o, h, lo, c, volume, value))
-
-    def _minute(self, text: str) -> int:
-        at = datetime.fromisoformat(text)
-        s = self.session
-        if at.tzinfo is None:
-            raise ValueError(f"minute {text!r} has no UTC offset")
-        if at.second or at.microsecond or (at - s.open) % _MINUTE:
-            raise ValueError(f"minute {text!r} is not on a whole minute of the session")
-        if s.open <= at <= s.close:
-            return int((at - s.open) / _MINUTE)
-        raise ValueError(f"minute {text!r} is outside the session of {s.day}")
-
-
-def _whole(text: str, name: str, minimum: int = 1) -> int:
-    raw = text.strip()
-    try:
-        number = int(raw)
-    except ValueError:
-        as_float = float(raw)  # "70000.0" from a spreadsheet export is still whole won
-        if not as_float.is_integer():
-            raise ValueError(f"{name} {raw!r} is not a whole number") from None
-        number = int(as_float)
-    if number < minimum:
-        raise ValueError(f"{name} {raw!r} must be >= {minimum}")
-    return number
-
-
-def _tier(text: str) -> Tier:
-    raw = text.strip().upper()
-    if raw.isdigit():
-        return Tier(int(raw))
-    if raw not in Tier.__members__:
-        raise ValueError(f"tier {text.strip()!r} is not one of {', '.join(Tier.__members__)}")
-    return Tier[raw]
-
-
 class ReplayMarket:
     """`MarketData` over a CSV of one-minute bars (layout in the module docstring).
 
@@ -219,12 +88,12 @@ class ReplayMarket:
 
     def __init__(self, path: Path, clock: Clock, session: Session) -> None:
         self.path, self.clock, self.session = Path(path), clock, session
-        reader = _Reader(self.path, session)
+        reader = Reader(self.path, session)
         reader.read()
         self.n_minutes = reader.n_minutes
         self._build(reader)
 
-    def _build(self, r: _Reader) -> None:
+    def _build(self, r: Reader) -> None:
         # Symbols sorted by code, as the simulator lists them; `rank` maps file order to it.
         self.symbols: tuple[str, ...] = tuple(sorted(r.ordinal))
         self._index = {s: i for i, s in enumerate(self.symbols)}
@@ -297,7 +166,7 @@ class ReplayMarket:
             for sym_, st in zip(self.symbols, statics, strict=True)
         )
 
-    def _check(self, r: _Reader, sym: np.ndarray, minute: np.ndarray, bars: FloatArray) -> None:
+    def _check(self, r: Reader, sym: np.ndarray, minute: np.ndarray, bars: FloatArray) -> None:
         def first_bad(bad: np.ndarray, message: str) -> None:
             if bad.any():
                 raise r.fail(r.line[int(np.flatnonzero(bad)[0])], message)
@@ -336,7 +205,7 @@ class ReplayMarket:
             return 0
         if at >= self.session.continuous_close:
             return self.n_minutes
-        return int((at - self.session.open) / _MINUTE)
+        return int((at - self.session.open) / MINUTE)
 
     def _view(self, rows: np.ndarray | slice, at: datetime) -> _View:
         prev_close = self._prev[rows, 0]
@@ -439,52 +308,3 @@ class ReplayMarket:
 
 def _won(x: float | np.floating) -> Decimal:
     return Decimal(int(x))
-
-
-def write_replay_csv(
-    market: SimulatedMarket,
-    path: Path,
-    symbols: Sequence[str] | None = None,
-    *,
-    minutes: int | None = None,
-) -> None:
-    """Export a simulated day (all symbols, or `symbols`) in the replay layout, with `value`
-    and `tier` columns.
-
-    `minutes` limits the export to the first minutes of the continuous session; the closing
-    auction row is written only for a full day.
-    """
-    s = market.session
-    chosen = list(market.symbols if symbols is None else symbols)
-    rows = np.array([market.index(sym) for sym in chosen], dtype=np.int64)
-    count = market.n_minutes if minutes is None else min(minutes, market.n_minutes)
-    if count < 1:
-        raise ValueError("minutes must be >= 1")
-    full = market.snapshot(s.continuous_close, market.n_minutes)
-    # Snapshots at each minute boundary: the price there is the new bar's open, and the
-    # difference of cumulative traded value is the finished bar's value.
-    edges = [market.snapshot(s.open + m * _MINUTE, 0) for m in range(count + 1)]
-    cum_value = np.stack([e.traded_value[rows] for e in edges], axis=1)
-    bar_value = np.diff(cum_value, axis=1)
-    closed = market.snapshot(s.close, 0)  # after the closing auction
-    header = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
-    with Path(path).open("w", newline="", encoding="utf-8") as f:
-        out = csv.writer(f, lineterminator="\n")
-        out.writerow(header)
-        for j, (sym, i) in enumerate(zip(chosen, rows, strict=True)):
-            inst = market.instruments[int(i)]
-            head = (sym, inst.board.value)
-            tail = (inst.prev_close, inst.prev_high, inst.prev_low)
-            tier = inst.tier.name
-            for m in range(count):
-                start = s.open + m * _MINUTE
-                low, high = market.traded_range(sym, start, start + _MINUTE)
-                ohlc = (int(edges[m].price[i]), high, low, int(full.closes[i, m]))
-                volume, value = int(full.volumes[i, m]), int(bar_value[j, m])
-                out.writerow((*head, start.isoformat(), *ohlc, volume, *tail, value, tier))
-            if minutes is None:
-                price = int(closed.price[i])
-                volume = int(closed.volume[i] - full.volume[i])
-                value = int(closed.traded_value[i] - full.traded_value[i])
-                auction = (s.close.isoformat(), price, price, price, price, volume)
-                out.writerow((*head, *auction, *tail, value, tier))
