@@ -388,17 +388,6 @@ class Ledger:
                 pnl = Decimal(value)
         return ScanView(positions, unfinished, pnl)
 
-    async def unfinished_order_symbols(self) -> dict[str, str]:
-        """Symbols with an unfinished order (NEW, SENT, PARTIALLY_FILLED, UNKNOWN) and the
-        worker that placed it: a dead worker's half-done BUY must be reconciled too."""
-        stmt = (
-            select(Order.symbol, Order.worker_id)
-            .where(Order.status.in_(_UNFINISHED))
-            .order_by(Order.id)
-        )
-        async with self._tx() as s:
-            return {sym: worker for sym, worker in (await s.execute(stmt)).all()}
-
     # -- positions ---------------------------------------------------------------------------
 
     async def open_positions(self, worker_id: str | None = None) -> list[PositionRecord]:

@@ -58,9 +58,6 @@ class SimClock:
         elapsed = (time.time() - self.epoch) * self.speed
         return self.session_open + timedelta(seconds=elapsed)
 
-    def wall_seconds(self, clock_seconds: float) -> float:
-        return clock_seconds / self.speed
-
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(max(0.0, seconds) / self.speed)
 

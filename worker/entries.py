@@ -18,13 +18,13 @@ from ledger.records import ScanView
 from market.types import Tier
 from worker.metrics import WorkerMetrics
 from worker.orders import BuyRefused, LeaseInvalid, OrderExecutor, Placement
-from worker.scan import ScanParams, rank_candidates
+from worker.poller import poll_candidates
+from worker.scan import ScanParams
 from worker.signals import (
     HeldPosition,
     SignalParams,
     buy_order,
     entry_signal,
-    evaluate_buy_signal,
 )
 from worker.state import WorkerEvent
 
@@ -63,16 +63,14 @@ class EntryPhase:
             return
         if await self._halted(view):
             return
-        snap = await self.d.market.snapshot(self.d.settings.n_bars)
+        candidates = await poll_candidates(
+            self.d.market, self.scan_params, self.d.settings.n_bars, self.signal_params
+        )
         taken = set(view.positions)
         # thin names are liquidated earlier, so they stop being bought earlier too
         no_thin = self.d.clock.now() >= self.thin_liquidation_start
         ranked = [
-            c
-            for c in rank_candidates(snap, self.scan_params)
-            if c.symbol not in taken
-            and not (no_thin and c.tier is Tier.THIN)
-            and evaluate_buy_signal(c, self.signal_params)
+            c for c in candidates if c.symbol not in taken and not (no_thin and c.tier is Tier.THIN)
         ]
         if not ranked:
             return

@@ -37,6 +37,7 @@ from worker.entries import EntryPhase
 from worker.exits import AFTER_CLOSE_GRACE, sell_until_flat
 from worker.metrics import NULL_METRICS, WorkerMetrics
 from worker.orders import LeaseInvalid, OrderExecutor
+from worker.poller import poll_position
 from worker.scan import ScanParams
 from worker.settings import Settings
 from worker.signals import (
@@ -368,7 +369,7 @@ class Worker(EntryPhase):
 
     async def _hold_step(self, held: HeldPosition, lease: Lease) -> None:
         now = self.d.clock.now()
-        quote = await self.d.market.quote(held.symbol, self.d.settings.short_ma_bars)
+        quote = await poll_position(self.d.market, held.symbol, self.d.settings.short_ma_bars)
         thin = self.d.tiers.get(held.symbol) is Tier.THIN
         liq = self.thin_liquidation_start if thin else self.liquidation_start
         if self._stop.is_set():
