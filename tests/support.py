@@ -20,6 +20,15 @@ def libpq(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+def sql(database_url: str, query: str, *params: object) -> list[tuple[object, ...]]:
+    """Run one statement in autocommit; its rows (none for a statement without a result)."""
+    import psycopg
+
+    with psycopg.connect(libpq(database_url), autocommit=True) as conn:
+        cur = conn.execute(query, params)
+        return list(cur.fetchall()) if cur.description else []
+
+
 def eventually(probe: Callable[[], T], timeout: float = 20.0, every: float = 0.1) -> T:
     """Poll `probe` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout

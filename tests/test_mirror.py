@@ -13,10 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
-import psycopg
 import pytest
 import redis.asyncio as aioredis
-from support import libpq
+from support import sql
 
 from coordination.keys import Keyspace
 from coordination.locks import RedisSymbolLock
@@ -29,11 +28,6 @@ pytestmark = pytest.mark.anyio
 
 CONSUMER = Path(__file__).parent / "harness" / "mirror_consumer.py"
 Key = tuple[str, int, str]
-
-
-def sql(database_url: str, query: str) -> list[tuple[object, ...]]:
-    with psycopg.connect(libpq(database_url), autocommit=True) as conn:
-        return list(conn.execute(query).fetchall())
 
 
 def expected_events(stream: Sequence[Notice]) -> set[Key]:

@@ -16,10 +16,9 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import anyio
-import psycopg
 import pytest
 import redis.asyncio as aioredis
-from support import RedisProcess, free_port, libpq
+from support import RedisProcess, free_port, sql
 
 from coordination.connection import connect
 from coordination.errors import CoordinationError
@@ -36,12 +35,6 @@ pytestmark = pytest.mark.anyio
 
 HOLDER = Path(__file__).parent / "harness" / "holder.py"
 SYM = "005930"
-
-
-def sql(database_url: str, query: str, *params: object) -> list[tuple[object, ...]]:
-    with psycopg.connect(libpq(database_url), autocommit=True) as conn:
-        cur = conn.execute(query, params)
-        return list(cur.fetchall()) if cur.description else []
 
 
 def lock_events(database_url: str, symbol: str) -> list[tuple[object, ...]]:
