@@ -166,11 +166,16 @@ class EntryPhase:
         """Take over what nobody owns: an open position, or unfinished orders, on a symbol
         whose lock is free (its owner crashed, handed off, or is this worker restarting).
         A live owner always holds the lock, so a free lock means an orphan."""
-        if self.lease is not None:
+        orphans = {**view.unfinished, **view.positions}
+        if self.lease is not None or not orphans:
             return False
-        for symbol, owner in {**view.unfinished, **view.positions}.items():
+        try:  # once per pass, not per symbol: one round trip when nothing needs seeding
+            await self.d.fences.ensure(self.d.ledger.max_fences)
+        except CoordinationError as exc:
+            self.log.error("adoption skipped, Redis unavailable: {}", exc)
+            return False
+        for symbol, owner in orphans.items():
             try:
-                await self.d.fences.ensure(self.d.ledger.max_fences)
                 lease = await self.d.lock.acquire(symbol)
             except CoordinationError as exc:
                 self.log.error("adoption skipped, Redis unavailable: {}", exc)
