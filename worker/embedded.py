@@ -60,11 +60,10 @@ async def _day(settings: Settings, database_url: str, redis_url: str) -> dict[st
             on_started=started,
         )
         done.set()
-    # the fleet disposed of its engine; a fresh one for the final read
+    # run_fleet summarized the day and disposed of its engine; a fresh one to read it back
     engine = create_engine(database_url)
     try:
         final = Ledger(engine, cost_model(settings, default_calendar()))
-        await final.summarize_day(plan.session.day)
         return {"plan": plan, "summary": await final.day_summary(plan.session.day)}
     finally:
         await engine.dispose()
