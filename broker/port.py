@@ -1,6 +1,6 @@
 """The ports every broker adapter implements: `Broker` (orders) and `MarketData` (quotes).
 
-The shapes follow the KIS Open API's constraints (../shared/KIS.md) so a KIS adapter fits
+The shapes follow the KIS Open API's constraints (no client order id, fills learned by polling) so a KIS adapter fits
 without contortions:
 
 * No client order id travels to the broker. We keep our `ClientOrderId` in the ledger and the
@@ -14,67 +14,33 @@ without contortions:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
-from enum import StrEnum
-from typing import NewType, Protocol
+from typing import Protocol
 
+from market.orders import (
+    BrokerOrderId,
+    ClientOrderId,
+    OrderAck,
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    Side,
+    canonical_broker_order_id,
+)
 from market.types import Instrument, Quote, Snapshot
 
-ClientOrderId = NewType("ClientOrderId", str)
-BrokerOrderId = NewType("BrokerOrderId", str)
-
-
-class Side(StrEnum):
-    BUY = "BUY"
-    SELL = "SELL"
-
-
-class OrderType(StrEnum):
-    LIMIT = "LIMIT"  # KIS ORD_DVSN 00
-    MARKET = "MARKET"  # KIS ORD_DVSN 01
-
-
-@dataclass(frozen=True, slots=True)
-class OrderRequest:
-    symbol: str
-    side: Side
-    qty: int
-    order_type: OrderType
-    price: Decimal | None = None  # required for LIMIT, on the tick grid; None for MARKET
-
-
-@dataclass(frozen=True, slots=True)
-class OrderAck:
-    broker_order_id: BrokerOrderId
-    accepted_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class OrderStatus:
-    """Cumulative state of one broker order (KIS inquire-daily-ccld row)."""
-
-    broker_order_id: BrokerOrderId
-    symbol: str
-    side: Side
-    qty: int  # ordered
-    filled_qty: int  # cumulative (tot_ccld_qty)
-    filled_amount: Decimal  # cumulative won (tot_ccld_amt): sum of qty x price per execution
-    remaining_qty: int  # still working (rmn_qty); 0 once done, canceled or rejected
-    rejected_qty: int  # rjct_qty
-    canceled: bool  # cncl_yn
-    ordered_at: datetime
-    updated_at: datetime
-
-    @property
-    def done(self) -> bool:
-        """No quantity is working any more: further polls will not change the fills."""
-        return self.remaining_qty == 0
-
-    @property
-    def avg_price(self) -> Decimal | None:
-        return self.filled_amount / self.filled_qty if self.filled_qty else None
+__all__ = [
+    "Broker",
+    "BrokerOrderId",
+    "ClientOrderId",
+    "MarketData",
+    "OrderAck",
+    "OrderRequest",
+    "OrderStatus",
+    "OrderType",
+    "Side",
+    "canonical_broker_order_id",
+]
 
 
 class Broker(Protocol):

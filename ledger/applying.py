@@ -14,7 +14,6 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from broker.port import OrderStatus, Side
 from ledger.convert import (
     fill_record,
     position_record,
@@ -37,6 +36,7 @@ from ledger.money import (
 from ledger.orders import OrderState, check_transition
 from ledger.records import AppliedResult, FillRecord, TradeRecord
 from market.costs import CostModel
+from market.orders import OrderStatus, Side
 from market.types import Board
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from broker.port import BrokerOrderId, ClientOrderId, OrderType, Side
 from ledger.models import (
     DailySummary,
     DailyWorkerSummary,
@@ -24,6 +23,7 @@ from ledger.records import (
     TradeRecord,
     WorkerRecord,
 )
+from market.orders import BrokerOrderId, ClientOrderId, OrderType, Side
 
 
 def order_record(o: Order) -> OrderRecord:

@@ -34,13 +34,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.dml import ReturningInsert
 from sqlalchemy.types import DateTime, TypeEngine
 
-from broker.port import OrderType, Side
 from ledger.convert import order_record
 from ledger.errors import CapitalLimitExceeded, LedgerError, LossLimitReached, StaleFence
 from ledger.models import Order, StockLock, Trade
 from ledger.orders import OrderState
 from ledger.records import OrderIntent, OrderRecord
 from market.costs import CostModel
+from market.orders import OrderType, Side
 from market.ticks import is_on_grid
 
 _LOSS_GUARD_BASE = 0x5446_0000_0000  # "TF" + day ordinal: one advisory lock key per day

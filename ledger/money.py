@@ -18,8 +18,8 @@ from dataclasses import dataclass, replace
 from datetime import date
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from broker.port import Side
 from market.costs import CostModel
+from market.orders import Side
 from market.types import Board
 
 ZERO = Decimal(0)

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 
-from broker.port import BrokerOrderId, ClientOrderId, OrderType, Side
 from ledger.money import DaySummary
 from ledger.orders import OrderState
+from market.orders import BrokerOrderId, ClientOrderId, OrderType, Side
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.selectable import CompoundSelect
 from sqlalchemy.types import DateTime
 
-from broker.port import BrokerOrderId, ClientOrderId, OrderStatus, Side
 from ledger.applying import apply_status
 from ledger.convert import (
     lock_record,
@@ -75,6 +74,7 @@ from ledger.records import (
 )
 from ledger.summaries import load_day_summary, pnl_from_fills, store_day_summary
 from market.costs import CostModel
+from market.orders import BrokerOrderId, ClientOrderId, OrderStatus, Side
 from market.types import Board
 
 LOCK_END_EVENTS = frozenset({"released", "expired", "recovered", "lost"})
