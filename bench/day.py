@@ -54,8 +54,8 @@ from sqlalchemy.engine import make_url
 from ledger.migrate import upgrade_head
 from market.calendar import default_calendar
 from market.clock import Clock
+from trading.loop import Worker
 from worker.app import Plan, epoch_soon, run_fleet
-from worker.loop import Worker
 from worker.servers import embedded_postgres, embedded_redis
 from worker.settings import load_settings
 

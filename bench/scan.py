@@ -32,7 +32,7 @@ from market.calendar import Session
 from market.clock import KST
 from market.sim import SimulatedMarket
 from market.types import Snapshot
-from worker.scan import ScanParams, rank_candidates
+from strategy.scan import ScanParams, rank_candidates
 
 N_SYMBOLS = 2_500
 N_BARS = 120

@@ -1,7 +1,7 @@
 """The ports every broker adapter implements: `Broker` (orders) and `MarketData` (quotes).
 
-The shapes follow the KIS Open API's constraints (no client order id, fills learned by polling) so a KIS adapter fits
-without contortions:
+The shapes follow the KIS Open API's constraints (no client order id, fills learned by
+polling) so a KIS adapter fits without contortions:
 
 * No client order id travels to the broker. We keep our `ClientOrderId` in the ledger and the
   broker gives back a `BrokerOrderId` (KIS `ODNO`). A request whose outcome is unknown is

@@ -13,8 +13,8 @@ import pytest
 from support import libpq
 
 from broker.paper import PaperBroker
+from trading.loop import Worker
 from worker.app import Plan, epoch_soon, run_fleet
-from worker.loop import Worker
 from worker.settings import load_settings
 
 

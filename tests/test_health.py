@@ -13,11 +13,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support import free_port
 
+from trading.state import WorkerState
 from worker.app import run_fleet
 from worker.health import FleetHealth, HealthServer
 from worker.metrics import FleetMetrics
 from worker.settings import load_settings
-from worker.state import WorkerState
 
 SPEED = 2_000.0
 JOIN_AT_S = 4 * 3600  # join at 13:00 KST: ~4 s of wall time to the liquidation start at 15:15

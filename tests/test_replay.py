@@ -22,9 +22,9 @@ from broker.port import MarketData
 from market.replay import ReplayFormatError, ReplayMarket, write_replay_csv
 from market.sim import SimulatedMarket
 from market.types import Tier
-from worker.poller import poll_candidates, poll_position
-from worker.scan import ScanParams, rank_candidates
-from worker.signals import SignalParams
+from strategy.scan import ScanParams, rank_candidates
+from strategy.signals import SignalParams
+from trading.poller import poll_candidates, poll_position
 
 sys.path.insert(0, str(Path(__file__).with_name("data")))
 import make_replay_sample as sample

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from market.clock import KST
 from market.paths import tick_of
 from market.types import Snapshot, Tier
-from worker.scan import ScanParams, compute_indicators, liquid_mask, rank_candidates, score
+from strategy.scan import ScanParams, compute_indicators, liquid_mask, rank_candidates, score
 
 AT = datetime(2026, 3, 10, 10, 0, tzinfo=KST)
 NAN = float("nan")

@@ -15,8 +15,8 @@ from broker.port import OrderType
 from market.clock import KST
 from market.ticks import is_on_grid, price_limits, round_to_tick, step, tick_size
 from market.types import Quote, Tier
-from worker.scan import Candidate
-from worker.signals import (
+from strategy.scan import Candidate
+from strategy.signals import (
     ExitReason,
     HeldPosition,
     SellSignal,

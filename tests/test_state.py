@@ -2,7 +2,7 @@ import itertools
 
 import pytest
 
-from worker.state import TRANSITIONS, InvalidTransition, WorkerEvent, WorkerState, next_state
+from trading.state import TRANSITIONS, InvalidTransition, WorkerEvent, WorkerState, next_state
 
 ALLOWED = [
     (WorkerState.IDLE, WorkerEvent.START, WorkerState.SCAN),

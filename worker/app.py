@@ -33,8 +33,11 @@ from market.calendar import KrxCalendar, Session, default_calendar
 from market.clock import KST, Clock, RealClock, SimClock
 from market.costs import CostModel
 from market.sim import SimulatedMarket
+from strategy.scan import ScanParams
+from strategy.signals import SignalParams
+from trading.config import TradingConfig
+from trading.loop import Deps, Worker
 from worker.health import FleetHealth, HealthServer, stall_after_s
-from worker.loop import Deps, Worker
 from worker.metrics import FleetMetrics
 from worker.mirror import LockMirror
 from worker.reaper import run_reaper
@@ -142,7 +145,7 @@ async def run_fleet(
             ws = settings if workers == 1 else replace_id(settings, n)
             lock = RedisSymbolLock(redis, keys, ws.worker_id, ttl_ms=ws.lock_ttl_ms)
             deps = Deps(
-                settings=ws,
+                config=trading_config(ws),
                 clock=plan.clock,
                 session=plan.session,
                 broker=broker,
@@ -224,6 +227,48 @@ def kis_broker(settings: Settings, redis: aioredis.Redis, clock: Clock) -> KisBr
     client = KisClient(config, redis, settings.fleet_prefix)
     universe = DEFAULT_UNIVERSE if settings.kis_domain == "mock" else None
     return KisBroker(client, clock, universe=universe)
+
+
+def trading_config(s: Settings) -> TradingConfig:
+    """The trading core's parameters from the settings (settings flow down, never up)."""
+    scan = ScanParams(
+        short_ma_bars=s.short_ma_bars,
+        long_ma_bars=s.long_ma_bars,
+        breakout_bars=s.breakout_bars,
+        surge_bars=s.surge_bars,
+        min_volume=s.min_volume,
+        min_traded_value=float(s.min_traded_value),
+        max_spread_ticks=s.max_spread_ticks,
+        min_price=float(s.min_price),
+        max_price=float(s.max_price),
+        exclude=frozenset(s.exclude_symbols),
+        max_candidates=s.max_candidates,
+    )
+    signals = SignalParams(
+        min_score=s.min_score,
+        stop_loss_pct=s.stop_loss_pct,
+        take_profit_pct=s.take_profit_pct,
+        max_hold=timedelta(minutes=s.max_hold_min),
+        trend_break_pct=s.trend_break_pct,
+        trend_min_hold=timedelta(minutes=s.trend_min_hold_min),
+    )
+    return TradingConfig(
+        worker_id=s.worker_id,
+        capital_limit=s.capital_limit,
+        daily_loss_limit=s.daily_loss_limit,
+        scan_interval_s=s.scan_interval_s,
+        hold_interval_s=s.hold_interval_s,
+        order_poll_s=s.order_poll_s,
+        order_timeout_s=s.order_timeout_s,
+        heartbeat_s=s.heartbeat_s,
+        n_bars=s.n_bars,
+        short_ma_bars=s.short_ma_bars,
+        liquidation_lead_min=s.liquidation_lead_min,
+        thin_liquidation_lead_min=s.thin_liquidation_lead_min,
+        listing_lag_s=s.listing_lag_s,
+        scan=scan,
+        signals=signals,
+    )
 
 
 def replace_id(settings: Settings, n: int) -> Settings:

@@ -23,9 +23,9 @@ from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from trading.state import WorkerState
 from worker.metrics import FleetMetrics
 from worker.settings import Settings
-from worker.state import WorkerState
 
 _MIN_STALL_S = 5.0
 _READ_TIMEOUT_S = 5.0
@@ -41,7 +41,7 @@ _REASONS = {
 
 
 class Watched(Protocol):
-    """What the health check reads of a worker (`worker.loop.Worker` has these)."""
+    """What the health check reads of a worker (`trading.loop.Worker` has these)."""
 
     @property
     def id(self) -> str: ...

@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     hold_interval_s: float = Field(10.0, gt=0)
     order_poll_s: float = Field(2.0, gt=0)
     order_timeout_s: float = Field(60.0, gt=0)
+    # an unknown order outcome is not "not placed" before the broker had this long to list it
+    listing_lag_s: float = Field(30.0, ge=0, le=3_600)
 
     # --- strategy ---
     n_bars: int = Field(60, ge=10, le=390)

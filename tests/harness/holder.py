@@ -9,7 +9,7 @@ grant in the ledger (`Ledger.lock_acquired`) and prints ``ready {fence} {symbol}
 
 * MODE ``hold``: sleeps until killed.
 * MODE ``order``: waits for a line on stdin, then places a 1-share BUY with the fence it was
-  granted through `worker.orders.OrderExecutor`, over a broker that appends every submit it
+  granted through `trading.orders.OrderExecutor`, over a broker that appends every submit it
   receives to SUBMITS (one JSON line each) before passing it to a `PaperBroker`. Prints
   ``refused {reason}``, ``placed`` or ``not-placed`` and exits. The keeper is not consulted: this
   is a worker resuming mid-order-path after a stall, where only the ledger's fence stands
@@ -40,7 +40,7 @@ from market.calendar import Session
 from market.clock import KST, SimClock
 from market.costs import CostModel
 from market.sim import SimulatedMarket
-from worker.orders import LeaseInvalid, OrderExecutor, Placement
+from trading.orders import LeaseInvalid, OrderExecutor, Placement
 
 DAY = date(2026, 3, 10)
 SESSION = Session(

@@ -23,7 +23,6 @@ from decimal import Decimal
 import numpy as np
 
 from market.types import FloatArray, Snapshot, Tier
-from worker.settings import Settings
 
 _LIMIT_HEADROOM = 1.25  # skip names within ~5 points of the +30% limit: nothing left to gain
 
@@ -41,22 +40,6 @@ class ScanParams:
     max_price: float = 1_000_000.0
     exclude: frozenset[str] = frozenset()
     max_candidates: int = 20
-
-    @classmethod
-    def from_settings(cls, s: Settings) -> ScanParams:
-        return cls(
-            short_ma_bars=s.short_ma_bars,
-            long_ma_bars=s.long_ma_bars,
-            breakout_bars=s.breakout_bars,
-            surge_bars=s.surge_bars,
-            min_volume=s.min_volume,
-            min_traded_value=float(s.min_traded_value),
-            max_spread_ticks=s.max_spread_ticks,
-            min_price=float(s.min_price),
-            max_price=float(s.max_price),
-            exclude=frozenset(s.exclude_symbols),
-            max_candidates=s.max_candidates,
-        )
 
 
 @dataclass(frozen=True, slots=True)

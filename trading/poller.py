@@ -1,7 +1,7 @@
 """Market data poller: the two reads the worker makes of the market, over any `MarketData`.
 
 * SCAN: `poll_candidates` takes one snapshot of the whole universe and ranks it
-  (`worker.scan`: pre-filters, indicators, score, reasons), optionally keeping only the
+  (`strategy.scan`: pre-filters, indicators, score, reasons), optionally keeping only the
   candidates the buy rule accepts.
 * HOLD: `poll_position` reads one quote, which carries everything the sell rules need (last
   price, bid/ask, limits, the short moving average) in a single call.
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from broker.port import MarketData
 from market.types import Quote
-from worker.scan import Candidate, ScanParams, rank_candidates
-from worker.signals import SignalParams, evaluate_buy_signal
+from strategy.scan import Candidate, ScanParams, rank_candidates
+from strategy.signals import SignalParams, evaluate_buy_signal
 
 
 async def poll_candidates(

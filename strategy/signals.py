@@ -23,8 +23,7 @@ from enum import IntEnum, StrEnum
 from broker.port import OrderType
 from market.ticks import Direction, round_to_tick
 from market.types import Quote
-from worker.scan import Candidate
-from worker.settings import Settings
+from strategy.scan import Candidate
 
 
 class ExitReason(StrEnum):
@@ -67,17 +66,6 @@ class SignalParams:
     max_hold: timedelta = timedelta(minutes=90)
     trend_break_pct: Decimal = Decimal("0.5")
     trend_min_hold: timedelta = timedelta(minutes=5)
-
-    @classmethod
-    def from_settings(cls, s: Settings) -> SignalParams:
-        return cls(
-            min_score=s.min_score,
-            stop_loss_pct=s.stop_loss_pct,
-            take_profit_pct=s.take_profit_pct,
-            max_hold=timedelta(minutes=s.max_hold_min),
-            trend_break_pct=s.trend_break_pct,
-            trend_min_hold=timedelta(minutes=s.trend_min_hold_min),
-        )
 
 
 def evaluate_buy_signal(candidate: Candidate, params: SignalParams) -> bool:

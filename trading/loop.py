@@ -1,6 +1,6 @@
 """One worker's day: IDLE -> SCAN -> HOLD -> SCAN ... -> EXIT.
 
-SCAN lives in `worker.entries` (mixed in), selling in `worker.exits`.
+SCAN lives in `trading.entries` (mixed in), selling in `trading.exits`.
 
 `Worker.run` opens one task group: the lease keeper (heartbeat) and the registry heartbeat run
 beside the main loop. The main loop paces itself on the injected clock and subtracts the work
@@ -33,19 +33,17 @@ from market.calendar import Session
 from market.clock import Clock
 from market.costs import CostModel
 from market.types import Board, Tier
-from worker.entries import EntryPhase
-from worker.exits import AFTER_CLOSE_GRACE, sell_until_flat
-from worker.metrics import NULL_METRICS, WorkerMetrics
-from worker.orders import LeaseInvalid, OrderExecutor
-from worker.poller import poll_position
-from worker.scan import ScanParams
-from worker.settings import Settings
-from worker.signals import (
+from strategy.signals import (
     HeldPosition,
-    SignalParams,
     evaluate_sell_signal,
 )
-from worker.state import WorkerEvent, WorkerState, next_state
+from trading.config import TradingConfig
+from trading.entries import EntryPhase
+from trading.exits import AFTER_CLOSE_GRACE, sell_until_flat
+from trading.metrics import NULL_METRICS, WorkerMetrics
+from trading.orders import LeaseInvalid, OrderExecutor
+from trading.poller import poll_position
+from trading.state import WorkerEvent, WorkerState, next_state
 
 _MAX_TICK_FAILURES = 150  # ~12 minutes of backoff capped at 5 s before the worker gives up
 _FENCE_REFUSED = "fence refused by the ledger"
@@ -55,7 +53,7 @@ _TRANSIENT = (BrokerUnavailable, LedgerUnavailable, BackendUnavailable)
 
 @dataclass(frozen=True)
 class Deps:
-    settings: Settings
+    config: TradingConfig
     clock: Clock
     session: Session
     broker: Broker
@@ -74,7 +72,7 @@ class Deps:
 class Worker(EntryPhase):
     def __init__(self, deps: Deps) -> None:
         self.d = deps
-        s = deps.settings
+        s = deps.config
         self.id = s.worker_id
         self.state = WorkerState.IDLE
         self.lease: Lease | None = None
@@ -98,8 +96,8 @@ class Worker(EntryPhase):
             poll_s=s.order_poll_s,
             metrics=deps.metrics,
         )
-        self.scan_params = ScanParams.from_settings(s)
-        self.signal_params = SignalParams.from_settings(s)
+        self.scan_params = s.scan
+        self.signal_params = s.signals
         self.liquidation_start = deps.session.liquidation_start(
             timedelta(minutes=s.liquidation_lead_min)
         )
@@ -126,7 +124,7 @@ class Worker(EntryPhase):
             self.id,
             os.getpid(),
             socket.gethostname(),
-            self.d.settings.capital_limit,
+            self.d.config.capital_limit,
             datetime.now(UTC),
         )
         await self._publish_state(None, WorkerEvent.START)
@@ -181,9 +179,9 @@ class Worker(EntryPhase):
                 scan_started = time.monotonic()
                 await self._scan_tick(view)
                 self.metrics.scan_done(time.monotonic() - scan_started)
-            return self.d.settings.scan_interval_s
+            return self.d.config.scan_interval_s
         await self._hold_tick()
-        return self.d.settings.hold_interval_s
+        return self.d.config.hold_interval_s
 
     async def _pause(self, seconds: float) -> None:
         if seconds <= 0 or self._stop.is_set():
@@ -244,7 +242,7 @@ class Worker(EntryPhase):
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            await anyio.sleep(self.d.settings.heartbeat_s)
+            await anyio.sleep(self.d.config.heartbeat_s)
             try:
                 await self._registry_update()
                 now = datetime.now(UTC)
@@ -369,7 +367,7 @@ class Worker(EntryPhase):
 
     async def _hold_step(self, held: HeldPosition, lease: Lease) -> None:
         now = self.d.clock.now()
-        quote = await poll_position(self.d.market, held.symbol, self.d.settings.short_ma_bars)
+        quote = await poll_position(self.d.market, held.symbol, self.d.config.short_ma_bars)
         thin = self.d.tiers.get(held.symbol) is Tier.THIN
         liq = self.thin_liquidation_start if thin else self.liquidation_start
         if self._stop.is_set():

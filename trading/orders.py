@@ -44,7 +44,7 @@ from ledger.records import OrderIntent
 from ledger.repository import Ledger
 from market.clock import Clock
 from market.types import Board
-from worker.metrics import NOT_PLACED, NULL_METRICS, WorkerMetrics
+from trading.metrics import NOT_PLACED, NULL_METRICS, WorkerMetrics
 
 _MAX_STATUS_FAILURES = 20
 

@@ -16,7 +16,7 @@ from ledger.orders import OrderState
 from ledger.repository import Ledger
 
 if TYPE_CHECKING:
-    from worker.orders import OrderExecutor
+    from trading.orders import OrderExecutor
 
 
 async def reconcile_unfinished(

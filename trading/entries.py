@@ -1,5 +1,5 @@
 """SCAN for a `Worker`: adopt what nobody owns, rank the universe, lock the best free
-candidate, buy within the capital limit. Kept apart from `worker.loop`, mixed into `Worker`.
+candidate, buy within the capital limit. Kept apart from `trading.loop`, mixed into `Worker`.
 """
 
 from __future__ import annotations
@@ -16,20 +16,20 @@ from coordination.locks import Lease
 from coordination.notices import NoticeType
 from ledger.records import ScanView
 from market.types import Tier
-from worker.metrics import WorkerMetrics
-from worker.orders import BuyRefused, LeaseInvalid, OrderExecutor, Placement
-from worker.poller import poll_candidates
-from worker.scan import ScanParams
-from worker.signals import (
+from strategy.scan import ScanParams
+from strategy.signals import (
     HeldPosition,
     SignalParams,
     buy_order,
     entry_signal,
 )
-from worker.state import WorkerEvent
+from trading.metrics import WorkerMetrics
+from trading.orders import BuyRefused, LeaseInvalid, OrderExecutor, Placement
+from trading.poller import poll_candidates
+from trading.state import WorkerEvent
 
 if TYPE_CHECKING:
-    from worker.loop import Deps
+    from trading.loop import Deps
 
 
 class EntryPhase:
@@ -64,7 +64,7 @@ class EntryPhase:
         if await self._halted(view):
             return
         candidates = await poll_candidates(
-            self.d.market, self.scan_params, self.d.settings.n_bars, self.signal_params
+            self.d.market, self.scan_params, self.d.config.n_bars, self.signal_params
         )
         taken = set(view.positions)
         # thin names are liquidated earlier, so they stop being bought earlier too
@@ -107,7 +107,7 @@ class EntryPhase:
     async def _buy(self, lease: Lease, reason: str, signal_price: Decimal) -> bool:
         quote = await self.d.market.quote(lease.symbol)
         order_type, price = buy_order(quote)
-        qty = self.d.costs.max_buy_qty(self.d.settings.capital_limit, price)
+        qty = self.d.costs.max_buy_qty(self.d.config.capital_limit, price)
         if qty < 1:
             return False
         tier = self.d.tiers.get(lease.symbol)
@@ -122,7 +122,7 @@ class EntryPhase:
             signal_price,
             int(tier) if tier is not None else None,
         )
-        deadline = self.d.clock.now() + timedelta(seconds=self.d.settings.order_timeout_s)
+        deadline = self.d.clock.now() + timedelta(seconds=self.d.config.order_timeout_s)
         thin = tier is Tier.THIN
         cutoff = self.thin_liquidation_start if thin else self.liquidation_start
         try:
@@ -146,9 +146,9 @@ class EntryPhase:
 
     async def _halted(self, view: ScanView) -> bool:
         realized = view.realized_pnl
-        if realized > -self.d.settings.daily_loss_limit:
+        if realized > -self.d.config.daily_loss_limit:
             return False
-        await self._risk_halt(f"realized {realized} <= -{self.d.settings.daily_loss_limit}")
+        await self._risk_halt(f"realized {realized} <= -{self.d.config.daily_loss_limit}")
         return True
 
     async def _risk_halt(self, why: str) -> None:
@@ -196,7 +196,7 @@ class EntryPhase:
         return False
 
     async def _reconcile_orders(self, symbol: str) -> None:
-        from worker.recovery import reconcile_unfinished
+        from trading.recovery import reconcile_unfinished
 
         await reconcile_unfinished(
             self.orders, self.d.ledger, self.d.broker, self.id, symbol, self.log

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from broker.port import OrderType, Side
 from coordination.locks import Lease
-from worker.orders import OrderExecutor, Placement
-from worker.signals import HeldPosition, SellSignal, Urgency, sell_order
+from strategy.signals import HeldPosition, SellSignal, Urgency, sell_order
+from trading.orders import OrderExecutor, Placement
 
 if TYPE_CHECKING:
-    from worker.loop import Deps
+    from trading.loop import Deps
 
 #: how long after the close a worker keeps working to finish its exits
 AFTER_CLOSE_GRACE = timedelta(minutes=2)
@@ -25,7 +25,7 @@ AFTER_CLOSE_GRACE = timedelta(minutes=2)
 
 def order_timeout_s(d: Deps, urgency: Urgency) -> float:
     """A passive order rests for ORDER_TIMEOUT_S; a marketable one a quarter of it."""
-    base = d.settings.order_timeout_s
+    base = d.config.order_timeout_s
     return base if urgency is Urgency.PASSIVE else base / 4
 
 
@@ -68,5 +68,5 @@ async def sell_until_flat(
             int(tier) if tier is not None else None,
         )
         if await orders.execute(placement, deadline) is None:
-            await d.clock.sleep(d.settings.order_poll_s)
+            await d.clock.sleep(d.config.order_poll_s)
         urgency = urgency.escalate()
