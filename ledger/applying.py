@@ -1,8 +1,10 @@
-"""Applying a broker's cumulative order status inside one open transaction.
+"""Applying what is learnt about an order inside one open transaction: the broker's ack
+(`apply_ack`), a status the caller decided (`apply_mark`), the broker's cumulative report
+(`apply_status`: fills, position, trade).
 
-Called by `Ledger.apply_order_status` with the order row already locked (FOR UPDATE), so two
-pollers of one order serialize; the position is guarded by a per-symbol advisory lock so two
-orders of one symbol cannot both create it.
+Called by `Ledger` with the order row already locked (FOR UPDATE), so two pollers of one order
+serialize; the position is guarded by a per-symbol advisory lock so two orders of one symbol
+cannot both create it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from ledger.convert import (
     trade_record,
 )
 from ledger.errors import LedgerInconsistent
-from ledger.fencing import hold_loss_guard
 from ledger.models import Fill, Order, Position, Trade
 from ledger.money import (
     AVG_PRICE_QUANTUM,
@@ -35,8 +36,9 @@ from ledger.money import (
 )
 from ledger.orders import OrderState, check_transition
 from ledger.records import AppliedResult, FillRecord, TradeRecord
+from ledger.risk import hold_loss_guard
 from market.costs import CostModel
-from market.orders import OrderStatus, Side
+from market.orders import BrokerOrderId, OrderStatus, Side, canonical_broker_order_id
 from market.types import Board
 
 
@@ -60,11 +62,46 @@ def _check_matches(order: Order, status: OrderStatus) -> None:
             f"order {order.client_order_id}: broker reports {status.side} {status.qty} "
             f"{status.symbol}, ledger has {order.side} {order.qty} {order.symbol}"
         )
-    if order.broker_order_id and order.broker_order_id != status.broker_order_id:
+    # canonical on both sides: a row written before ids were canonical still matches
+    known = canonical_broker_order_id(order.broker_order_id) if order.broker_order_id else None
+    if known is not None and known != canonical_broker_order_id(status.broker_order_id):
         raise LedgerInconsistent(
             f"order {order.client_order_id} is broker order {order.broker_order_id}, "
             f"not {status.broker_order_id}"
         )
+
+
+def apply_ack(order: Order, broker_id: BrokerOrderId, at: datetime) -> None:
+    """SUBMITTING/UNKNOWN -> SENT with the broker's (canonical) id; the same id again: no-op."""
+    if order.broker_order_id is not None:
+        if canonical_broker_order_id(order.broker_order_id) == broker_id:
+            return
+        raise LedgerInconsistent(
+            f"order {order.client_order_id} is already broker order {order.broker_order_id}"
+        )
+    check_transition(order.client_order_id, OrderState(order.status), OrderState.SENT)
+    order.status = OrderState.SENT.value
+    order.broker_order_id = broker_id
+    order.updated_at = at
+
+
+def apply_mark(order: Order, status: OrderState, at: datetime, reason: str | None) -> None:
+    """Move the order to `status` as `Ledger.mark_order` documents; same state: no-op."""
+    if status in (OrderState.PARTIALLY_FILLED, OrderState.FILLED):
+        raise ValueError(f"{status} is set by apply_order_status, not mark_order")
+    if status in (OrderState.SUBMITTING, OrderState.WITHDRAWN):
+        raise ValueError(f"{status} is fenced: use begin_submit or withdraw_orders")
+    current = OrderState(order.status)
+    if current is status:
+        return
+    check_transition(order.client_order_id, current, status)
+    if status in (OrderState.CANCELED, OrderState.EXPIRED) and order.broker_order_id is not None:
+        raise ValueError(
+            f"order {order.client_order_id} is at the broker: apply its final status instead"
+        )
+    order.status = status.value
+    order.status_reason = reason if reason is not None else order.status_reason
+    order.updated_at = at
 
 
 async def apply_status(
@@ -90,13 +127,10 @@ async def apply_status(
     if qty == 0 and target == current and order.broker_order_id is not None:
         return AppliedResult((), None, current)  # already applied
 
-    state = current
-    if state is OrderState.NEW:
-        # The broker reports on it, so it was sent even if the ack never reached us.
-        check_transition(order.client_order_id, state, OrderState.SENT)
-        state = OrderState.SENT
-    if target != state:
-        check_transition(order.client_order_id, state, target)
+    # A NEW order cannot be at the broker (sending goes through the fenced SUBMITTING claim),
+    # so a report on one fails here; SUBMITTING and UNKNOWN reach any broker state directly.
+    if target != current:
+        check_transition(order.client_order_id, current, target)
 
     new_fills: tuple[FillRecord, ...] = ()
     trade: TradeRecord | None = None
@@ -106,7 +140,9 @@ async def apply_status(
         trade = await _apply_to_position(session, order, fill, at)
 
     order.status = target.value
-    order.broker_order_id = order.broker_order_id or status.broker_order_id
+    order.broker_order_id = order.broker_order_id or canonical_broker_order_id(
+        status.broker_order_id
+    )
     order.filled_qty = status.filled_qty
     order.filled_amount = status.filled_amount
     order.updated_at = at

@@ -35,14 +35,48 @@ def describe(url: str | URL) -> str:
     return f"{host}{port}/{parsed.database or ''}"
 
 
-def create_engine(url: str | URL) -> AsyncEngine:
-    """An async engine on psycopg 3.
+#: Defaults of the engine's deadlines (seconds); `Ledger` adds a per-call deadline on top.
+DEFAULT_CONNECT_TIMEOUT_S = 5
+DEFAULT_STATEMENT_TIMEOUT_S = 10.0
+DEFAULT_LOCK_TIMEOUT_S = 5.0
 
-    No pre-ping on checkout (a round trip per ledger call on the hot path): a connection that
-    died is reported as `LedgerUnavailable` by the call that meets it, SQLAlchemy then
-    invalidates the pool, and the caller's retry gets a fresh connection.
+
+def create_engine(
+    url: str | URL,
+    *,
+    connect_timeout_s: int = DEFAULT_CONNECT_TIMEOUT_S,
+    statement_timeout_s: float = DEFAULT_STATEMENT_TIMEOUT_S,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+) -> AsyncEngine:
+    """An async engine on psycopg 3, with deadlines on every connection.
+
+    * `connect_timeout_s`: libpq's connect_timeout (whole seconds; libpq waits at least 2);
+    * `statement_timeout_s`, `lock_timeout_s`: set server-side for the session (`options`), so
+      a slow statement or a wait for a row or advisory lock is aborted by Postgres; both
+      surface as `LedgerUnavailable`, nothing committed.
+
+    They bound what the server can bound; a network that stops answering is bounded by
+    `Ledger`'s per-call deadline. No pre-ping on checkout (a round trip per ledger call on the
+    hot path): a connection that died is reported as `LedgerUnavailable` by the call that meets
+    it, SQLAlchemy then invalidates the pool, and the caller's retry gets a fresh connection.
     """
-    return create_async_engine(normalize_url(url), pool_pre_ping=False)
+    for name, value in (("connect_timeout_s", connect_timeout_s),
+                        ("statement_timeout_s", statement_timeout_s),
+                        ("lock_timeout_s", lock_timeout_s)):  # fmt: skip
+        if not value > 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    parsed = normalize_url(url)
+    statement_ms, lock_ms = _ms(statement_timeout_s), _ms(lock_timeout_s)
+    options = f"-c statement_timeout={statement_ms} -c lock_timeout={lock_ms}"
+    given = parsed.query.get("options")
+    if given:  # the URL's own options come first; ours win where both set one
+        options = f"{given if isinstance(given, str) else ' '.join(given)} {options}"
+    connect_args = {"connect_timeout": max(1, int(connect_timeout_s)), "options": options}
+    return create_async_engine(parsed, pool_pre_ping=False, connect_args=connect_args)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
 
 
 async def wait_ready(url: str | URL, attempts: int = 30, backoff_s: float = 0.5) -> None:

@@ -1,10 +1,16 @@
 """Ledger errors, grouped by what the caller must do.
 
     LedgerError                     root: every error the ledger raises
-    ├── LedgerUnavailable           transient: Postgres unreachable or the connection dropped;
-    │                               nothing was committed; retry with backoff
-    ├── StaleFence                  the order was refused: the worker's fence is not the one the
-    │                               lock mirror holds for the symbol; stop trading that symbol
+    ├── LedgerUnavailable           transient: Postgres unreachable, the connection dropped, or
+    │                               the call met a deadline (connect, statement, lock or per-call
+    │                               timeout); nothing was committed; retry with backoff
+    ├── StaleFence                  the write was refused: the worker's fence is not the one the
+    │                               lock mirror holds for the symbol (or a newer one exists); stop
+    │                               trading that symbol
+    ├── OrderNotNew                 the fenced claim NEW -> SUBMITTING found the order already
+    │   │                           past NEW (and not claimed by this worker and fence): do not
+    │   │                           send it
+    │   └── OrderWithdrawn          ... because the symbol's current owner withdrew it
     ├── LossLimitReached            the BUY was refused: the day's realized loss reached the daily
     │                               loss limit (Invariant 5); selling is still allowed
     ├── CapitalLimitExceeded        (also a ValueError) the BUY would cost more than the worker's
@@ -38,6 +44,19 @@ class LedgerUnavailable(LedgerError):
 
 class StaleFence(LedgerError):
     """The order was refused because its fence is not the symbol's current one."""
+
+
+class OrderNotNew(LedgerError):
+    """The claim for sending was refused: the order is no longer NEW. Never send it."""
+
+    def __init__(self, client_order_id: str, status: str) -> None:
+        super().__init__(f"order {client_order_id} is {status}, not NEW: not claimed for sending")
+        self.client_order_id = client_order_id
+        self.status = status
+
+
+class OrderWithdrawn(OrderNotNew):
+    """The claim for sending was refused: the symbol's current owner withdrew the order."""
 
 
 class LossLimitReached(LedgerError):

@@ -3,15 +3,14 @@
 `fenced_insert` builds a single INSERT ... SELECT that produces a row only while
 `stock_locks` holds (symbol, worker_id, fence), reading that row FOR SHARE: a concurrent
 takeover (an UPDATE of the row) either waits for the insert to commit or makes the insert see
-the new fence and produce nothing. For a BUY with a daily loss limit the same statement also
-requires the day's realized pnl (sum of `trades.pnl`) to be above −limit. When no row comes
-back, `explain_refusal` says why.
+the new fence and produce nothing. For a BUY the same statement also requires that the day's
+loss-limit halt is not recorded and, under a daily loss limit, that the day's realized pnl has
+never reached −limit (`ledger.risk`: the limit latches). When no row comes back,
+`explain_refusal` says why.
 """
 
 from __future__ import annotations
 
-from datetime import date
-from decimal import Decimal
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -24,7 +23,6 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
-    func,
     literal,
     select,
 )
@@ -36,39 +34,19 @@ from sqlalchemy.types import DateTime, TypeEngine
 
 from ledger.convert import order_record
 from ledger.errors import CapitalLimitExceeded, LedgerError, LossLimitReached, StaleFence
-from ledger.models import Order, StockLock, Trade
+from ledger.models import Order, StockLock
 from ledger.orders import OrderState
 from ledger.records import OrderIntent, OrderRecord
+from ledger.risk import buy_refusal, day_low_pnl, halt_recorded
 from market.costs import CostModel
 from market.orders import OrderType, Side
 from market.ticks import is_on_grid
 
-_LOSS_GUARD_BASE = 0x5446_0000_0000  # "TF" + day ordinal: one advisory lock key per day
 
-
-def loss_guard_key(trading_day: date) -> int:
-    """Advisory-lock key that orders BUY admission against trade closes of one day."""
-    return _LOSS_GUARD_BASE + trading_day.toordinal()
-
-
-async def hold_loss_guard(s: AsyncSession, trading_day: date, *, exclusive: bool) -> None:
-    """Serialize the loss-limit check (shared) against closing a trade (exclusive).
-
-    Under READ COMMITTED a BUY's INSERT would otherwise not see a losing trade committed by
-    another worker while it runs, and both could slip past the limit. Holding the shared lock
-    first, the BUY's INSERT takes its snapshot after any in-flight close has committed.
-    """
-    fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
-    await s.execute(select(getattr(func, fn)(loss_guard_key(trading_day))))
-
-
-def day_pnl(trading_day: date) -> ColumnElement[Decimal]:
-    """The day's realized pnl (sum of closed trades), as a scalar subquery."""
-    return (
-        select(func.coalesce(func.sum(Trade.pnl), 0))
-        .where(Trade.trading_day == trading_day)
-        .scalar_subquery()
-    )
+def stale_fence(symbol: str, worker_id: str, fence: int, lock: StockLock | None) -> StaleFence:
+    """The error for a fence the mirror row does not hold, naming what it holds instead."""
+    held = f"{lock.worker_id} fence {lock.fence}" if lock else "no lock"
+    return StaleFence(f"{symbol}: {worker_id} fence {fence} is not current (mirror: {held})")
 
 
 def check_intent(intent: OrderIntent, costs: CostModel) -> None:
@@ -99,15 +77,18 @@ def typed_literal(value: object, type_: TypeEngine[Any]) -> ColumnElement[Any]:
 
 
 def fenced_insert(intent: OrderIntent) -> ReturningInsert[Order]:
-    """INSERT the order as NEW only under the current fence (and the loss limit for BUYs)."""
+    """INSERT the order as NEW only under the current fence (and, for a BUY, only while the
+    day's loss limit has not been reached)."""
     locks = cast(Table, StockLock.__table__)
     conds: list[ColumnElement[bool]] = [
         locks.c.symbol == intent.symbol,
         locks.c.worker_id == intent.worker_id,
         locks.c.fence == intent.fence,
     ]
-    if intent.side is Side.BUY and intent.daily_loss_limit is not None:
-        conds.append(day_pnl(intent.trading_day) > -intent.daily_loss_limit)
+    if intent.side is Side.BUY:
+        conds.append(~halt_recorded(intent.trading_day))
+        if intent.daily_loss_limit is not None:
+            conds.append(day_low_pnl(intent.trading_day) > -intent.daily_loss_limit)
     money, tstz = Numeric(), DateTime(timezone=True)
     values: dict[str, ColumnElement[Any]] = {
         "client_order_id": typed_literal(intent.client_order_id, Text()),
@@ -156,17 +137,11 @@ async def explain_refusal(s: AsyncSession, intent: OrderIntent) -> OrderRecord:
         raise LedgerError(f"client order id {intent.client_order_id} is already used")
     lock = await s.get(StockLock, intent.symbol)
     if lock is None or (lock.worker_id, lock.fence) != (intent.worker_id, intent.fence):
-        held = f"{lock.worker_id} fence {lock.fence}" if lock else "no lock"
-        raise StaleFence(
-            f"{intent.symbol}: {intent.worker_id} fence {intent.fence} is not current "
-            f"(mirror: {held})"
-        )
-    if intent.side is Side.BUY and intent.daily_loss_limit is not None:
-        pnl = (await s.execute(select(day_pnl(intent.trading_day)))).scalar_one()
-        raise LossLimitReached(
-            f"realized pnl {pnl} on {intent.trading_day} reached the daily loss limit "
-            f"{intent.daily_loss_limit}: no new BUY"
-        )
+        raise stale_fence(intent.symbol, intent.worker_id, intent.fence, lock)
+    if intent.side is Side.BUY:
+        why = await buy_refusal(s, intent.trading_day, intent.daily_loss_limit)
+        if why is not None:
+            raise LossLimitReached(why)
     # The lock matched and no loss limit applied, yet nothing was inserted: the lock row
     # changed between the statement and this check. Report it as the fence race it is.
     raise StaleFence(f"{intent.symbol}: lock changed while inserting {intent.client_order_id}")

@@ -11,7 +11,8 @@ Decisions:
 * `worker_id` columns carry no foreign key to `workers`: the lock mirror and the audit trail
   must accept a write even when the worker row is missing or was purged.
 * Idempotency keys: `lock_events (symbol, fence, event)`, `fills (order_id, cum_qty)`
-  (broker order + cumulative filled qty), `trades (position_id)`.
+  (broker order + cumulative filled qty), `trades (position_id)`, `risk_halts (trading_day)`.
+* `orders.broker_order_id` is stored canonical (`market.orders.canonical_broker_order_id`).
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ TSTZ = DateTime(timezone=True)
 
 LOCK_EVENTS = ("acquired", "released", "expired", "recovered", "lost")
 ORDER_STATES = (
-    "NEW", "SENT", "PARTIALLY_FILLED", "FILLED", "CANCELED", "REJECTED", "EXPIRED", "UNKNOWN",
+    "NEW", "SUBMITTING", "SENT", "PARTIALLY_FILLED", "FILLED", "CANCELED", "REJECTED", "EXPIRED",
+    "UNKNOWN", "WITHDRAWN",
 )  # fmt: skip
 POSITION_STATES = ("OPEN", "ORPHANED", "CLOSED")
 
@@ -309,3 +311,18 @@ class DailyWorkerSummary(_SummaryFigures, Base):
         CheckConstraint("wins >= 0 AND wins <= trades_count", name="wins_range"),
         CheckConstraint("max_loss <= 0", name="max_loss_nonpos"),
     )
+
+
+class RiskHalt(Base):
+    """The day's loss-limit halt, recorded once (Invariant 5): from then on no BUY that day."""
+
+    __tablename__ = "risk_halts"
+
+    trading_day: Mapped[date] = mapped_column(Date, primary_key=True)
+    at: Mapped[datetime] = mapped_column(TSTZ)
+    realized_pnl: Mapped[Decimal] = mapped_column(MONEY)
+    loss_limit: Mapped[Decimal] = mapped_column(MONEY)
+    worker_id: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (CheckConstraint("loss_limit > 0", name="loss_limit_positive"),)

@@ -167,11 +167,27 @@ class SummaryFigures:
 @dataclass(frozen=True, slots=True)
 class ScanView:
     """What a scanning worker needs from the ledger, read in one round trip: who holds an open
-    position on which symbol, who has unfinished orders where, and the day's realized pnl."""
+    position on which symbol, who has unfinished orders where, the day's realized pnl, its low
+    point so far (`low_pnl`: the loss limit latches on it), and whether the day's loss-limit
+    halt is recorded (`halted`)."""
 
     positions: Mapping[str, str]  # symbol -> worker_id
     unfinished: Mapping[str, str]  # symbol -> worker_id
     realized_pnl: Decimal
+    low_pnl: Decimal = Decimal(0)
+    halted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HaltRecord:
+    """The day's loss-limit halt: who recorded it, when, and the figures it saw."""
+
+    trading_day: date
+    at: datetime
+    realized_pnl: Decimal
+    loss_limit: Decimal
+    worker_id: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)

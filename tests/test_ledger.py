@@ -88,7 +88,9 @@ def report(
 
 
 async def placed(ledger: Ledger, i: OrderIntent) -> OrderRecord:
+    """Inserted, claimed for sending and acked by the broker: SENT."""
     order = await ledger.create_order(i)
+    await ledger.begin_submit(order.client_order_id, i.worker_id, i.fence)
     await ledger.mark_order_sent(
         order.client_order_id, BrokerOrderId(f"B{order.client_order_id}"), T0
     )
@@ -368,6 +370,7 @@ async def test_sell_fill_without_position_is_inconsistent(ledger: Ledger) -> Non
 async def test_status_for_unsent_order_records_the_broker_id(ledger: Ledger) -> None:
     await ledger.lock_acquired(SYM, "w1", 1, 30_000, T0)
     order = await ledger.create_order(intent("w1", 1))
+    await ledger.begin_submit(order.client_order_id, "w1", 1)
     await ledger.mark_order(order.client_order_id, OrderState.UNKNOWN, T0, "timeout")
     res = await ledger.apply_order_status(
         order.client_order_id, report(order, 0, 0), Board.KOSDAQ, T0
@@ -383,9 +386,8 @@ async def test_status_for_unsent_order_records_the_broker_id(ledger: Ledger) -> 
 
 
 def test_terminal_states_have_no_way_out() -> None:
-    assert {OrderState.FILLED, OrderState.CANCELED, OrderState.REJECTED, OrderState.EXPIRED} == (
-        TERMINAL
-    )
+    assert {OrderState.FILLED, OrderState.CANCELED, OrderState.REJECTED, OrderState.EXPIRED,
+            OrderState.WITHDRAWN} == TERMINAL  # fmt: skip
     assert set(TRANSITIONS) == set(OrderState)
 
 
@@ -396,6 +398,16 @@ async def test_illegal_transitions_raise(ledger: Ledger) -> None:
         await ledger.mark_order(new.client_order_id, OrderState.EXPIRED, T0)
     with pytest.raises(ValueError, match="apply_order_status"):
         await ledger.mark_order(new.client_order_id, OrderState.FILLED, T0)
+    # a NEW order reaches the broker only through the fenced claim
+    with pytest.raises(InvalidOrderTransition, match="NEW -> SENT"):
+        await ledger.mark_order_sent(new.client_order_id, BrokerOrderId("1"), T0)
+    with pytest.raises(InvalidOrderTransition, match="NEW -> UNKNOWN"):
+        await ledger.mark_order(new.client_order_id, OrderState.UNKNOWN, T0)
+    with pytest.raises(InvalidOrderTransition, match="NEW -> SENT"):
+        await ledger.apply_order_status(new.client_order_id, report(new, 0, 0), Board.KOSDAQ, T0)
+    for fenced in (OrderState.SUBMITTING, OrderState.WITHDRAWN):
+        with pytest.raises(ValueError, match="fenced"):
+            await ledger.mark_order(new.client_order_id, fenced, T0)
     filled = await placed(ledger, intent("w1", 1))
     await ledger.apply_order_status(
         filled.client_order_id, report(filled, 10, 500_000), Board.KOSDAQ, T0
@@ -411,6 +423,7 @@ async def test_illegal_transitions_raise(ledger: Ledger) -> None:
     with pytest.raises(ValueError, match="apply its final status"):
         await ledger.mark_order(sent.client_order_id, OrderState.CANCELED, T0)
     lost = await ledger.create_order(intent("w1", 1))  # send timed out, broker never had it
+    await ledger.begin_submit(lost.client_order_id, "w1", 1)
     await ledger.mark_order(lost.client_order_id, OrderState.UNKNOWN, T0, "timeout")
     rejected = await ledger.mark_order(lost.client_order_id, OrderState.REJECTED, T0, "absent")
     assert (rejected.status, rejected.status_reason) == (OrderState.REJECTED, "absent")
@@ -444,11 +457,11 @@ async def test_adopt_orphaned_position_and_its_orders(ledger: Ledger) -> None:
     buy = await placed(ledger, intent("w1", 1, qty=10))
     await ledger.apply_order_status(buy.client_order_id, report(buy, 10, 500_000), Board.KOSDAQ, T0)
     sell = await placed(ledger, intent("w1", 1, Side.SELL, 10, 51_000, reason="take_profit"))
-    assert await ledger.mark_position_orphaned(SYM, "w1")  # w1 died
+    assert await ledger.mark_position_orphaned(SYM, "w1", 1)  # w1 died
     assert [p.status for p in await ledger.open_positions()] == ["ORPHANED"]
 
     await ledger.lock_acquired(SYM, "w2", 2, 30_000, T0)
-    assert await ledger.adopt_position(SYM, "w2")
+    assert await ledger.adopt_position(SYM, "w2", 2)
     assert [p.worker_id for p in await ledger.open_positions("w2")] == ["w2"]
     assert await ledger.open_positions("w1") == []
     assert [o.client_order_id for o in await ledger.unfinished_orders("w2")] == [
@@ -459,7 +472,8 @@ async def test_adopt_orphaned_position_and_its_orders(ledger: Ledger) -> None:
     )
     assert res.closed_trade is not None
     assert (res.closed_trade.worker_id, res.closed_trade.pnl) == ("w2", D(9_094))
-    assert not await ledger.adopt_position(SYM, "w3")  # nothing live left
+    await ledger.lock_acquired(SYM, "w3", 3, 30_000, T0)
+    assert not await ledger.adopt_position(SYM, "w3", 3)  # nothing live left
 
 
 # -- daily summary (Invariant 3) ----------------------------------------------------------------

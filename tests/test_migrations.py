@@ -20,12 +20,13 @@ from ledger.models import Base
 
 LEDGER_TABLES = {
     "workers", "stock_locks", "lock_events", "orders", "fills", "positions", "trades",
-    "daily_summaries", "daily_worker_summaries",
+    "daily_summaries", "daily_worker_summaries", "risk_halts",
 }  # fmt: skip
+HEAD = "0003"
 
 
 def _tables(url: str) -> set[str]:
-    with psycopg.connect(libpq(url)) as conn:
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
         rows = conn.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
         ).fetchall()
@@ -35,7 +36,7 @@ def _tables(url: str) -> set[str]:
 def test_upgrade_on_empty_database(empty_database_url: str) -> None:
     assert current_revision(empty_database_url) is None
     upgrade_head(empty_database_url)
-    assert current_revision(empty_database_url) == head_revision() == "0002"
+    assert current_revision(empty_database_url) == head_revision() == HEAD
     assert _tables(empty_database_url) == LEDGER_TABLES | {"alembic_version"}
 
 
@@ -47,7 +48,7 @@ def test_second_upgrade_is_a_no_op_and_keeps_data(empty_database_url: str) -> No
             "VALUES ('w1', 'IDLE', now(), now())"
         )
     upgrade_head(empty_database_url)
-    assert current_revision(empty_database_url) == "0002"
+    assert current_revision(empty_database_url) == HEAD
     with psycopg.connect(libpq(empty_database_url)) as conn:
         assert conn.execute("SELECT count(*) FROM workers").fetchone() == (1,)
 
@@ -64,14 +65,14 @@ def test_downgrade_to_base_then_upgrade_again(empty_database_url: str) -> None:
         ).fetchone()
     assert views == (0,)
     upgrade_head(empty_database_url)
-    assert current_revision(empty_database_url) == "0002"
+    assert current_revision(empty_database_url) == HEAD
     assert _tables(empty_database_url) >= LEDGER_TABLES
 
 
 def test_concurrent_upgrades_apply_once(empty_database_url: str) -> None:
     with ThreadPoolExecutor(4) as pool_:
         list(pool_.map(upgrade_head, [empty_database_url] * 4))
-    assert current_revision(empty_database_url) == "0002"
+    assert current_revision(empty_database_url) == HEAD
 
 
 def test_models_match_the_migration(database_url: str) -> None:
@@ -101,7 +102,50 @@ def test_unix_socket_url(database_url: str) -> None:
     rendered = socket_url.render_as_string(hide_password=False)
     assert "?host=" in rendered
     upgrade_head(rendered)
-    assert current_revision(rendered) == "0002"
+    assert current_revision(rendered) == HEAD
+
+
+def _alembic(url: str, action: str, revision: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from ledger.migrate import _script_location
+
+    cfg = Config()
+    cfg.set_main_option("script_location", _script_location())
+    cfg.attributes["url"] = url
+    getattr(command, action)(cfg, revision)
+
+
+def test_0003_canonical_broker_ids_new_states_and_back(empty_database_url: str) -> None:
+    url = empty_database_url
+    _alembic(url, "upgrade", "0002")
+    order = ("INSERT INTO orders (client_order_id, worker_id, symbol, side, order_type, qty, "
+             "price, status, broker_order_id, fence, trading_day, created_at, updated_at) "
+             "VALUES (%s, 'w1', '005930', 'BUY', 'LIMIT', 1, 1000, %s, %s, 1, '2026-01-05', "
+             "now(), now())")  # fmt: skip
+    ids = {"a": "117057", "b": "0000117057", "c": " 42 ", "d": "12345678901", "e": "X-9"}
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        for cid, bid in ids.items():
+            conn.execute(order, (cid, "SENT", bid))
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute(order, ("f", "SUBMITTING", None))
+    upgrade_head(url)
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        rows = dict(conn.execute("SELECT client_order_id, broker_order_id FROM orders").fetchall())
+        assert rows == {"a": "0000117057", "b": "0000117057", "c": "0000000042",
+                        "d": "12345678901", "e": "X-9"}  # fmt: skip
+        conn.execute(order, ("s", "SUBMITTING", None))
+        conn.execute(order, ("w", "WITHDRAWN", None))
+    _alembic(url, "downgrade", "0002")
+    with psycopg.connect(libpq(url), autocommit=True) as conn:
+        states = dict(conn.execute("SELECT client_order_id, status FROM orders").fetchall())
+        assert (states["s"], states["w"]) == ("UNKNOWN", "CANCELED")
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute(order, ("f", "SUBMITTING", None))
+    assert "risk_halts" not in _tables(url)
+    upgrade_head(url)
+    assert current_revision(url) == HEAD
 
 
 @pytest.mark.anyio

@@ -1,0 +1,59 @@
+"""The scan's one read (`Ledger.scan_view`): open positions, unfinished orders and the day's
+loss-limit figures in a single statement, run outside a transaction on the scan's hot path."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import ColumnElement, literal_column, select, union_all
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.selectable import CompoundSelect
+
+from ledger.models import Order, Position
+from ledger.orders import UNFINISHED
+from ledger.records import ScanView
+from ledger.risk import day_low_pnl, day_pnl, halt_recorded
+
+_UNFINISHED = [s.value for s in UNFINISHED]
+
+
+def scan_statement(trading_day: date) -> CompoundSelect[Any]:
+    """Rows (kind, symbol, worker_id, value): P = open position, O = unfinished order,
+    R = the day's realized pnl, L = its low so far, H = 1 when the day's halt is recorded."""
+    none: ColumnElement[Any] = literal_column("NULL")
+    no_value: ColumnElement[Any] = literal_column("NULL::numeric")
+    return union_all(
+        select(literal_column("'P'"), Position.symbol, Position.worker_id, no_value).where(
+            Position.status != "CLOSED"
+        ),
+        select(literal_column("'O'"), Order.symbol, Order.worker_id, no_value).where(
+            Order.status.in_(_UNFINISHED)
+        ),
+        select(literal_column("'R'"), none, none, day_pnl(trading_day)),
+        select(literal_column("'L'"), none, none, day_low_pnl(trading_day)),
+        select(literal_column("'H'"), none, none, literal_column("1::numeric")).where(
+            halt_recorded(trading_day)
+        ),
+    )
+
+
+async def read_scan_view(conn: AsyncConnection, trading_day: date) -> ScanView:
+    rows = (await conn.execute(scan_statement(trading_day))).all()
+    positions: dict[str, str] = {}
+    unfinished: dict[str, str] = {}
+    pnl = low = Decimal(0)
+    halted = False
+    for kind, symbol, worker_id, value in rows:
+        if kind == "P":
+            positions[symbol] = worker_id
+        elif kind == "O":
+            unfinished.setdefault(symbol, worker_id)
+        elif kind == "R":
+            pnl = Decimal(value)
+        elif kind == "L":
+            low = Decimal(value)
+        else:
+            halted = True
+    return ScanView(positions, unfinished, pnl, low, halted)
