@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+import anyio
 from aiohttp import web
 from loguru import logger
 
@@ -101,3 +103,21 @@ async def serve_exchange(
             await ws_runner.cleanup()
     finally:
         await rest_runner.cleanup()
+
+
+async def run_until_signalled(
+    config: ExchangeConfig,
+    clock: Clock,
+    *,
+    host: str,
+    port: int,
+    ws_port: int,
+    on_ready: Callable[[RunningExchange], None],
+) -> None:
+    """Serve until SIGTERM or SIGINT (`python -m worker exchange`)."""
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with serve_exchange(config, clock, host=host, port=port, ws_port=ws_port) as running:
+            on_ready(running)
+            async for signum in signals:
+                logger.info("exchange: {} received, stopping", signal.Signals(signum).name)
+                return

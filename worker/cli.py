@@ -70,6 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     summary.add_argument("--date", type=_date, help="trading day YYYY-MM-DD")
     summary.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    exchange = sub.add_parser(
+        "exchange",
+        help="a KIS-compatible exchange (REST + WebSocket) over the simulated market",
+        description="Serve the KIS Open API (REST and WebSocket) over the simulated market on "
+        "the paper clock (PAPER_*), with the EXCHANGE_* account, until SIGTERM/SIGINT. "
+        "Ports default to KIS's for the domain; 0 picks free ones.",
+    )
+    exchange.add_argument("--host", default="127.0.0.1", help="address to bind")
+    exchange.add_argument("--port", type=int, help="REST port (default 9443 real, 29443 mock)")
+    exchange.add_argument("--ws-port", type=int, help="WebSocket port (21000 real, 31000 mock)")
+    exchange.add_argument("--domain", choices=("real", "mock"), default="mock")
     return parser
 
 
@@ -135,4 +146,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         _require(settings, "database_url")
         day = args.date or datetime.now(KST).date()
         return commands.summary(settings, day, as_json=args.json)
+    if command == "exchange":
+        return commands.exchange(
+            settings, host=args.host, port=args.port, ws_port=args.ws_port, domain=args.domain
+        )
     raise AssertionError(command)

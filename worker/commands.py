@@ -1,11 +1,12 @@
 """The CLI's commands against configured servers (`run`, `migrate`, `locks`, `workers`,
-`summary`). Each returns the process exit code."""
+`summary`) and the `exchange`. Each returns the process exit code."""
 
 from __future__ import annotations
 
 import signal
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import anyio
@@ -191,3 +192,71 @@ async def _summary(settings: Settings, day: date) -> tuple[DaySummaryRecord, Dec
         return record, await ledger.recompute_from_fills(day)
     finally:
         await engine.dispose()
+
+
+_EXCHANGE_PORTS = {"real": (9443, 21000), "mock": (29443, 31000)}  # KIS's own, per domain
+
+
+def exchange(
+    settings: Settings, *, host: str, port: int | None, ws_port: int | None, domain: str
+) -> int:
+    """`python -m worker exchange`: serve until SIGTERM/SIGINT."""
+    import secrets
+
+    from exchange import ExchangeAccount, ExchangeConfig
+    from exchange.server import RunningExchange, run_until_signalled
+    from market.clock import RealClock
+    from worker.app import Plan, plan_session
+
+    calendar = default_calendar()
+    epoch = settings.paper_epoch.timestamp() if settings.paper_epoch else None
+    try:
+        plan = plan_session(settings, calendar, settings.paper_speed, epoch)
+    except MarketClosed:  # real time, no session left today: serve the next one (closed now)
+        today = datetime.now(KST).date()
+        plan = Plan(calendar.next_session(today + timedelta(days=1)), RealClock())
+    account = ExchangeAccount(
+        app_key=settings.exchange_app_key or "PS" + secrets.token_urlsafe(26),
+        app_secret=settings.exchange_app_secret or secrets.token_urlsafe(135),
+        account=settings.exchange_account,
+        hts_id=settings.exchange_hts_id,
+        cash=settings.exchange_cash,
+    )
+    config = ExchangeConfig(
+        accounts=(account,),
+        domain="real" if domain == "real" else "mock",
+        seed=settings.paper_seed,
+        n_symbols=settings.paper_symbols,
+        session=plan.session,
+        rate_limit=settings.exchange_rate_limit,
+        listing_lag_s=settings.exchange_listing_lag_s,
+        ambiguous_rate=settings.exchange_ambiguous_rate,
+        commission_rate=settings.commission_rate,
+    )
+    rest_port, ws_default = _EXCHANGE_PORTS[config.domain]
+
+    def ready(running: RunningExchange) -> None:
+        print(
+            f"exchange rest={running.rest_url} ws={running.ws_url} domain={config.domain}",
+            flush=True,
+        )
+        shown = "(EXCHANGE_APP_SECRET)" if settings.exchange_app_secret else account.app_secret
+        print(
+            f"credentials app_key={account.app_key} app_secret={shown} "
+            f"account={account.account} hts_id={account.hts_id} cash={account.cash} "
+            f"session={plan.session.day}",
+            flush=True,
+        )
+
+    anyio.run(
+        partial(
+            run_until_signalled,
+            config,
+            plan.clock,
+            host=host,
+            port=rest_port if port is None else port,
+            ws_port=ws_default if ws_port is None else ws_port,
+            on_ready=ready,
+        )
+    )
+    return 0

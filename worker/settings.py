@@ -59,6 +59,16 @@ class Settings(BaseSettings):
     paper_symbols: int = Field(300, ge=10, le=5_000)
     paper_day: date | None = None  # the session to simulate; default: today (KST) or the next one
 
+    # --- exchange (`python -m worker exchange`): what it accepts; keys generated when unset ---
+    exchange_app_key: str | None = Field(None, repr=False, min_length=1)
+    exchange_app_secret: str | None = Field(None, repr=False, min_length=1)
+    exchange_account: str = Field("12345678-01", pattern=r"^\d{8}-?\d{2}$")
+    exchange_hts_id: str = Field("user01", min_length=1, max_length=16)
+    exchange_cash: Decimal = Field(Decimal(100_000_000), ge=0)
+    exchange_rate_limit: bool = True  # 0: no per-app-key limit (a paper venue for the fleet)
+    exchange_listing_lag_s: float = Field(0.0, ge=0, le=3_600)
+    exchange_ambiguous_rate: float = Field(0.0, ge=0, le=1)
+
     # --- embedded default ---
     embedded_workers: int = Field(4, ge=1, le=64)
     embedded_speed: float = Field(1_000.0, ge=1.0, le=100_000.0)
