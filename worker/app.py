@@ -220,11 +220,14 @@ def kis_broker(settings: Settings, redis: aioredis.Redis, clock: Clock) -> KisBr
             account=settings.kis_account or "",
             domain=settings.kis_domain,
             base_url=settings.kis_base_url,
+            ws_url=settings.kis_ws_url,
+            hts_id=settings.kis_hts_id,
+            custtype=settings.kis_custtype,
             rate_per_s=settings.kis_rate_per_s,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    client = KisClient(config, redis, settings.fleet_prefix)
+    client = KisClient(config, redis, settings.fleet_prefix, clock=clock)
     universe = DEFAULT_UNIVERSE if settings.kis_domain == "mock" else None
     return KisBroker(client, clock, universe=universe)
 

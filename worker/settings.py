@@ -117,11 +117,14 @@ class Settings(BaseSettings):
     trend_min_hold_min: int = Field(5, ge=0)
 
     # --- KIS Open API (BROKER=kis) ---
-    kis_app_key: str | None = None
-    kis_app_secret: str | None = None
+    kis_app_key: str | None = Field(None, repr=False)
+    kis_app_secret: str | None = Field(None, repr=False)
     kis_account: str | None = None
     kis_domain: Literal["real", "mock"] = "mock"
     kis_base_url: str | None = Field(None, pattern=r"^https?://")  # default: KIS's URL per domain
+    kis_ws_url: str | None = Field(None, pattern=r"^wss?://")  # default: KIS's URL per domain
+    kis_hts_id: str | None = None  # fill notices over the WebSocket only when set
+    kis_custtype: Literal["P", "B"] = "P"
     kis_rate_per_s: float | None = Field(None, gt=0, le=1_000)  # default: 20 real, 2 mock
 
     # --- operations: /healthz and /metrics over HTTP (0 = no server) ---

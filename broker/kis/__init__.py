@@ -1,18 +1,35 @@
 """KIS Open API (Korea Investment & Securities) adapter: `KisBroker` behind the broker ports.
 
     client.py     HTTP, headers, tr_id per domain, error mapping (`KisClient`, `KisConfig`)
-    token.py      the fleet's one access token in Redis (`RedisTokenCache`)
+    token.py      the fleet's one access token per domain and app key in Redis
     ratelimit.py  the fleet's one request budget in Redis (`RedisRateLimiter`)
+    keys.py       the Redis key names below (`KisKeys`)
     adapter.py    `KisBroker`: orders (order-cash, order-rvsecncl, inquire-daily-ccld)
     market.py     `KisMarketData`: quotations (price, orderbook, minute bars, volume rank)
+    notices.py    `KisNoticeFeed`: fill notices over the WebSocket, as hints to poll
     wire.py       paths, tr_ids and field parsing
     errors.py     KIS message codes and the KIS branch of the error tree
 
-Redis keys (prefix ``fleet``): ``fleet:kis:rate`` (zset), ``fleet:kis:token`` (string, PX),
-``fleet:kis:token:issue`` (string, PX); see ratelimit.py and token.py.
+Redis keys (prefix ``fleet``; ``{d}`` the domain, real or mock; ``{h}`` twelve hex digits of
+SHA-256 of the app key, so no key name shows the app key):
+
+================================  ======  ======================  ==============================
+key                               type    TTL                     meaning
+================================  ======  ======================  ==============================
+``fleet:kis:rate``                zset    PX window + 1 s         one member per request granted
+                                                                  in the sliding window
+                                                                  (ratelimit.py)
+``fleet:kis:token:{d}:{h}``       string  PX until KIS's expiry   JSON ``{"token",
+                                          less a margin           "expires_at"}``: the access
+                                                                  token (token.py)
+``fleet:kis:token:issue:{d}:{h}`` string  PX one issue interval   held by the process whose turn
+                                                                  it is to ask KIS for a token;
+                                                                  ``wait`` after a refusal
+================================  ======  ======================  ==============================
 """
 
 from broker.kis.adapter import KisBroker
 from broker.kis.client import KisClient, KisConfig
+from broker.kis.notices import FillNotice, KisNoticeFeed
 
-__all__ = ["KisBroker", "KisClient", "KisConfig"]
+__all__ = ["FillNotice", "KisBroker", "KisClient", "KisConfig", "KisNoticeFeed"]

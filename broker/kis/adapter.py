@@ -3,19 +3,26 @@
 Orders (this module):
 
 * `submit_order` -> POST ``trading/order-cash`` (ORD_DVSN 00 limit / 01 market, KRX). The reply
-  carries ``ODNO`` (our `BrokerOrderId`), ``KRX_FWDG_ORD_ORGNO`` (kept: a cancel must quote it)
-  and ``ORD_TMD`` (the acceptance time, to the second). Price, quantity and grid are checked
-  here first so an obviously bad order costs no request. A refusal becomes `OrderRejected`
-  carrying KIS's ``msg_cd`` and ``msg1``; a timeout or dropped connection after sending becomes
-  `OrderOutcomeUnknown` and the order is never resent (see `broker.kis.client`).
-* `order_status` / `find_orders` -> GET ``trading/inquire-daily-ccld``, every page
-  (``tr_cont`` + ``CTX_AREA_FK100`` / ``CTX_AREA_NK100``): ``tot_ccld_qty``, ``tot_ccld_amt``,
-  ``rmn_qty``, ``rjct_qty``, ``cncl_yn``, ``cnc_cfrm_qty``, ``ord_tmd``. Rows that carry an
-  ``orgn_odno`` are modify/cancel requests, not orders of ours, and are skipped.
+  carries ``ODNO`` (our `BrokerOrderId`, canonical from here on), ``KRX_FWDG_ORD_ORGNO`` (kept:
+  a cancel must quote it) and ``ORD_TMD`` (the acceptance time, to the second). Quantity, price
+  and grid are checked here first so an obviously bad order costs no request. A known refusal
+  (`broker.kis.errors.KNOWN_REFUSALS`) becomes `OrderRejected` carrying KIS's ``msg_cd`` and
+  ``msg1``; any other unclear answer becomes `OrderOutcomeUnknown` and the order is never
+  resent (see `broker.kis.client`).
+* `order_status` / `find_orders` -> GET ``trading/inquire-daily-ccld``, every page: while the
+  ``tr_cont`` response header says F or M, the next page is asked with ``tr_cont: N`` and the
+  reply's ``CTX_AREA_FK100`` / ``CTX_AREA_NK100`` sent back byte for byte (fixed-width,
+  space-padded). Fields: ``tot_ccld_qty``, ``tot_ccld_amt``, ``rmn_qty``, ``rjct_qty``,
+  ``cncl_yn``, ``cnc_cfrm_qty``, ``ord_tmd``. Rows that carry an ``orgn_odno`` are
+  modify/cancel requests, not orders of ours, and are skipped. An order not listed yet (KIS
+  lists late) is `UnknownOrder`.
 * `cancel_order` -> POST ``trading/order-rvsecncl`` (RVSE_CNCL_DVSN_CD 02, all remaining),
   then polls the inquiry a few times for the confirmed state. An order already done is returned
   as it is, with no cancel sent. The org number comes from this process's memory of the submit
   reply, or else from the inquiry row's ``ord_gno_brno`` (so another process can cancel it).
+* Fill notices (optional, `follow_notices` with a `broker.kis.notices.KisNoticeFeed`): each
+  notice makes the adapter ask the inquiry about that order at once (`hint`) and hand the
+  answer to `on_status` listeners; a notice is never taken as a fill by itself.
 
 Assumptions, not yet confirmed against a live account:
 ``infm_tmd`` is the time of the row's last change (used as `updated_at`, else ``ord_tmd``);
@@ -25,15 +32,25 @@ Assumptions, not yet confirmed against a live account:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from broker.errors import BrokerUnavailable, OrderOutcomeUnknown, OrderRejected, UnknownOrder
+import anyio
+from loguru import logger
+
+from broker.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    OrderOutcomeUnknown,
+    OrderRejected,
+    UnknownOrder,
+)
 from broker.kis import wire
 from broker.kis.client import KisClient
 from broker.kis.errors import KisRefused
-from broker.kis.market import KisMarketData
+from broker.kis.market import RANK_EXCLUSIONS, KisMarketData
+from broker.kis.notices import FillNotice, KisNoticeFeed
 from broker.port import (
     Broker,
     BrokerOrderId,
@@ -43,12 +60,16 @@ from broker.port import (
     OrderStatus,
     OrderType,
     Side,
+    canonical_broker_order_id,
 )
 from market.clock import KST, Clock
 from market.ticks import is_on_grid
 
-#: Most inquiry pages read for one question (100 rows each on a real account).
-MAX_PAGES = 50
+#: Most inquiry pages read for one question (100 rows each on a real account, 15 on mock).
+MAX_PAGES = 200
+
+#: Called with the inquiry's answer about an order a fill notice named.
+StatusListener = Callable[[OrderStatus], Awaitable[None]]
 
 
 class KisBroker(KisMarketData):
@@ -65,15 +86,23 @@ class KisBroker(KisMarketData):
         *,
         universe: Sequence[str] | None = None,
         snapshot_ttl_s: float = 10.0,
+        rank_exclusions: str = RANK_EXCLUSIONS,
         cancel_polls: int = 3,
         cancel_poll_s: float = 0.3,
     ) -> None:
-        super().__init__(client, clock, universe=universe, snapshot_ttl_s=snapshot_ttl_s)
+        super().__init__(
+            client,
+            clock,
+            universe=universe,
+            snapshot_ttl_s=snapshot_ttl_s,
+            rank_exclusions=rank_exclusions,
+        )
         if cancel_polls < 1:
             raise ValueError("cancel_polls must be >= 1")
         self.cancel_polls = cancel_polls
         self.cancel_poll_s = cancel_poll_s
-        self._orgno: dict[str, str] = {}  # ODNO (unpadded) -> KRX_FWDG_ORD_ORGNO
+        self._orgno: dict[str, str] = {}  # canonical ODNO -> KRX_FWDG_ORD_ORGNO
+        self._listeners: list[StatusListener] = []
 
     # ----- Broker -------------------------------------------------------------------------
 
@@ -94,24 +123,26 @@ class KisBroker(KisMarketData):
         tr = wire.TR_BUY if request.side is Side.BUY else wire.TR_SELL
         try:
             reply = await self.client.post_order(wire.ORDER_CASH, tr, body)
-        except KisRefused as exc:
+        except KisRefused as exc:  # a known refusal (client.KNOWN_REFUSALS): not placed
             raise OrderRejected(f"{exc.msg_cd} {exc.msg1}".strip()) from exc
         out = wire.output(reply.body)
         odno, orgno = wire.field(out, "ODNO"), wire.field(out, "KRX_FWDG_ORD_ORGNO")
-        if not odno:
-            raise OrderOutcomeUnknown(f"order-cash accepted without an ODNO: {out!r}")
-        self._orgno[odno.lstrip("0")] = orgno
+        if not odno.strip("0"):
+            raise OrderOutcomeUnknown(f"order-cash accepted without an ODNO: {sorted(out)}")
+        broker_id = canonical_broker_order_id(odno)
+        self._orgno[broker_id] = orgno
         tmd = wire.field(out, "ORD_TMD")
         now = self.clock.now().astimezone(KST)
         accepted = wire.at(now.date(), tmd) if tmd else now
-        return OrderAck(BrokerOrderId(odno), accepted)
+        return OrderAck(broker_id, accepted)
 
     async def cancel_order(self, broker_order_id: BrokerOrderId) -> OrderStatus:
+        broker_order_id = canonical_broker_order_id(broker_order_id)
         status, row = await self._lookup(broker_order_id)
         if status.done:
             return status
         cfg = self.client.config
-        orgno = self._orgno.get(broker_order_id.lstrip("0")) or wire.field(row, "ord_gno_brno")
+        orgno = self._orgno.get(broker_order_id) or wire.field(row, "ord_gno_brno")
         body = {
             "CANO": cfg.cano,
             "ACNT_PRDT_CD": cfg.product_code,
@@ -130,7 +161,9 @@ class KisBroker(KisMarketData):
             # Typically the order finished in between; the inquiry below says.
             refused: BaseException | None = exc
         except OrderOutcomeUnknown as exc:
-            refused = exc  # a cancel is harmless to repeat; the caller may call again
+            # Any unclear answer (e.g. "nothing left to cancel" under a code we do not list):
+            # the inquiry below says; a cancel is harmless to repeat if the caller calls again.
+            refused = exc
         else:
             refused = None
         for attempt in range(self.cancel_polls):
@@ -143,7 +176,7 @@ class KisBroker(KisMarketData):
         return status
 
     async def order_status(self, broker_order_id: BrokerOrderId) -> OrderStatus:
-        status, _ = await self._lookup(broker_order_id)
+        status, _ = await self._lookup(canonical_broker_order_id(broker_order_id))
         return status
 
     async def find_orders(
@@ -159,14 +192,57 @@ class KisBroker(KisMarketData):
         ]
         return sorted(found, key=lambda s: (s.ordered_at, s.broker_order_id))
 
+    # ----- fill notices (optional) --------------------------------------------------------
+
+    def on_status(self, listener: StatusListener) -> None:
+        """Call `listener` with the inquiry's answer each time a fill notice names an order."""
+        self._listeners.append(listener)
+
+    async def hint(self, broker_order_id: BrokerOrderId) -> OrderStatus | None:
+        """A fill notice named this order: ask the daily-fills inquiry about it now and hand
+        that answer to the listeners. The notice's own figures are never used: the inquiry
+        stays the check. None while the order is not listed yet."""
+        try:
+            status = await self.order_status(broker_order_id)
+        except UnknownOrder:
+            return None
+        for listener in self._listeners:
+            await listener(status)
+        return status
+
+    async def follow_notices(self, feed: KisNoticeFeed) -> NoReturn:
+        """Run `feed` (the WebSocket fill notices) and turn each notice into a `hint`. Notices
+        that arrive while an inquiry runs are merged, one inquiry per order. Runs until
+        cancelled; an inquiry that fails is logged and left to the regular polling."""
+        send, receive = anyio.create_memory_object_stream[FillNotice](1_000)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(feed.run, send)
+            async with receive:
+                async for first in receive:
+                    pending = [first.broker_order_id]
+                    while True:
+                        try:
+                            notice = receive.receive_nowait()
+                        except anyio.WouldBlock:
+                            break
+                        if notice.broker_order_id not in pending:
+                            pending.append(notice.broker_order_id)
+                    for broker_order_id in pending:
+                        try:
+                            await self.hint(broker_order_id)
+                        except BrokerError as exc:
+                            logger.warning("inquiry after a fill notice for {} failed: {!r}",
+                                           broker_order_id, exc)  # fmt: skip
+        raise AssertionError("the notice feed never ends")  # pragma: no cover
+
     # ----- internals ----------------------------------------------------------------------
 
-    async def _lookup(self, broker_order_id: str) -> tuple[OrderStatus, dict[str, Any]]:
+    async def _lookup(self, broker_order_id: BrokerOrderId) -> tuple[OrderStatus, dict[str, Any]]:
         today = self.clock.now().astimezone(KST).date()
         for row in await self._rows(today, odno=broker_order_id):
-            if wire.same_order_no(wire.field(row, "odno"), broker_order_id):
+            if _odno(row) == broker_order_id:
                 return _status(row), row
-        raise UnknownOrder(f"no order {broker_order_id!r} today on this account")
+        raise UnknownOrder(f"no order {broker_order_id!r} today on this account (yet)")
 
     async def _rows(
         self, start: date, *, symbol: str = "", side: str = "00", odno: str = ""
@@ -197,10 +273,11 @@ class KisBroker(KisMarketData):
                 wire.DAILY_CCLD, wire.TR_DAILY_CCLD, params, tr_cont="N" if page else ""
             )
             found.extend(r for r in wire.rows(reply.body, "output1") if not _is_amendment(r))
-            if not reply.more:
+            if not reply.more:  # tr_cont D / E: the last page
                 break
-            params["CTX_AREA_FK100"] = wire.field(reply.body, "ctx_area_fk100")
-            params["CTX_AREA_NK100"] = wire.field(reply.body, "ctx_area_nk100")
+            # fixed-width, space-padded: sent back exactly as received, never trimmed
+            params["CTX_AREA_FK100"] = wire.raw(reply.body, "ctx_area_fk100")
+            params["CTX_AREA_NK100"] = wire.raw(reply.body, "ctx_area_nk100")
         else:
             raise BrokerUnavailable(f"inquire-daily-ccld: more than {MAX_PAGES} pages")
         return found
@@ -223,6 +300,11 @@ def _is_amendment(row: Mapping[str, Any]) -> bool:
     return bool(wire.field(row, "orgn_odno").lstrip("0"))
 
 
+def _odno(row: Mapping[str, Any]) -> BrokerOrderId | None:
+    text = wire.field(row, "odno")
+    return canonical_broker_order_id(text) if text else None
+
+
 def _status(row: Mapping[str, Any]) -> OrderStatus:
     day = wire.parse_day(wire.field(row, "ord_dt"))
     ordered_at = wire.at(day, wire.field(row, "ord_tmd"))
@@ -235,7 +317,7 @@ def _status(row: Mapping[str, Any]) -> OrderStatus:
     remaining = max(0, min(wire.qty(row, "rmn_qty"), qty - filled - rejected - canceled_qty))
     side = Side.SELL if wire.field(row, "sll_buy_dvsn_cd") == wire.SELL_CODE else Side.BUY
     return OrderStatus(
-        broker_order_id=BrokerOrderId(wire.field(row, "odno")),
+        broker_order_id=canonical_broker_order_id(wire.field(row, "odno")),
         symbol=wire.field(row, "pdno"),
         side=side,
         qty=qty,

@@ -5,7 +5,8 @@
   (best bid/ask and their sizes) + ``inquire-time-itemchartprice`` (minute closes for the short
   moving average): three requests.
 * `instruments` -> the universe: the ``volume-rank`` list (at most 30 names, KIS offers no
-  next page) unless a fixed `universe` is given, each described once per day from
+  next page; risk-flagged, administrative, halted, preferred, ETF/ETN and SPAC names left out by
+  `RANK_EXCLUSIONS`) unless a fixed `universe` is given, each described once per day from
   ``inquire-price`` and ``inquire-daily-itemchartprice`` (previous session's high/low, and the
   average traded value of the last sessions, which sets the liquidity tier).
 * `snapshot` -> for each instrument: price, orderbook and ``ceil(n_bars / 30)`` minute-bar
@@ -52,6 +53,11 @@ TIER_FLOORS = (
     (Tier.MID, Decimal("17e9")),
     (Tier.LOW, Decimal("3e9")),
 )
+#: volume-rank's FID_TRGT_EXLS_CLS_CODE: ten 0/1 flags, 1 = leave out, in KIS's order:
+#: investment risk/warning/caution, administrative issue, liquidation trading, unfaithful
+#: disclosure, preferred share, trading halt, ETF, ETN, no credit orders, SPAC. Everything but
+#: "no credit orders" is left out: a cash day-trader wants plain, tradable common stock.
+RANK_EXCLUSIONS = "1111111101"
 _MINUTE = timedelta(minutes=1)
 T = TypeVar("T")
 _CONCURRENCY = 8  # requests in flight per process; the fleet-wide limiter paces them anyway
@@ -98,7 +104,11 @@ class KisMarketData:
         *,
         universe: Sequence[str] | None = None,
         snapshot_ttl_s: float = 10.0,
+        rank_exclusions: str = RANK_EXCLUSIONS,
     ) -> None:
+        if len(rank_exclusions) != 10 or set(rank_exclusions) - {"0", "1"}:
+            raise ValueError(f"rank_exclusions must be ten 0/1 flags, got {rank_exclusions!r}")
+        self.rank_exclusions = rank_exclusions
         self.client = client
         self.clock = clock
         self.universe = tuple(universe) if universe is not None else None
@@ -178,7 +188,7 @@ class KisMarketData:
             "FID_DIV_CLS_CODE": "0",
             "FID_BLNG_CLS_CODE": "0",  # by average volume
             "FID_TRGT_CLS_CODE": "111111111",
-            "FID_TRGT_EXLS_CLS_CODE": "0000000000",
+            "FID_TRGT_EXLS_CLS_CODE": self.rank_exclusions,
             "FID_INPUT_PRICE_1": "",
             "FID_INPUT_PRICE_2": "",
             "FID_VOL_CNT": "",

@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from broker.errors import BrokerUnavailable, RateLimited
-from coordination.keys import Keyspace
+from broker.kis.keys import KisKeys
 
 # Kept inline rather than in a .lua file: the package data of `broker` ships only py.typed.
 # KEYS[1]  {prefix}:kis:rate
@@ -57,10 +57,6 @@ return math.max(1, math.ceil(tonumber(oldest[2]) + window - now))
 DEFAULT_RATE_PER_S = {"real": 20.0, "mock": 2.0}
 
 
-def rate_key(prefix: str) -> str:
-    return Keyspace(prefix).kis_rate
-
-
 class RedisRateLimiter:
     """Fleet-wide KIS request budget: `acquire` waits for a slot, up to a deadline.
 
@@ -71,7 +67,7 @@ class RedisRateLimiter:
     def __init__(
         self,
         redis: aioredis.Redis,
-        prefix: str,
+        keys: KisKeys,
         rate_per_s: float,
         *,
         margin_s: float = 0.05,
@@ -80,7 +76,7 @@ class RedisRateLimiter:
         if rate_per_s <= 0:
             raise ValueError(f"rate_per_s must be > 0, got {rate_per_s!r}")
         self.redis = redis
-        self.key = rate_key(prefix)
+        self.key = keys.rate
         self.rate_per_s = rate_per_s
         self.limit = max(1, int(-(-rate_per_s // 1)))
         self.window_us = int((self.limit / rate_per_s + margin_s) * 1_000_000)

@@ -1,79 +1,94 @@
 """`RedisTokenCache`: one KIS access token for every process that uses the same app key.
 
-KIS issues a token at most once a minute per app key (`EGW00133` otherwise) and it lasts about a
-day; `EGW00123` means it has expired. So the fleet keeps one token in Redis and lets exactly one
-process issue a new one, at most once per `issue_interval_s`:
+KIS issues a token at most once a minute per app key (HTTP 403 `EGW00133` otherwise), for about a
+day, and says until when in ``access_token_token_expired`` ("YYYY-MM-DD HH:MM:SS", Korea time);
+asked again within six hours it hands back the same token with the same expiry. So the fleet
+keeps one token per domain and app key in Redis, lets exactly one process ask for a new one, at
+most once per `issue_interval_s`, and stops using a token `refresh_margin_s` before the expiry
+KIS stated (read on the injected `Clock`, so a paper exchange's day is honoured too):
 
-==========================  ======  ====================  ======================================
-key (prefix ``fleet``)      type    TTL                   meaning
-==========================  ======  ====================  ======================================
-``fleet:kis:token``         string  PX until expiry       the access token; Redis drops it
-                                    minus a margin        `refresh_margin_s` before KIS would
-``fleet:kis:token:issue``   string  PX issue interval     exists for `issue_interval_s` after a
-                                                          process started issuing; whoever sets
-                                                          it (SET NX) is the only one to call
-                                                          the token endpoint in that interval
-==========================  ======  ====================  ======================================
+================================  ======  ==================  ==================================
+key (prefix ``fleet``)            type    TTL                 meaning
+================================  ======  ==================  ==================================
+``fleet:kis:token:{d}:{h}``       string  PX until the        JSON ``{"token", "expires_at"}``
+                                          expiry less the     (ISO 8601) of domain ``d``, app
+                                          margin              key hash ``h``
+``fleet:kis:token:issue:{d}:{h}`` string  PX issue interval   held by the process whose turn it
+                                                              is to ask KIS (SET NX); its value
+                                                              becomes ``wait`` when KIS answered
+                                                              EGW00133 or the ask failed
+================================  ======  ==================  ==================================
 
-A process that finds no token and cannot take the issue key waits for the token to appear
-(polling), up to the caller's deadline. `invalidate(token)` removes the token only if it is
-still the one that failed (compare and delete), so a fresh token is never thrown away because
-of a stale reply. Each process also keeps the token in memory until its Redis TTL runs out, so
-the common path costs no Redis round trip.
+A process that finds no usable token and cannot take the issue turn waits: for the token to
+appear while another process asks (polling Redis, not KIS), or, when the turn is marked
+``wait``, until the turn expires; never past the caller's deadline. `invalidate(token)` removes
+the token only if it is still the one KIS refused (compare and delete), so a fresh token is
+never thrown away because of a stale reply. Each process keeps the token in memory as well.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 import anyio
+import orjson
 import redis.asyncio as aioredis
 from loguru import logger
 from redis.exceptions import RedisError
 
-from broker.kis.errors import TokenUnavailable
-from coordination.keys import Keyspace
+from broker.errors import BrokerError
+from broker.kis.errors import TokenTooSoon, TokenUnavailable
+from broker.kis.keys import KisKeys
+from market.clock import Clock
 
 T = TypeVar("T")
 
-# KEYS[1] the token key; ARGV[1] the token that failed. Deletes it only if unchanged.
+# KEYS[1] the token key; ARGV[1] the token KIS refused. Deletes the key only if it still holds
+# that token (a fresh one written meanwhile stays).
 _DELETE_IF = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local ok, doc = pcall(cjson.decode, v)
+if ok and type(doc) == 'table' and doc['token'] == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
 """
+#: Value of the issue key while nobody should ask KIS (it refused, or the ask failed).
+_WAIT = b"wait"
 
 
 @dataclass(frozen=True, slots=True)
 class IssuedToken:
-    access_token: str
-    expires_in_s: float
+    """A token as KIS issued it; `expires_at` is ``access_token_token_expired`` (aware)."""
+
+    access_token: str = field(repr=False)
+    expires_at: datetime
 
 
 Issuer = Callable[[], Awaitable[IssuedToken]]
 
 
-def token_key(prefix: str) -> str:
-    return Keyspace(prefix).kis_token
-
-
-def issue_key(prefix: str) -> str:
-    return Keyspace(prefix).kis_token_issue
+@dataclass(frozen=True, slots=True)
+class _Held:
+    token: str = field(repr=False)
+    use_until: datetime  # clock time after which this process stops using it
 
 
 class RedisTokenCache:
-    """The fleet's KIS access token: `get` returns a valid one, issuing it if it is this
-    process's turn; `invalidate` drops one KIS called expired."""
+    """The fleet's KIS access token: `get` returns a usable one, issuing it if it is this
+    process's turn; `invalidate` drops one KIS refused (EGW00121 / EGW00123)."""
 
     def __init__(
         self,
         redis: aioredis.Redis,
-        prefix: str,
+        keys: KisKeys,
         issuer: Issuer,
+        clock: Clock,
         *,
         issue_interval_s: float = 61.0,
         refresh_margin_s: float = 600.0,
@@ -81,54 +96,84 @@ class RedisTokenCache:
         timeout_s: float = 2.0,
     ) -> None:
         self.redis = redis
-        self.key = token_key(prefix)
-        self.issue_key = issue_key(prefix)
+        self.key = keys.token
+        self.issue_key = keys.token_issue
         self.issuer = issuer
-        self.issue_interval_ms = int(issue_interval_s * 1000)
-        self.refresh_margin_s = refresh_margin_s
+        self.clock = clock
+        self.issue_interval_ms = max(1, int(issue_interval_s * 1000))
+        self.refresh_margin = timedelta(seconds=refresh_margin_s)
         self.poll_s = poll_s
         self.timeout_s = timeout_s
         self._me = uuid.uuid4().hex
-        self._local: tuple[str, float] | None = None  # (token, anyio time it stops being used)
+        self._local: _Held | None = None
         self._delete_if = redis.register_script(_DELETE_IF)
         self._lock = anyio.Lock()  # one Redis lookup / issue per process at a time
 
+    def __repr__(self) -> str:
+        return f"RedisTokenCache({self.key!r})"
+
     async def get(self, wait_s: float) -> str:
-        """A valid access token; `TokenUnavailable` if none could be had within `wait_s`."""
-        local = self._local
-        if local is not None and anyio.current_time() < local[1]:
-            return local[0]
+        """A usable access token; `TokenUnavailable` if none could be had within `wait_s`."""
+        held = self._usable(self._local)
+        if held is not None:
+            return held
         deadline = anyio.current_time() + wait_s
         async with self._lock:
+            poll = self.poll_s
             while True:
-                local = self._local
-                if local is not None and anyio.current_time() < local[1]:
-                    return local[0]
-                token = await self._lookup()
-                if token is not None:
-                    return token
+                held = self._usable(self._local) or await self._lookup()
+                if held is not None:
+                    return held
                 if await self._take_turn():
-                    return await self._issue()
-                if anyio.current_time() + self.poll_s > deadline:
+                    try:
+                        return await self._issue()
+                    except BrokerError as exc:
+                        # KIS may have counted the attempt: nobody asks again this interval
+                        await self._mark_wait()
+                        if not isinstance(exc, TokenTooSoon):
+                            raise
+                        logger.warning("KIS refused a token for now ({}); waiting", exc)
+                pause, marked = await self._pause(poll)
+                left = deadline - anyio.current_time()
+                if left <= 0 or (marked and pause > left):
+                    # marked: nobody asks KIS before the turn frees, so waiting is pointless
                     raise TokenUnavailable(f"no KIS access token within {wait_s:g} s")
-                await anyio.sleep(self.poll_s)
+                await anyio.sleep(min(pause, left))
+                poll = min(poll * 2, 0.5)
 
     async def invalidate(self, token: str) -> None:
-        """Forget `token` (KIS called it expired) here and in Redis, unless already replaced."""
-        if self._local is not None and self._local[0] == token:
+        """Forget `token` (KIS refused it) here and in Redis, unless already replaced."""
+        if self._local is not None and self._local.token == token:
             self._local = None
-        await self._redis("drop the expired token", self._delete_if(keys=[self.key], args=[token]))
+        await self._redis("drop the refused token", self._delete_if(keys=[self.key], args=[token]))
+
+    # ----- internals ----------------------------------------------------------------------
+
+    def _usable(self, held: _Held | None) -> str | None:
+        if held is None or self.clock.now() >= held.use_until:
+            return None
+        return held.token
+
+    def _use_until(self, expires_at: datetime) -> datetime:
+        now = self.clock.now()
+        if expires_at - self.refresh_margin > now:
+            return expires_at - self.refresh_margin
+        return expires_at  # the margin is longer than what is left: use it to the end
 
     async def _lookup(self) -> str | None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(self.key)
-            pipe.pttl(self.key)
-            raw, pttl = await self._redis("read the token", pipe.execute())
-        if raw is None or pttl is None or int(pttl) <= 0:
+        raw = await self._redis("read the token", self.redis.get(self.key))
+        if raw is None:
             return None
-        token = raw.decode() if isinstance(raw, bytes) else str(raw)
-        self._local = (token, anyio.current_time() + int(pttl) / 1000)
-        return token
+        try:
+            doc = orjson.loads(raw)
+            held = _Held(
+                str(doc["token"]), self._use_until(datetime.fromisoformat(doc["expires_at"]))
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            logger.error("KIS token cache: unreadable value at {}; issuing a new token", self.key)
+            return None
+        self._local = held
+        return self._usable(held)
 
     async def _take_turn(self) -> bool:
         taken = await self._redis(
@@ -137,19 +182,32 @@ class RedisTokenCache:
         )
         return bool(taken)
 
+    async def _mark_wait(self) -> None:
+        await self._redis(
+            "mark the issue turn", self.redis.set(self.issue_key, _WAIT, xx=True, keepttl=True)
+        )
+
+    async def _pause(self, poll: float) -> tuple[float, bool]:
+        """How long to wait before looking again, and whether the turn is marked ``wait``."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(self.issue_key)
+            pipe.pttl(self.issue_key)
+            value, pttl = await self._redis("read the issue turn", pipe.execute())
+        if value == _WAIT and pttl is not None and int(pttl) > 0:
+            return int(pttl) / 1000, True  # nobody will ask KIS before the turn frees
+        return poll, False  # someone is asking right now: the token shows up any moment
+
     async def _issue(self) -> str:
-        # The issue key stays set even if this fails: KIS may have counted the attempt, and a
-        # second one inside the minute would only earn EGW00133.
         issued = await self.issuer()
-        ttl_s = issued.expires_in_s - self.refresh_margin_s
-        if ttl_s <= 0:
-            ttl_s = issued.expires_in_s / 2
+        use_until = self._use_until(issued.expires_at)
+        doc = {"token": issued.access_token, "expires_at": issued.expires_at.isoformat()}
+        wall_s = (use_until - self.clock.now()).total_seconds() / max(self.clock.speed, 1e-9)
         await self._redis(
             "store the token",
-            self.redis.set(self.key, issued.access_token, px=max(1, int(ttl_s * 1000))),
+            self.redis.set(self.key, orjson.dumps(doc), px=max(1, int(wall_s * 1000))),
         )
-        self._local = (issued.access_token, anyio.current_time() + ttl_s)
-        logger.info("KIS access token issued, valid {:.0f} s here", ttl_s)
+        self._local = _Held(issued.access_token, use_until)
+        logger.info("KIS access token issued, used until {}", use_until.isoformat())
         return issued.access_token
 
     async def _redis(self, what: str, call: Awaitable[T]) -> T:

@@ -38,7 +38,6 @@ TR_VOLUME_RANK = TrId.same("FHPST01710000")  # real domain only: the mock domain
 #: KIS codes in the sll_buy_dvsn_cd field and the SLL_BUY_DVSN_CD filter.
 SELL_CODE = "01"
 BUY_CODE = "02"
-#: Rows per inquire-daily-ccld page: 100 on real accounts, 15 on mock ones.
 #: Minute bars per inquire-time-itemchartprice call.
 BARS_PER_CALL = 30
 
@@ -47,6 +46,13 @@ def field(row: Mapping[str, Any], name: str) -> str:
     """`row[name]` in either case, as a stripped string ("" when absent)."""
     value = row.get(name.lower(), row.get(name.upper(), ""))
     return "" if value is None else str(value).strip()
+
+
+def raw(row: Mapping[str, Any], name: str) -> str:
+    """`row[name]` in either case exactly as sent ("" when absent): for values that must go
+    back to KIS byte for byte, such as the space-padded paging keys CTX_AREA_FK100 / NK100."""
+    value = row.get(name.lower(), row.get(name.upper(), ""))
+    return "" if value is None else str(value)
 
 
 def num(row: Mapping[str, Any], name: str) -> Decimal:
@@ -76,11 +82,6 @@ def at(day: date, hhmmss: str) -> datetime:
     text = hhmmss.strip().zfill(6)[:6]
     moment = time(int(text[:2]), int(text[2:4]), int(text[4:6]))
     return datetime.combine(day, moment, tzinfo=KST)
-
-
-def same_order_no(a: str, b: str) -> bool:
-    """Order numbers compare without their zero padding ("0000012345" == "12345")."""
-    return a.strip().lstrip("0") == b.strip().lstrip("0")
 
 
 def output(body: Mapping[str, Any], name: str = "output") -> dict[str, Any]:
