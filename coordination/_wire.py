@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -88,9 +89,18 @@ def call_deadline(redis: aioredis.Redis, timeout_s: float) -> float | None:
     return timeout_s
 
 
-def lua_source(name: str) -> str:
-    """The text of ``coordination/lua/{name}.lua``."""
+# A line ``--#include checks`` in a script is replaced by ``coordination/lua/checks.lua``: Redis
+# has no include of its own, and the bad-data checks must read the same in every script.
+_INCLUDE = re.compile(r"^--#include (\w+)$", re.MULTILINE)
+
+
+def _lua_file(name: str) -> str:
     return (resources.files("coordination") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+
+
+def lua_source(name: str) -> str:
+    """The text of ``coordination/lua/{name}.lua``, its ``--#include`` lines expanded."""
+    return _INCLUDE.sub(lambda include: _lua_file(include.group(1)), _lua_file(name))
 
 
 class LuaScript:

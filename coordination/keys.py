@@ -8,7 +8,10 @@ key                            type        TTL       meaning
 ``fleet:lock:{symbol}``        string      PX ttl    exists only while a worker owns the symbol;
                                                      value ``{worker_id}:{fence}``. Set by
                                                      acquire, TTL replaced by renew, deleted by
-                                                     release (owner only) or by expiry.
+                                                     release (owner only) or by expiry. Or
+                                                     ``quarantine:0`` (PX one lock TTL): the key
+                                                     held bad data, see below; nobody owns the
+                                                     symbol and nobody can until it expires.
 ``fleet:fence:{symbol}``       integer     none      last fence token issued for the symbol
                                                      (INCR on each acquisition); strictly
                                                      increasing, never deleted in operation.
@@ -21,6 +24,14 @@ key                            type        TTL       meaning
                                                      (ISO 8601 UTC); refreshed by the registry.
 ``fleet:events``               stream      MAXLEN~   notices: type, worker_id, symbol, ts
                                                      (ISO 8601 UTC), data (JSON object).
+``fleet:events:dead``          hash        none      consumer group -> how many entries of
+                                                     ``fleet:events`` the group acknowledged
+                                                     unused (dead-lettered): no notice could be
+                                                     read from them (missing or garbage fields),
+                                                     or the consumer could not apply it (a lock
+                                                     notice without a fence). HINCRBY, never
+                                                     reset; the entries stay in the stream, their
+                                                     ids in the ERROR log (`coordination.notices`).
 ``fleet:meta``                 hash        none      ``run_id`` of the Redis server the fence
                                                      counters were last seeded on, ``seeded_at``
                                                      (ISO 8601 UTC), ``floors`` (how many symbols
@@ -43,7 +54,15 @@ key                            type        TTL       meaning
 =============================  ==========  ========  ===========================================
 
 ``fleet:lease:*`` deliberately does not match ``fleet:lock:*``, so
-``redis-cli --scan --pattern 'fleet:lock:*'`` lists live ownership only.
+``redis-cli --scan --pattern 'fleet:lock:*'`` lists live ownership only (and quarantined keys).
+
+Bad data: anything at these keys that the table does not allow (another type, a lock value that
+is no ``{worker_id}:{fence}``, a fence that is no integer) was written by something other than
+this package. Whoever meets it logs it at ERROR, counts it (``on_bad_data``) and repairs or skips
+that key alone (`coordination.bad_data`): a lock key is quarantined for one lock TTL, so that a
+holder whose value it overwrote is past its local deadline before anyone else can own the
+symbol; a lease meta key is replaced or deleted; a fence counter is reseeded from the ledger's
+floor (`coordination.fences`), so it never goes backwards.
 """
 
 from __future__ import annotations
@@ -96,6 +115,11 @@ class Keyspace:
         return f"{self.prefix}:events"
 
     @property
+    def events_dead(self) -> str:
+        """Hash consumer group -> entries of `events` dead-lettered (acknowledged unread)."""
+        return f"{self.prefix}:events:dead"
+
+    @property
     def meta(self) -> str:
         """Hash run_id, seeded_at, floors: which Redis server the fences were seeded on."""
         return f"{self.prefix}:meta"
@@ -139,6 +163,13 @@ class Keyspace:
         head = f"{self.prefix}:lock:"
         if not key.startswith(head):
             raise ValueError(f"{key!r} is not a lock key under {self.prefix!r}")
+        return key[len(head) :]
+
+    def symbol_of_fence(self, key: str) -> str:
+        """Inverse of `fence`."""
+        head = f"{self.prefix}:fence:"
+        if not key.startswith(head):
+            raise ValueError(f"{key!r} is not a fence key under {self.prefix!r}")
         return key[len(head) :]
 
     def symbol_of_lease(self, key: str) -> str:

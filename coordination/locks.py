@@ -12,6 +12,14 @@ Local validity: Redis expires a lease `ttl_ms` after the last successful renew a
 earlier, so ``valid_until = sent_at + ttl - safety``: the safety margin covers the clock-rate
 difference between the two machines and the time the holder needs to stop acting. Past
 `valid_until` a holder must assume another worker may own the symbol.
+
+Bad data at a symbol's keys (`coordination.bad_data`: a lock key of the wrong type or holding
+no lease, a fence counter that is not a number) costs that symbol alone, never the call: the
+scripts report it, and it is logged at ERROR, counted through `on_bad_data`, and repaired or
+skipped. A lock key holding no lease is quarantined for one TTL (the lease it overwrote is lost;
+its holder learns so at its next renew, and the symbol is free again once any holder is past its
+local deadline); a bad fence counter is reseeded from the ledger through `reseed_fence` before
+the symbol is tried once more.
 """
 
 from __future__ import annotations
@@ -19,10 +27,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from loguru import logger
 from redis.exceptions import NoScriptError
 from redis.typing import EncodableT
 
@@ -36,9 +44,17 @@ from coordination._wire import (
     text,
     utc_iso,
 )
+from coordination.bad_data import BadData, OnBadData, report, script_reports
 from coordination.errors import BackendUnavailable, translate
 from coordination.keys import Keyspace
+from coordination.lease import Lease, LockInfo, check_ttl, parse_value, renewed
 from market.clock import Clock
+
+__all__ = ["Lease", "LockInfo", "RedisSymbolLock", "ReseedFence", "parse_value", "script_source"]
+
+ReseedFence = Callable[[str], Awaitable[object]]
+"""``reseed_fence(symbol)``: repair the symbol's fence counter from the ledger's floor, so that
+it never goes backwards (`coordination.fences.FenceSeeder.reseeder`). Raises on failure."""
 
 # Keys examined per SCAN step by live_locks.
 _SCAN_COUNT = 500
@@ -51,73 +67,8 @@ def script_source(name: str) -> str:
     return lua_source(name)
 
 
-def parse_value(value: str) -> tuple[str, int]:
-    """Split a lock value ``{worker_id}:{fence}``; worker ids may themselves contain ``:``."""
-    worker_id, sep, fence = value.rpartition(":")
-    if not sep or not fence.isdigit():
-        raise ValueError(f"not a lock value: {value!r}")
-    return worker_id, int(fence)
-
-
-@dataclass(frozen=True)
-class Lease:
-    """Ownership of one symbol, as last confirmed by Redis.
-
-    `acquired_at` and `valid_until` are `time.monotonic()` seconds. `recovered_from` is the value
-    of the previous lease when it had expired without being released (its owner died or
-    stalled): the new owner should adopt what that worker left behind.
-    """
-
-    symbol: str
-    worker_id: str
-    fence: int
-    ttl_ms: int
-    acquired_at: float
-    valid_until: float
-    recovered_from: str | None = None
-
-    @property
-    def value(self) -> str:
-        """The lock key's value while this lease holds it."""
-        return f"{self.worker_id}:{self.fence}"
-
-    def remaining_s(self, now: float | None = None) -> float:
-        """Seconds of local validity left (negative once past `valid_until`)."""
-        return self.valid_until - (time.monotonic() if now is None else now)
-
-
-@dataclass(frozen=True)
-class LockInfo:
-    """A live lock as Redis sees it now."""
-
-    symbol: str
-    worker_id: str
-    fence: int
-    pttl_ms: int
-
-
-def _check_ttl(ttl_ms: int) -> int:
-    if isinstance(ttl_ms, bool) or not isinstance(ttl_ms, int) or ttl_ms <= 0:
-        raise ValueError(f"ttl_ms must be a positive integer, got {ttl_ms!r}")
-    return ttl_ms
-
-
 # (symbol, lock key, fence key, lease key) encoded, then the lock key as str.
 _SymbolKeys = tuple[bytes, bytes, bytes, bytes, str]
-
-
-def _renewed(lease: Lease, valid_until: float) -> Lease:
-    """`lease` with a new `valid_until`: `dataclasses.replace` without its cost.
-
-    Copying the instance dict is ~0.3 µs against ~1.3 µs for the frozen dataclass __init__ and
-    ~1.9 µs for `replace`; a batch renew makes one per held lease. Lease must keep its __dict__
-    (no slots) for this.
-    """
-    clone = object.__new__(type(lease))
-    fields = clone.__dict__
-    fields.update(lease.__dict__)
-    fields["valid_until"] = valid_until
-    return clone
 
 
 _ACQUIRE = LuaScript("acquire")
@@ -129,12 +80,17 @@ _RELEASE = LuaScript("release")
 class RedisSymbolLock:
     """Symbol locks for one worker id, over one Redis client.
 
-    Every method is one round trip and raises only `coordination.errors` exceptions. Each call
+    Every method is one round trip (acquiring: two, around a reseed, when a fence counter had
+    to be repaired) and raises only `coordination.errors` exceptions. Each call
     is bounded in time: by the client's own socket timeouts when they are no longer than
     `timeout_s` and it does not retry (clients from `coordination.connection.connect`), else by
     an explicit `timeout_s` deadline (see `coordination._wire.call_deadline`). A
     `BackendUnavailable` from `acquire` means the outcome is unknown: the lock may have been
     taken and will then expire after `ttl_ms`.
+
+    `on_bad_data(kind, key)` is called for each piece of bad data met (after it is logged at
+    ERROR); `reseed_fence(symbol)` repairs a fence counter that is not a number. Without it such
+    a symbol is skipped (logged and counted on every attempt) until someone repairs it.
     """
 
     def __init__(
@@ -148,8 +104,10 @@ class RedisSymbolLock:
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         clock: Clock | None = None,
+        on_bad_data: OnBadData | None = None,
+        reseed_fence: ReseedFence | None = None,
     ) -> None:
-        self.ttl_ms = _check_ttl(ttl_ms)
+        self.ttl_ms = check_ttl(ttl_ms)
         self.safety_ms = max(1, ttl_ms // 10) if safety_ms is None else safety_ms
         if not 0 <= self.safety_ms < ttl_ms:
             raise ValueError(f"safety_ms must be in [0, ttl_ms), got {safety_ms!r}")
@@ -164,6 +122,8 @@ class RedisSymbolLock:
         self.events_maxlen = events_maxlen
         self.timeout_s = timeout_s
         self._clock = clock
+        self._on_bad_data = on_bad_data
+        self._reseed_fence = reseed_fence
         self._deadline_s = call_deadline(redis, timeout_s)
         self._execute: Callable[..., Awaitable[Any]] = redis.execute_command
         # Constant script arguments, encoded once.
@@ -236,8 +196,8 @@ class RedisSymbolLock:
             symbol, self.worker_id, fence, self.ttl_ms, sent_at, sent_at + self._valid_s, recovered
         )
 
-    async def acquire(self, symbol: str) -> Lease | None:
-        """Take `symbol` if nobody owns it: a new lease with a fresh fence, else None."""
+    async def _run_acquire(self, symbol: str) -> tuple[Any, float]:
+        """acquire.lua on `symbol`: (its reply, when it was sent)."""
         symbol_b, lock, fence, lease, _ = self._keys_of(symbol)
         ts = self._ts()
         sent_at = time.monotonic()
@@ -255,20 +215,48 @@ class RedisSymbolLock:
             self._maxlen_b,
             symbol_b,
         )
-        if reply == 0:
-            return None
-        return self._lease(symbol, reply, sent_at)
+        return reply, sent_at
 
-    async def acquire_first(self, symbols: Sequence[str]) -> Lease | None:
-        """Take the first free symbol of a ranked list in one round trip; None if all are taken."""
-        if isinstance(symbols, str):
-            raise TypeError("acquire_first takes a sequence of symbols, not one str")
-        if not symbols:
-            return None
-        cached = self._symbol_keys
-        for symbol in symbols:
-            if symbol not in cached:
-                self._keys_of(symbol)  # validates: no whitespace, so spaces can separate them
+    async def acquire(self, symbol: str) -> Lease | None:
+        """Take `symbol` if nobody owns it: a new lease with a fresh fence, else None.
+
+        Bad data at its keys: a lock key holding no lease is quarantined (None; the symbol is
+        free again one TTL later); a fence counter that is not a number is reseeded through
+        `reseed_fence` and the symbol tried once more (None without it, or if it fails); a lease
+        meta key holding garbage is replaced (the lock is taken as usual).
+        """
+        for retry in (True, False):
+            reply, sent_at = await self._run_acquire(symbol)
+            if reply == 0:
+                return None
+            if type(reply) is not list or len(reply) == 2:
+                return self._lease(symbol, reply, sent_at)
+            fence, expired = int(reply[0]), text(reply[1])
+            bad = script_reports(self._on_bad_data, reply[2:])
+            if fence:
+                return self._lease(symbol, [fence, expired] if expired else fence, sent_at)
+            bad_fence = any(kind == BadData.FENCE for kind, _, _ in bad)
+            if not (retry and bad_fence and await self._reseed(symbol)):
+                return None
+        return None
+
+    async def _reseed(self, symbol: str) -> bool:
+        """Repair `symbol`'s fence counter through `reseed_fence`; False if that is not possible.
+
+        Any failure (Redis, or the ledger behind the callable) costs this symbol alone.
+        """
+        if self._reseed_fence is None:
+            logger.error("fence of {} is bad and no reseed_fence was given: skipped", symbol)
+            return False
+        try:
+            await self._reseed_fence(symbol)
+        except Exception as exc:
+            logger.error("reseeding the fence of {} failed, skipped: {!r}", symbol, exc)
+            return False
+        return True
+
+    async def _run_acquire_first(self, symbols: Sequence[str]) -> tuple[Any, float]:
+        """acquire_first.lua over `symbols` (validated): (its reply, when it was sent)."""
         ts = self._ts()
         sent_at = time.monotonic()
         reply = await self._call(
@@ -283,10 +271,50 @@ class RedisSymbolLock:
             self._prefix_b,
             " ".join(symbols),
         )
+        return reply, sent_at
+
+    def _first_lease(
+        self, symbols: Sequence[str], reply: Any, sent_at: float
+    ) -> tuple[Lease | None, list[str]]:
+        """The lease from an acquire_first reply (None if no candidate was taken), and the
+        symbols reported with a bad fence counter, in rank order."""
         if reply == 0:
+            return None, []
+        if len(reply) <= 3:
+            fence = reply[1] if len(reply) == 2 else [reply[1], reply[2]]
+            return self._lease(symbols[int(reply[0]) - 1], fence, sent_at), []
+        found, fence, expired = int(reply[0]), int(reply[1]), text(reply[2])
+        bad = script_reports(self._on_bad_data, reply[3:])
+        bad_fences = [self.keys.symbol_of_fence(key) for kind, key, _ in bad if kind == "fence"]
+        if not found:
+            return None, bad_fences
+        lease = self._lease(symbols[found - 1], [fence, expired] if expired else fence, sent_at)
+        return lease, bad_fences
+
+    async def acquire_first(self, symbols: Sequence[str]) -> Lease | None:
+        """Take the first free symbol of a ranked list in one round trip; None if all are taken.
+
+        A candidate with bad data is skipped and the walk goes on to the next (see `acquire`).
+        Candidates skipped for a bad fence counter are reseeded through `reseed_fence`; if no
+        candidate was taken, those reseeded are tried once more, in rank order.
+        """
+        if isinstance(symbols, str):
+            raise TypeError("acquire_first takes a sequence of symbols, not one str")
+        if not symbols:
             return None
-        fence = reply[1] if len(reply) == 2 else [reply[1], reply[2]]
-        return self._lease(symbols[int(reply[0]) - 1], fence, sent_at)
+        cached = self._symbol_keys
+        for symbol in symbols:
+            if symbol not in cached:
+                self._keys_of(symbol)  # validates: no whitespace, so spaces can separate them
+        reply, sent_at = await self._run_acquire_first(symbols)
+        lease, bad_fences = self._first_lease(symbols, reply, sent_at)
+        if not bad_fences:
+            return lease
+        reseeded = [symbol for symbol in bad_fences if await self._reseed(symbol)]
+        if lease is not None or not reseeded:
+            return lease
+        reply, sent_at = await self._run_acquire_first(reseeded)
+        return self._first_lease(reseeded, reply, sent_at)[0]
 
     async def renew(self, leases: Sequence[Lease]) -> list[Lease | None]:
         """Reset each lease's TTL to its `ttl_ms` if it is still ours, in one round trip.
@@ -308,27 +336,34 @@ class RedisSymbolLock:
                     self.keys.worker(lease.worker_id)  # no whitespace in a value either
                     checked.add(lease.worker_id)
                 parts.append(f"{keys[4]} {lease.worker_id}:{lease.fence} ")
-            ttl_arg = self._ttl_b if ttl == self.ttl_ms else str(_check_ttl(ttl)).encode()
+            ttl_arg = self._ttl_b if ttl == self.ttl_ms else str(check_ttl(ttl)).encode()
             sent_at = time.monotonic()
             reply = await self._call(what, _RENEW, 0, ttl_arg, "".join(parts))
         else:
             args: list[EncodableT] = [len(leases)]
             args += [self._keys_of(lease.symbol)[1] for lease in leases]
             for lease in leases:
-                args += [lease.value, _check_ttl(lease.ttl_ms)]
+                args += [lease.value, check_ttl(lease.ttl_ms)]
             sent_at = time.monotonic()
             reply = await self._call(what, _RENEW, *args)
+        if type(reply) is list:  # a lost lease's key held bad data: it is repaired, not ours
+            script_reports(self._on_bad_data, reply[1:])
+            reply = reply[0]
         flags = text(reply)
         return [
-            _renewed(lease, sent_at + (lease.ttl_ms - self.safety_ms) / 1000)
+            renewed(lease, sent_at + (lease.ttl_ms - self.safety_ms) / 1000)
             if flag == "1"
             else None
             for lease, flag in zip(leases, flags, strict=True)
         ]
 
     async def release(self, lease: Lease) -> bool:
-        """Delete the lock if this exact lease still holds it. False if it was already lost."""
+        """Delete the lock if this exact lease still holds it. False if it was already lost.
+
+        A lock key found holding no lease is quarantined for the lease's TTL; a lease meta key
+        holding garbage is deleted (both logged and counted)."""
         symbol_b, lock, _, meta, _ = self._keys_of(lease.symbol)
+        ttl = self._ttl_b if lease.ttl_ms == self.ttl_ms else str(check_ttl(lease.ttl_ms))
         released = await self._call(
             f"release {lease.symbol}",
             _RELEASE,
@@ -340,11 +375,20 @@ class RedisSymbolLock:
             symbol_b,
             self._ts(),
             self._maxlen_b,
+            ttl,
         )
+        if type(released) is list:
+            script_reports(self._on_bad_data, released[1:])
+            released = released[0]
         return bool(released == 1)
 
     async def holder(self, symbol: str) -> LockInfo | None:
-        """Who owns `symbol` now, with the ms left before its lock expires; None if free."""
+        """Who owns `symbol` now, with the ms left before its lock expires; None if free.
+
+        A lock key holding no lease is reported as bad data and read as free (the next acquire
+        or renew that meets it repairs it, not this read). A quarantined key reads as worker
+        ``quarantine`` with fence 0.
+        """
         key = self.keys.lock(symbol)
         async with (
             bounded(f"holder {symbol}", self.timeout_s),
@@ -352,14 +396,25 @@ class RedisSymbolLock:
         ):
             pipe.get(key)
             pipe.pttl(key)
-            value, pttl = await pipe.execute()
-        if value is None:
+            value, pttl = await pipe.execute(raise_on_error=False)
+        return self._info(symbol, key, value, pttl)
+
+    def _info(self, symbol: str, key: str, value: Any, pttl: Any) -> LockInfo | None:
+        if value is None:  # free, or expired between SCAN and GET
             return None
-        worker_id, fence = parse_value(text(value))
-        return LockInfo(symbol=symbol, worker_id=worker_id, fence=fence, pttl_ms=int(pttl))
+        if isinstance(value, Exception):  # WRONGTYPE: not a string
+            report(self._on_bad_data, BadData.LOCK, key, f"not a string ({value})")
+            return None
+        try:
+            worker_id, fence = parse_value(text(value))
+        except ValueError as exc:  # UnicodeDecodeError is one too
+            report(self._on_bad_data, BadData.LOCK, key, str(exc))
+            return None
+        return LockInfo(symbol, worker_id, fence, int(pttl))
 
     async def live_locks(self) -> list[LockInfo]:
-        """Every lock key under the prefix (SCAN), sorted by symbol."""
+        """Every lock key under the prefix (SCAN), sorted by symbol. Keys holding no lease are
+        reported as bad data and left out (see `holder`)."""
         found: list[LockInfo] = []
         cursor: int = 0
         while True:
@@ -380,13 +435,11 @@ class RedisSymbolLock:
             for key in lock_keys:
                 pipe.get(key)
                 pipe.pttl(key)
-            replies = await pipe.execute()
+            replies = await pipe.execute(raise_on_error=False)
         infos = []
         for i, key in enumerate(lock_keys):
-            value, pttl = replies[2 * i], replies[2 * i + 1]
-            if value is None:  # expired or released between SCAN and GET
-                continue
-            worker_id, fence = parse_value(text(value))
             symbol = self.keys.symbol_of_lock(key)
-            infos.append(LockInfo(symbol, worker_id, fence, int(pttl)))
+            info = self._info(symbol, key, replies[2 * i], replies[2 * i + 1])
+            if info is not None:
+                infos.append(info)
         return infos

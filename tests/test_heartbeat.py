@@ -286,3 +286,34 @@ async def test_removed_lease_is_no_longer_renewed(
     await keeper.renew_once()
     assert await redis_client.pttl(keys.lock(SYM)) <= 1_000
     assert not keeper.valid(SYM)
+
+
+async def test_a_lock_key_turned_into_another_type_is_a_lost_lease_not_a_failed_batch(
+    redis_client: aioredis.Redis, prefix: str
+) -> None:
+    keys = Keyspace(prefix)
+    bad: list[tuple[str, str]] = []
+    lock = RedisSymbolLock(
+        redis_client, keys, "w1", ttl_ms=5_000, on_bad_data=lambda k, key: bad.append((k, key))
+    )
+    lost = LostLog()
+    keeper = LeaseKeeper(lock, on_lost=lost)
+    a, b = await lock.acquire("A"), await lock.acquire("B")
+    assert a is not None
+    assert b is not None
+    keeper.add(a)
+    keeper.add(b)
+    await redis_client.delete(keys.lock("A"))
+    await redis_client.hset(keys.lock("A"), "chaos", "1")  # no TTL: would strand A for good
+    await keeper.renew_once()
+    assert [(lease.symbol, reason) for lease, reason in lost.calls] == [
+        ("A", "lock key gone or owned by another worker")
+    ]
+    assert not keeper.valid("A")
+    assert keeper.valid("B")
+    current = keeper.lease("B")
+    assert current is not None
+    assert current.valid_until > b.valid_until  # B was renewed in the same batch
+    assert bad == [("lock", keys.lock("A"))]
+    assert await redis_client.get(keys.lock("A")) == b"quarantine:0"
+    assert 0 < await redis_client.pttl(keys.lock("A")) <= 5_000  # repaired: it expires

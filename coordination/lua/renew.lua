@@ -18,7 +18,10 @@
 -- never push expiry further than one TTL from now. Every TTL is checked before any key is
 -- touched, so a bad argument changes nothing.
 -- Returns a string with one character per lease, in order: "1" renewed, "0" lost (key gone or
--- holding another value).
+-- holding another value). When the key of a lost lease held bad data (see checks.lua: no lease
+-- there, quarantined for its lease's TTL; a lease without TTL, given one), the reply is
+-- {flags, kind, key, problem, ...} with one 'lock' report per such key.
+--#include checks
 local function bad_ttl(ttl)
   local ms = tonumber(ttl)
   return not ms or ms <= 0 or ms ~= math.floor(ms)
@@ -51,8 +54,11 @@ else
   end
 end
 
--- One MGET per chunk rather than one GET per lease (unpack has a stack limit).
-local flags = {}
+-- One MGET per chunk rather than one GET per lease (unpack has a stack limit). MGET answers
+-- nil for a key that is not a string: such a lease is lost, and the key is checked.
+-- reports: the reply when bad data was met, built in place (unpack() of thousands of reports
+-- would overflow Lua's stack); its first element, the flags, is filled in at the end.
+local flags, reports = {}, {''}
 local CHUNK = 200
 for first = 1, n, CHUNK do
   local last = math.min(first + CHUNK - 1, n)
@@ -63,7 +69,17 @@ for first = 1, n, CHUNK do
       flags[i] = '1'
     else
       flags[i] = '0'
+      local problem = check_lock(keys[i], current[i - first + 1], ttls[i], true)
+      if problem then
+        reports[#reports + 1] = 'lock'
+        reports[#reports + 1] = keys[i]
+        reports[#reports + 1] = problem
+      end
     end
   end
+end
+if #reports > 1 then
+  reports[1] = table.concat(flags)
+  return reports
 end
 return table.concat(flags)
