@@ -10,6 +10,10 @@ appends ``lock.expired``, remembers it in ``{prefix}:reaped``), and `recovered` 
 Every step is one Lua script that re-checks its condition, so any number of reapers may run at
 once: a lease is reaped once and its recovery announced once. Postgres is not touched here; see
 `worker.reaper` for the ledger side.
+
+A meta key holding bad data (another type, a value that is no lease) names no lease that could
+have expired: `expired` reports it (`coordination.bad_data`) and deletes it, if it still holds
+that bad data, instead of failing the pass for every symbol.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import redis.asyncio as aioredis
 from redis.typing import EncodableT
 
 from coordination._wire import DEFAULT_TIMEOUT_S, bounded, now_iso, text
+from coordination.bad_data import BadData, OnBadData, report
 from coordination.fences import lua
 from coordination.keys import Keyspace
 
@@ -48,7 +53,8 @@ class ExpiredLease:
 
 
 class LeaseReaper:
-    """Reaps expired leases under one prefix. Every call is bounded by `timeout_s`."""
+    """Reaps expired leases under one prefix. Every call is bounded by `timeout_s`; bad data is
+    reported through `on_bad_data(kind, key)`."""
 
     def __init__(
         self,
@@ -57,6 +63,7 @@ class LeaseReaper:
         events_maxlen: int = 100_000,
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        on_bad_data: OnBadData | None = None,
     ) -> None:
         if events_maxlen <= 0:
             raise ValueError(f"events_maxlen must be positive, got {events_maxlen!r}")
@@ -64,8 +71,10 @@ class LeaseReaper:
         self.keys = keys
         self.events_maxlen = events_maxlen
         self.timeout_s = timeout_s
+        self._on_bad_data = on_bad_data
         self._reap = redis.register_script(lua("reap"))
         self._recover = redis.register_script(lua("recover"))
+        self._drop_bad_lease = redis.register_script(lua("drop_bad_lease"))
 
     async def expired(self) -> list[ExpiredLease]:
         """Leases whose lock key is absent now (SCAN of the meta keys), sorted by symbol."""
@@ -89,18 +98,31 @@ class LeaseReaper:
             for key, symbol in zip(lease_keys, symbols, strict=True):
                 pipe.get(key)
                 pipe.exists(self.keys.lock(symbol))
-            replies = await pipe.execute()
+            # a meta key of the wrong type fails its GET alone, not the pipeline
+            replies = await pipe.execute(raise_on_error=False)
         found = []
         for i, symbol in enumerate(symbols):
             value, locked = replies[2 * i], replies[2 * i + 1]
-            if value is None or int(locked):
-                continue  # released meanwhile, or the lease is alive
+            if isinstance(locked, Exception):
+                raise locked  # EXISTS fails on no type of key: a real error
+            if value is None:
+                continue  # released meanwhile
             try:
+                if isinstance(value, Exception):
+                    raise ValueError(str(value))
                 worker_id, fence = split_value(text(value))
-            except ValueError:
-                continue  # not written by the lock scripts; leave it for a human
-            found.append(ExpiredLease(symbol, worker_id, fence))
+            except ValueError:  # UnicodeDecodeError is one too
+                await self._drop_bad(lease_keys[i])
+                continue
+            if not int(locked):  # else the lease is alive
+                found.append(ExpiredLease(symbol, worker_id, fence))
         return found
+
+    async def _drop_bad(self, key: str) -> None:
+        """Delete the meta key `key` if it still holds bad data; report what it held."""
+        problem = text(await self._drop_bad_lease(keys=[key]))
+        if problem:
+            report(self._on_bad_data, BadData.LEASE, key, f"{problem}: deleted")
 
     async def reap(self, lease: ExpiredLease) -> bool:
         """Declare `lease` expired: True if this call did (and appended ``lock.expired``);
@@ -146,12 +168,14 @@ class LeaseReaper:
             values = await self.redis.mget([self.keys.lock(s) for s in symbols])
         held = {}
         for symbol, value in zip(symbols, values, strict=True):
-            if value is None:
+            if value is None:  # free, or not a string (MGET answers nil for those)
                 continue
             try:
-                held[symbol] = split_value(text(value))
+                worker_id, fence = split_value(text(value))
             except ValueError:
-                continue
+                continue  # bad data: repaired by whoever acquires or renews it
+            if fence > 0:  # fence 0: quarantined (coordination.keys), nobody holds it
+                held[symbol] = (worker_id, fence)
         return held
 
     async def pending_recoveries(self) -> dict[str, ExpiredLease]:

@@ -12,9 +12,11 @@
 -- Both checks and the effects are one atomic step, so any number of reapers may race on the
 -- same lease: exactly one deletes the meta key and appends lock.expired. An acquire that got
 -- there first has replaced the meta key (and reported the expiry itself): nothing happens.
--- Returns 1 if reaped, 0 if the lease was live, released, or already taken over or reaped.
+-- Returns 1 if reaped, 0 if the lease was live, released, or already taken over or reaped (or
+-- the meta key holds bad data now: LeaseReaper.expired repairs that on its next pass).
 local value = ARGV[1]
-if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('GET', KEYS[2]) ~= value then
+-- pcall: a meta key of the wrong type is an error table here, not an error of the script
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.pcall('GET', KEYS[2]) ~= value then
   return 0
 end
 local worker_id, fence = string.match(value, '^(.*):(%d+)$')
