@@ -9,6 +9,13 @@ written by the lock scripts themselves; everything else goes through `Notices.pu
 Readers either follow the stream by id (`read`) or share it through a consumer group
 (`ensure_group`, `consume`, `ack`), with `autoclaim` taking over entries a dead consumer left
 pending.
+
+An entry that cannot be read as a notice (``type`` or ``ts`` missing, a ``ts`` that is no ISO
+8601 time, ``data`` that is no JSON object, bytes that are no UTF-8) was written by something
+else. It never reaches a reader and never fails a call: `consume` and `autoclaim` dead-letter it
+(`dead_letter`: logged at ERROR once, acknowledged, counted in ``{prefix}:events:dead`` and
+through `on_bad_data`), `read` skips it with an ERROR log. A consumer that finds a readable
+notice it still cannot use (a lock notice without a fence) dead-letters it the same way.
 """
 
 from __future__ import annotations
@@ -23,9 +30,19 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
+from loguru import logger
 from redis.typing import EncodableT
 
-from coordination._wire import DEFAULT_TIMEOUT_S, bounded, now_iso, parse_iso, text, utc_iso
+from coordination._wire import (
+    DEFAULT_TIMEOUT_S,
+    LuaScript,
+    bounded,
+    now_iso,
+    parse_iso,
+    text,
+    utc_iso,
+)
+from coordination.bad_data import BadData, OnBadData, report
 from coordination.keys import Keyspace
 from market.clock import Clock
 
@@ -71,21 +88,46 @@ def _parse_type(raw: str) -> NoticeType | str:
 
 
 def parse_entry(entry_id: bytes | str, fields: Mapping[Any, Any]) -> Notice:
-    """A Notice from an XRANGE/XREADGROUP entry (bytes or str replies)."""
+    """A Notice from an XRANGE/XREADGROUP entry (bytes or str replies).
+
+    Raises ValueError, saying what is wrong, for an entry that is no notice: ``type`` or ``ts``
+    missing, ``ts`` no ISO 8601 time, ``data`` no JSON object, a field that is no UTF-8.
+    """
     f = {text(k): text(v) for k, v in fields.items()}
+    for required in ("type", "ts"):
+        if required not in f:
+            raise ValueError(f"no {required} field")
+    try:
+        ts = parse_iso(f["ts"])
+    except ValueError:
+        raise ValueError(f"ts {f['ts'][:40]!r} is not an ISO 8601 time") from None
+    try:
+        data = orjson.loads(f.get("data") or "{}")
+    except orjson.JSONDecodeError:
+        raise ValueError(f"data {f['data'][:40]!r} is not JSON") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"data {f['data'][:40]!r} is not a JSON object")
     return Notice(
         id=text(entry_id),
-        type=_parse_type(f.get("type", "")),
+        type=_parse_type(f["type"]),
         worker_id=f.get("worker_id", ""),
         symbol=f.get("symbol") or None,
-        ts=parse_iso(f["ts"]),
-        data=orjson.loads(f.get("data") or "{}"),
+        ts=ts,
+        data=data,
     )
 
 
-def _parse_entries(entries: Sequence[Any] | None) -> list[Notice]:
-    # XAUTOCLAIM on Redis 6.2 reports entries deleted since they were read as (id, None).
-    return [parse_entry(eid, fields) for eid, fields in entries or () if fields is not None]
+def _parse_entries(entries: Sequence[Any] | None) -> tuple[list[Notice], list[tuple[str, str]]]:
+    """The notices among `entries`, and (id, what is wrong) of those that are none."""
+    notices, bad = [], []
+    for entry_id, fields in entries or ():
+        if fields is None:  # XAUTOCLAIM on Redis 6.2: an entry deleted since it was read
+            continue
+        try:
+            notices.append(parse_entry(entry_id, fields))
+        except ValueError as exc:  # UnicodeDecodeError is one too
+            bad.append((text(entry_id), str(exc)))
+    return notices, bad
 
 
 def _group_entries(reply: Any) -> list[Any]:
@@ -100,8 +142,12 @@ def _group_entries(reply: Any) -> list[Any]:
     return list(reply[0][1])  # RESP2: [[stream, entries]]
 
 
+_DEAD_LETTER = LuaScript("dead_letter")
+
+
 class Notices:
-    """Publish to and read the notice stream. Every call is bounded by `timeout_s`."""
+    """Publish to and read the notice stream. Every call is bounded by `timeout_s`; entries that
+    are no notice are reported through `on_bad_data(kind, key)` (see the module docstring)."""
 
     def __init__(
         self,
@@ -111,6 +157,7 @@ class Notices:
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         clock: Clock | None = None,
+        on_bad_data: OnBadData | None = None,
     ) -> None:
         if maxlen <= 0:
             raise ValueError(f"maxlen must be positive, got {maxlen!r}")
@@ -119,6 +166,7 @@ class Notices:
         self.maxlen = maxlen
         self.timeout_s = timeout_s
         self._clock = clock
+        self._on_bad_data = on_bad_data
 
     async def publish(
         self,
@@ -143,12 +191,44 @@ class Notices:
         return text(entry_id)
 
     async def read(self, since_id: str = "0-0", count: int = 100) -> list[Notice]:
-        """Up to `count` notices with ids strictly after `since_id`, oldest first."""
+        """Up to `count` notices with ids strictly after `since_id`, oldest first. Entries that
+        are no notice count towards `count` and are skipped, logged at ERROR on every read
+        (with no group, there is nobody to acknowledge them for)."""
         async with bounded("read notices", self.timeout_s):
             entries = await self.redis.xrange(
                 self.keys.events, min=f"({since_id}", max="+", count=count
             )
-        return _parse_entries(entries)
+        notices, bad = _parse_entries(entries)
+        for entry_id, problem in bad:
+            logger.error("notice {} of {} skipped: {}", entry_id, self.keys.events, problem)
+        return notices
+
+    async def dead_letter(self, group: str, entries: Sequence[tuple[str, str]]) -> int:
+        """Acknowledge in `group` entries no consumer can use, given as (id, what is wrong), and
+        count them in ``{prefix}:events:dead`` (field `group`). Each one this call acknowledged
+        (that was still pending) is logged at ERROR and reported through `on_bad_data`, so an
+        entry is reported once however many consumers race on it. Returns how many those were.
+        """
+        if not entries:
+            return 0
+        k = self.keys
+        async with bounded(f"dead-letter {group}", self.timeout_s):
+            flags = text(
+                await _DEAD_LETTER(
+                    self.redis, 2, k.events, k.events_dead, group, *(i for i, _ in entries)
+                )
+            )
+        done = 0
+        for (entry_id, problem), flag in zip(entries, flags, strict=True):
+            if flag == "1":
+                report(
+                    self._on_bad_data,
+                    BadData.EVENT,
+                    f"{k.events} {entry_id}",
+                    f"{problem}; dead-lettered by group {group}",
+                )
+                done += 1
+        return done
 
     async def ensure_group(self, group: str, start_id: str = "0") -> bool:
         """Create consumer group `group` (and the stream) if absent. True if it was created.
@@ -187,7 +267,9 @@ class Notices:
             reply = await self.redis.xreadgroup(
                 group, consumer, {self.keys.events: ">"}, count=count, block=block_ms
             )
-        return _parse_entries(_group_entries(reply))
+        notices, bad = _parse_entries(_group_entries(reply))
+        await self.dead_letter(group, bad)
+        return notices
 
     async def ack(self, group: str, ids: Sequence[str]) -> int:
         """Acknowledge handled notices; returns how many were pending."""
@@ -200,7 +282,8 @@ class Notices:
         self, group: str, consumer: str, min_idle_ms: int, count: int = 100
     ) -> list[Notice]:
         """Take over up to `count` notices pending in `group` for at least `min_idle_ms`
-        (their consumer died or stalled); they become `consumer`'s to handle and `ack`."""
+        (their consumer died or stalled); they become `consumer`'s to handle and `ack`.
+        Entries that are no notice are dead-lettered instead of returned."""
         claimed: list[Notice] = []
         cursor = "0-0"
         while len(claimed) < count:
@@ -213,7 +296,9 @@ class Notices:
                     start_id=cursor,
                     count=count - len(claimed),
                 )
-            claimed += _parse_entries(reply[1])
+            notices, bad = _parse_entries(reply[1])
+            await self.dead_letter(group, bad)
+            claimed += notices
             cursor = text(reply[0])
             if cursor == "0-0":
                 break

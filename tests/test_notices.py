@@ -151,3 +151,46 @@ async def test_autoclaim_respects_count(redis_client: aioredis.Redis, prefix: st
     rest = await notices.autoclaim("g", "other", min_idle_ms=0, count=10)
     # everything is pending again for someone: a second claim takes all five, idle or not
     assert {n.symbol for n in rest} == {f"S{i}" for i in range(5)}
+
+
+JUNK = [
+    {"type": "order.filled", "worker_id": "w1", "symbol": "A", "ts": "garbage", "data": "{}"},
+    {"type": "order.filled", "worker_id": "w1", "symbol": "A", "data": "{}"},
+    {"type": "order.filled", "ts": "2026-01-05T00:00:00.000+00:00", "data": "not json"},
+]
+
+
+async def test_unreadable_entries_are_dead_lettered_once_and_never_fail_a_call(
+    redis_client: aioredis.Redis, prefix: str
+) -> None:
+    keys = Keyspace(prefix)
+    bad: list[tuple[str, str]] = []
+    notices = Notices(redis_client, keys, on_bad_data=lambda kind, key: bad.append((kind, key)))
+    await notices.ensure_group("g")
+    good, junk = [], []
+    for entry in JUNK:
+        good.append(await notices.publish(NoticeType.RISK_HALT, "w1", None))
+        junk.append((await redis_client.xadd(keys.events, entry)).decode())
+    good.append(await notices.publish(NoticeType.RISK_HALT, "w2", None))
+
+    assert [n.id for n in await notices.read(count=100)] == good  # skipped, nobody to ack for
+    assert bad == []
+    assert [n.id for n in await notices.consume("g", "c1", count=3)] == good[:2]
+    assert bad == [("event", f"{keys.events} {junk[0]}")]
+    rest = await notices.consume("g", "c1", count=100)
+    assert [n.id for n in rest] == good[2:]
+    assert [key for _, key in bad] == [f"{keys.events} {i}" for i in junk]
+    assert await redis_client.hget(keys.events_dead, "g") == b"3"
+    pending = await redis_client.xpending(keys.events, "g")
+    assert pending["pending"] == len(good)  # the junk is acknowledged, the good awaits its ack
+
+    # A second group dead-letters the same junk for itself; a claim does not count it again.
+    await notices.ensure_group("h")
+    await redis_client.xreadgroup("h", "dead", {keys.events: ">"})  # read raw, then died
+    claimed = await notices.autoclaim("h", "alive", min_idle_ms=0)
+    assert [n.id for n in claimed] == good
+    assert await redis_client.hget(keys.events_dead, "h") == b"3"
+    assert await notices.autoclaim("h", "alive", min_idle_ms=0) == claimed  # good ones, not acked
+    assert await notices.dead_letter("h", [(junk[0], "again")]) == 0
+    assert await redis_client.hget(keys.events_dead, "h") == b"3"
+    assert len(bad) == 6

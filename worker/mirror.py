@@ -22,6 +22,11 @@ transient ledger failure the rest of the batch is retried before anything newer 
 With a `LeaseReaper`, applying ``lock.acquired`` also announces ``lock.recovered`` when the new
 lease takes over an expired one (`LeaseReaper.recovered`); the mirror records that notice when
 it reads it back.
+
+Bad data never stalls the mirror: an entry that is no notice at all is dead-lettered by
+`Notices` before the mirror sees it, and a lock notice the mirror cannot apply (`BadNotice`: no
+symbol, no worker, no positive fence) is dead-lettered here (`Notices.dead_letter`: logged at
+ERROR once, acknowledged, counted). The entries around it are applied as usual.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ _END_EVENTS = {
 
 
 class BadNotice(ValueError):
-    """A lock notice without the fields the mirror needs: logged and acknowledged."""
+    """A lock notice without the fields the mirror needs: dead-lettered."""
 
 
 def _fence(data: Any, field: str = "fence") -> int:
@@ -138,6 +143,7 @@ class LockMirror:
     async def _apply_all(self, batch: Sequence[Notice]) -> None:
         """Apply and acknowledge in order; on a transient failure keep the rest for a retry."""
         for i, notice in enumerate(batch):
+            bad: BadNotice | None = None
             try:
                 await self.apply(notice)
             except (LedgerUnavailable, CoordinationError) as exc:
@@ -146,12 +152,19 @@ class LockMirror:
                 self._retry = list(batch[i:])
                 logger.warning("mirror: {} not applied yet, will retry: {}", notice.id, exc)
                 return
-            except (BadNotice, LedgerError) as exc:
+            except BadNotice as exc:
+                bad = exc  # bad data: nothing will ever apply it
+            except LedgerError as exc:
                 # Retrying cannot fix it; acknowledging keeps it from blocking the stream.
                 logger.error("mirror: skipping {} ({} {}): {}", notice.id, notice.type,
                              notice.symbol, exc)  # fmt: skip
             try:
-                await self._ack(notice)
+                if bad is None:
+                    await self._ack(notice)
+                else:
+                    await self.notices.dead_letter(
+                        self.group, [(notice.id, f"{notice.type} {notice.symbol}: {bad}")]
+                    )
             except CoordinationError:
                 self._retry = list(batch[i:])  # applied but not acked: applying again is harmless
                 raise
