@@ -129,14 +129,14 @@ class RateLimiter:
     ) -> None:
         self.rate = rate
         self.enabled = enabled
-        self._monotonic = monotonic
+        self.monotonic = monotonic
         self._windows: dict[str, deque[float]] = {}
 
     def admit(self, app_key: str) -> bool:
         """Count one arrival; False when it exceeds the budget (and it then does not count)."""
         if not self.enabled:
             return True
-        now = self._monotonic()
+        now = self.monotonic()
         window = self._windows.setdefault(app_key, deque())
         while window and window[0] <= now - 1.0:
             window.popleft()
