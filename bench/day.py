@@ -97,22 +97,21 @@ class LagClock:
 
 def measure_ticks(worker: Worker, clock: LagClock, out: list[float]) -> None:
     """Wrap one worker's tick (on the instance; the loop is untouched) to record tick lag."""
-    tick = worker._tick
+    tick = worker._scan_tick
+    interval = worker.d.config.scan_interval_s
     due: list[tuple[datetime, float]] = []  # the previous tick's (start, seconds to the next)
 
-    async def timed(started: datetime) -> float | None:
+    async def timed(started: datetime) -> None:
         task = anyio.get_current_task().id
         if due and clock.open <= started <= clock.close:
             previous, gap = due[0]
             out.append(max(0.0, (started - previous).total_seconds() - gap))
         due.clear()
         before = clock.slept.get(task, 0.0)
-        interval = await tick(started)  # a failed tick raises: no sample for the next one
-        if interval is not None:
-            due.append((started, max(interval, clock.slept.get(task, 0.0) - before)))
-        return interval
+        await tick(started)  # a failed tick raises: no sample for the next one
+        due.append((started, max(interval, clock.slept.get(task, 0.0) - before)))
 
-    worker._tick = timed  # type: ignore[method-assign]
+    worker._scan_tick = timed  # type: ignore[method-assign]
 
 
 @dataclass

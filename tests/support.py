@@ -8,7 +8,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import make_url
 
@@ -92,3 +92,67 @@ class RedisProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+class TcpProxy:
+    """A loopback TCP proxy in front of a server, for outages the test controls: `cut()` closes
+    every connection at its next byte and refuses new ones until `restore()` (a restart or a
+    partition); `stall()` keeps connections open but forwards nothing (a server that stops
+    answering).
+
+        async with anyio.create_task_group() as tg:
+            proxy = TcpProxy("127.0.0.1", 5432)
+            await tg.start(proxy.serve)          # proxy.port is bound now
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = 0
+        self.mode = "forward"
+
+    async def serve(self, *, task_status: Any) -> None:
+        import anyio
+        from anyio.abc import SocketAttribute
+
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        self.port = listener.extra(SocketAttribute.local_port)
+        task_status.started()
+        await listener.serve(self._handle)
+
+    async def _handle(self, client: Any) -> None:
+        import anyio
+
+        async with client:
+            if self.mode != "forward":
+                return
+            try:
+                server = await anyio.connect_tcp(*self.target)
+            except OSError:
+                return
+            async with server, anyio.create_task_group() as tg:
+                tg.start_soon(self._pipe, client, server, tg.cancel_scope)
+                tg.start_soon(self._pipe, server, client, tg.cancel_scope)
+
+    async def _pipe(self, src: Any, dst: Any, scope: Any) -> None:
+        import anyio
+
+        try:
+            while True:
+                data = await src.receive()
+                while self.mode == "stall":
+                    await anyio.sleep(0.01)
+                if self.mode != "forward":
+                    break
+                await dst.send(data)
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+            pass
+        scope.cancel()  # one side ended: close both
+
+    def cut(self) -> None:
+        self.mode = "cut"
+
+    def stall(self) -> None:
+        self.mode = "stall"
+
+    def restore(self) -> None:
+        self.mode = "forward"

@@ -64,6 +64,7 @@ async def _ghost_buys(database_url: str, redis_url: str, prefix: str, clock: Sim
                 clock.now(),
             )
         )
+        await ledger.begin_submit(cid, "ghost", lease.fence)
         ack = await broker.submit_order(OrderRequest(thin.symbol, Side.BUY, QTY, OrderType.MARKET))
         await ledger.mark_order_sent(cid, ack.broker_order_id, clock.now())
         while True:
@@ -73,7 +74,7 @@ async def _ghost_buys(database_url: str, redis_url: str, prefix: str, clock: Sim
                 break
             await clock.sleep(20)
         assert status.filled_qty == QTY
-        await ledger.mark_position_orphaned(thin.symbol, "ghost")
+        await ledger.mark_position_orphaned(thin.symbol, "ghost", lease.fence)
         await lock.release(lease)
         await ledger.lock_released(thin.symbol, "ghost", lease.fence, datetime.now(UTC))
         return thin.symbol

@@ -1,11 +1,14 @@
 """One worker's day: IDLE -> SCAN -> HOLD -> SCAN ... -> EXIT.
 
-SCAN lives in `trading.entries` (mixed in), selling in `trading.exits`.
+`Worker.run` opens one task group: the lease keeper (heartbeat), the registry heartbeat and the
+order tracker run beside the main loop. The main loop paces itself on the injected clock and
+subtracts the work time from each pause. Owning a symbol is one `Tenure` (`async with`): the
+entry or the adoption, HOLD and the exit all run inside it, and leaving it releases everything.
+Workers stay up through the liquidation window, adopting and closing orphans until the close.
 
-`Worker.run` opens one task group: the lease keeper (heartbeat) and the registry heartbeat run
-beside the main loop. The main loop paces itself on the injected clock and subtracts the work
-time from each pause. HOLD work runs inside a cancel scope that the keeper cancels the moment
-the lease is lost, so no order is sent for a symbol the worker no longer owns.
+Faults are transient: a server or the broker away is logged and retried with a backoff (while
+holding, until the close); one worker's failure is its own and never cancels its siblings in
+the same process.
 """
 
 from __future__ import annotations
@@ -13,103 +16,81 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import anyio
 from loguru import logger
 
 from broker.errors import BrokerUnavailable
-from broker.port import Broker, MarketData
 from coordination.errors import BackendUnavailable, CoordinationError
-from coordination.fences import FenceSeeder
 from coordination.heartbeat import LeaseKeeper
-from coordination.locks import Lease, RedisSymbolLock
-from coordination.notices import Notices, NoticeType
-from coordination.registry import WorkerRegistry
-from ledger.errors import LedgerUnavailable
-from ledger.repository import Ledger
-from market.calendar import Session
-from market.clock import Clock
-from market.costs import CostModel
-from market.types import Board, Tier
-from strategy.signals import (
-    HeldPosition,
-    evaluate_sell_signal,
-)
-from trading.config import TradingConfig
-from trading.entries import EntryPhase
+from coordination.locks import Lease
+from coordination.notices import NoticeType
+from ledger.errors import LedgerError, LedgerUnavailable
+from ledger.records import ScanView
+from market.types import Tier
+from strategy.scan import Candidate
+from strategy.signals import HeldPosition, evaluate_sell_signal
+from trading.deps import Deps
+from trading.entries import Entries
 from trading.exits import AFTER_CLOSE_GRACE, sell_until_flat
-from trading.metrics import NULL_METRICS, WorkerMetrics
-from trading.orders import LeaseInvalid, OrderExecutor
+from trading.orders import LeaseExpired, LeaseInvalid, Limits, OrderPlacer
 from trading.poller import poll_position
 from trading.state import WorkerEvent, WorkerState, next_state
+from trading.tenure import Tenure, TenureContext, TenureRefused
+from trading.tracker import OrderTracker
 
-_MAX_TICK_FAILURES = 150  # ~12 minutes of backoff capped at 5 s before the worker gives up
+_MAX_TICK_FAILURES = 150  # ~12 minutes of backoff capped at 5 s before an idle worker gives up
 _FENCE_REFUSED = "fence refused by the ledger"
-_REDIS_AWAY = object()  # `_reverify`: Redis could not say who owns the symbol
 _TRANSIENT = (BrokerUnavailable, LedgerUnavailable, BackendUnavailable)
 
 
-@dataclass(frozen=True)
-class Deps:
-    config: TradingConfig
-    clock: Clock
-    session: Session
-    broker: Broker
-    market: MarketData
-    ledger: Ledger
-    lock: RedisSymbolLock
-    registry: WorkerRegistry
-    notices: Notices
-    costs: CostModel
-    boards: dict[str, Board]
-    tiers: dict[str, Tier]
-    fences: FenceSeeder
-    metrics: WorkerMetrics = NULL_METRICS
+def _backoff_s(failures: int) -> float:
+    return min(0.05 * 2.0**failures, 5.0)
 
 
-class Worker(EntryPhase):
+class Worker:
     def __init__(self, deps: Deps) -> None:
         self.d = deps
-        s = deps.config
-        self.id = s.worker_id
+        c = deps.config
+        self.id = c.worker_id
         self.state = WorkerState.IDLE
-        self.lease: Lease | None = None
-        self.held: HeldPosition | None = None
+        self.tenure: Tenure | None = None
         # time.monotonic() when the main loop last began a step (None before the open): the
         # health check's evidence that the loop is alive.
         self.last_tick_at: float | None = None
+        self.crashed: BaseException | None = None
         self.metrics = deps.metrics
         self.log = logger.bind(worker=self.id if len(self.id) <= 16 else self.id[:8])
-        self.keeper = LeaseKeeper(deps.lock, interval_s=s.heartbeat_s, on_lost=self._on_lost)
-        self.orders = OrderExecutor(
-            worker_id=self.id,
-            broker=deps.broker,
-            ledger=deps.ledger,
-            notices=deps.notices,
-            clock=deps.clock,
-            boards=deps.boards,
-            trading_day=deps.session.open,
-            capital_limit=s.capital_limit,
-            daily_loss_limit=s.daily_loss_limit,
-            poll_s=s.order_poll_s,
+        self.keeper = LeaseKeeper(deps.lock, interval_s=c.heartbeat_s, on_lost=self._on_lost)
+        self.tracker = OrderTracker(
+            worker_id=self.id, broker=deps.broker, ledger=deps.ledger, notices=deps.notices,
+            clock=deps.clock, boards=deps.boards, trading_day=deps.session.day,
+            poll_s=c.order_poll_s, listing_lag_s=c.listing_lag_s, log=self.log,
             metrics=deps.metrics,
+        )  # fmt: skip
+        self.placer = OrderPlacer(
+            worker_id=self.id, broker=deps.broker, ledger=deps.ledger, tracker=self.tracker,
+            clock=deps.clock, trading_day=deps.session.open,
+            limits=Limits(c.capital_limit, c.daily_loss_limit), log=self.log,
+        )  # fmt: skip
+        self.ctx = TenureContext(self.id, deps.lock, self.keeper, deps.ledger, self.tracker,
+                                 self.placer, deps.clock, deps.metrics, self.log)  # fmt: skip
+        session = deps.session
+        self.liquidation_start = session.liquidation_start(
+            timedelta(minutes=c.liquidation_lead_min)
         )
-        self.scan_params = s.scan
-        self.signal_params = s.signals
-        self.liquidation_start = deps.session.liquidation_start(
-            timedelta(minutes=s.liquidation_lead_min)
+        self.thin_liquidation_start = session.liquidation_start(
+            timedelta(minutes=max(c.thin_liquidation_lead_min, c.liquidation_lead_min))
         )
-        self.thin_liquidation_start = deps.session.liquidation_start(
-            timedelta(minutes=max(s.thin_liquidation_lead_min, s.liquidation_lead_min))
-        )
+        self.entries = Entries(deps, self.log, self.liquidation_start,
+                               self.thin_liquidation_start)  # fmt: skip
         self._stop = anyio.Event()
         self._pause_scope: anyio.CancelScope | None = None
-        self._hold_scope: anyio.CancelScope | None = None
-        self._lost: str | None = None
-        self._degraded = False  # holding through a Redis outage, fenced by the ledger alone
-        self._halt_published = False
+
+    @property
+    def symbol(self) -> str | None:
+        return self.tenure.symbol if self.tenure is not None else None
 
     # ----- lifecycle -------------------------------------------------------------------------
 
@@ -120,23 +101,42 @@ class Worker(EntryPhase):
             self._pause_scope.cancel()
 
     async def run(self) -> None:
-        await self.d.ledger.register_worker(
-            self.id,
-            os.getpid(),
-            socket.gethostname(),
-            self.d.config.capital_limit,
-            datetime.now(UTC),
-        )
-        await self._publish_state(None, WorkerEvent.START)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self.keeper.run)
-            tg.start_soon(self._heartbeat_loop)
+        """The worker's whole day. Never raises: a failure is logged and kept in `crashed`, so
+        sibling workers of the same process go on."""
+        try:
+            await self._register()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self.keeper.run)
+                tg.start_soon(self._heartbeat_loop)
+                tg.start_soon(self.tracker.run)
+                try:
+                    await self._main()
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self._exit()
+                    tg.cancel_scope.cancel()
+        except Exception as exc:
+            cause: BaseException = exc
+            while isinstance(cause, BaseExceptionGroup) and len(cause.exceptions) == 1:
+                cause = cause.exceptions[0]
+            self.crashed = cause
+            self.log.opt(exception=exc).error("worker {} failed: {!r}", self.id, cause)
+
+    async def _register(self) -> None:
+        failures = 0
+        while True:
             try:
-                await self._main()
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await self._exit()
-                tg.cancel_scope.cancel()
+                await self.d.ledger.register_worker(self.id, os.getpid(), socket.gethostname(),
+                                                    self.d.config.capital_limit,
+                                                    datetime.now(UTC))  # fmt: skip
+                break
+            except LedgerUnavailable as exc:
+                failures += 1
+                if failures >= _MAX_TICK_FAILURES:
+                    raise
+                self.log.error("cannot register ({} in a row): {}", failures, exc)
+                await anyio.sleep(_backoff_s(failures))
+        await self._publish_state(None, WorkerEvent.START)
 
     async def _main(self) -> None:
         session = self.d.session
@@ -151,8 +151,10 @@ class Worker(EntryPhase):
         while not self._stop.is_set():
             self.last_tick_at = time.monotonic()
             started = self.d.clock.now()
+            if started >= session.close + AFTER_CLOSE_GRACE:
+                break
             try:
-                interval = await self._tick(started)
+                await self._scan_tick(started)
             except _TRANSIENT as exc:
                 # A server or the broker is away: nothing was half-done that the ledger does
                 # not know about; try again after a backoff, give up after a bounded run.
@@ -160,28 +162,11 @@ class Worker(EntryPhase):
                 self.log.error("{} tick failed ({} in a row): {!r}", self.state, failures, exc)
                 if failures >= _MAX_TICK_FAILURES:
                     raise
-                await anyio.sleep(min(0.05 * 2**failures, 5.0))
+                await anyio.sleep(_backoff_s(failures))
                 continue
             failures = 0
-            if interval is None or self.d.clock.now() >= session.close + AFTER_CLOSE_GRACE:
-                break
             spent = (self.d.clock.now() - started).total_seconds()
-            await self._pause(interval - spent)
-
-    async def _tick(self, started: datetime) -> float | None:
-        """One step of SCAN or HOLD; the clock seconds to pause, or None when the day is done."""
-        if self.state is WorkerState.SCAN:
-            view = await self.d.ledger.scan_view(self.d.session.day)
-            if started >= self.liquidation_start:
-                if not await self._adopt_orphan(view):
-                    return None  # no new buys from here; nothing left to manage
-            else:
-                scan_started = time.monotonic()
-                await self._scan_tick(view)
-                self.metrics.scan_done(time.monotonic() - scan_started)
-            return self.d.config.scan_interval_s
-        await self._hold_tick()
-        return self.d.config.hold_interval_s
+            await self._pause(self.d.config.scan_interval_s - spent)
 
     async def _pause(self, seconds: float) -> None:
         if seconds <= 0 or self._stop.is_set():
@@ -192,15 +177,13 @@ class Worker(EntryPhase):
         self._pause_scope = None
 
     async def _exit(self) -> None:
-        if self.lease is not None and self.held is not None:
-            # Still holding (SIGTERM mid-day, or the close came first): leave the position to be
-            # adopted by a live worker, or by this one on restart (Invariant 4).
-            self.log.warning("handing off {} x{} for adoption", self.held.symbol, self.held.qty)
-            await self.d.ledger.mark_position_orphaned(self.held.symbol, self.id)
-        await self._release()
         if self.state is not WorkerState.EXIT:
             await self._fire(WorkerEvent.STOP)
-        await self.d.ledger.summarize_day(self.d.session.day)
+        try:
+            await self.d.ledger.summarize_day(self.d.session.day)
+        except LedgerError as exc:
+            self.log.error("day summary not written (the next worker to exit writes it): {}",
+                           exc)  # fmt: skip
         try:
             await self.d.registry.remove(self.id)
         except CoordinationError as exc:
@@ -210,20 +193,23 @@ class Worker(EntryPhase):
 
     async def _fire(self, event: WorkerEvent) -> None:
         old = self.state
-        self.state = next_state(old, event)
-        self.metrics.state_changed(self.state)
-        symbol = self.lease.symbol if self.lease else None
-        self.log.info("state {} -> {} on {}", old, self.state, event)
-        await self.d.ledger.set_worker_status(self.id, self.state.value, symbol, datetime.now(UTC))
+        new = next_state(old, event)
+        try:
+            await self.d.ledger.set_worker_status(self.id, new.value, self.symbol,
+                                                  datetime.now(UTC))  # fmt: skip
+        except LedgerError as exc:
+            self.log.error("worker status {} not recorded: {}", new, exc)
+        self.state = new
+        self.metrics.state_changed(new)
+        self.log.info("state {} -> {} on {}", old, new, event)
         await self._publish_state(old, event)
 
     async def _publish_state(self, old: WorkerState | None, event: WorkerEvent) -> None:
-        symbol = self.lease.symbol if self.lease else None
         try:
             await self.d.notices.publish(
                 NoticeType.WORKER_STATE,
                 self.id,
-                symbol,
+                self.symbol,
                 {"from": old.value if old else None, "to": self.state.value, "event": event.value},
             )
             await self._registry_update()
@@ -231,14 +217,9 @@ class Worker(EntryPhase):
             self.log.error("state notice not published: {}", exc)
 
     async def _registry_update(self) -> None:
-        await self.d.registry.update(
-            self.id,
-            state=self.state.value,
-            symbol=self.lease.symbol if self.lease else None,
-            pid=os.getpid(),
-            host=socket.gethostname(),
-            heartbeat_at=datetime.now(UTC),
-        )
+        await self.d.registry.update(self.id, state=self.state.value, symbol=self.symbol,
+                                     pid=os.getpid(), host=socket.gethostname(),
+                                     heartbeat_at=datetime.now(UTC))  # fmt: skip
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -247,141 +228,167 @@ class Worker(EntryPhase):
                 await self._registry_update()
                 now = datetime.now(UTC)
                 await self.d.ledger.worker_heartbeat(self.id, now)
-                if self.lease is not None:
-                    lease = self.lease
-                    await self.d.ledger.lock_heartbeat(lease.symbol, self.id, lease.fence, now)
-            except CoordinationError as exc:
-                self.log.error("registry heartbeat failed: {}", exc)
-
-    # ----- leases ----------------------------------------------------------------------------
+                tenure = self.tenure
+                if tenure is not None:
+                    await self.d.ledger.lock_heartbeat(tenure.symbol, self.id, tenure.fence, now)
+            except (CoordinationError, LedgerError) as exc:
+                self.log.error("heartbeat failed (retrying next period): {}", exc)
 
     async def _on_lost(self, lease: Lease, why: str) -> None:
-        if self.lease is None or self.lease.symbol != lease.symbol:
-            return
-        self._lost = why
-        if self._hold_scope is not None:
-            self._hold_scope.cancel()
+        tenure = self.tenure
+        if tenure is not None and tenure.symbol == lease.symbol:
+            tenure.mark_lost(why)
 
-    async def _take(self, lease: Lease) -> bool:
-        """Own `lease`: renew it and mirror it. False (and released) when the ledger already
-        knows a newer fence for the symbol, i.e. Redis granted from unseeded counters."""
-        self.lease = lease
-        self._lost = None
-        self.keeper.add(lease)
-        mirrored = await self.d.ledger.lock_acquired(
-            lease.symbol, self.id, lease.fence, lease.ttl_ms, datetime.now(UTC)
-        )
-        if not mirrored:
-            self.log.error(
-                "fence {} on {} is behind the ledger; giving it back", lease.fence, lease.symbol
-            )
-            await self._release()
-        else:
-            self.metrics.lock_acquired()
-        return mirrored
+    # ----- SCAN ------------------------------------------------------------------------------
 
-    async def _release(self) -> None:
-        lease, self.lease = self.lease, None
-        if lease is None:
+    async def _scan_tick(self, started: datetime) -> None:
+        view = await self.d.ledger.scan_view(self.d.session.day)
+        if await self._adopt_orphan(view):
             return
-        self.keeper.remove(lease.symbol)
-        try:
-            released = await self.d.lock.release(lease)
+        if started >= self.liquidation_start:
+            return  # no new buys from here; orphans are still adopted until the close
+        if await self.entries.check_halt(view):
+            return
+        scan_started = time.monotonic()
+        ranked = await self.entries.candidates(view)
+        self.metrics.scan_done(time.monotonic() - scan_started)
+        if not ranked:
+            return
+        lease = await self.entries.choose(ranked)
+        if lease is not None:
+            candidate = next(c for c in ranked if c.symbol == lease.symbol)
+            await self._own(lease, candidate)
+
+    async def _adopt_orphan(self, view: ScanView) -> bool:
+        """Take over what nobody owns: an open position, or unfinished orders, on a symbol
+        whose lock is free (its owner crashed, handed off, or is this worker restarting).
+        A live owner always holds the lock, so a free lock means an orphan."""
+        orphans = {**view.unfinished, **view.positions}
+        if not orphans:
+            return False
+        try:  # once per pass, not per symbol: one round trip when nothing needs seeding
+            await self.d.fences.ensure(self.d.ledger.max_fences)
         except CoordinationError as exc:
-            self.log.error("release of {} failed, it will expire: {}", lease.symbol, exc)
-            released = False
-        event = "released" if released else "lost"
-        await self.d.ledger.lock_released(
-            lease.symbol, self.id, lease.fence, datetime.now(UTC), event=event
-        )
+            self.log.error("adoption skipped, Redis unavailable: {}", exc)
+            return False
+        for symbol, owner in orphans.items():
+            try:
+                lease = await self.d.lock.acquire(symbol)
+            except CoordinationError as exc:
+                self.log.error("adoption skipped, Redis unavailable: {}", exc)
+                return False
+            if lease is None:
+                continue
+            self.log.warning("taking over {} from {}", symbol, owner)
+            if await self._own(lease, None):
+                return True
+        return False
 
-    async def _lease_lost(self) -> None:
-        held = self.held
-        self.log.error(
-            "lease on {} lost ({}); position goes to recovery",
-            held.symbol if held else "?",
-            self._lost,
-        )
-        self.metrics.lease_lost()
-        if held is not None:
-            await self.d.ledger.mark_position_orphaned(held.symbol, self.id)
-        self.held = None
-        await self._release()
-        await self._fire(WorkerEvent.LOCK_LOST)
+    # ----- owning a symbol -------------------------------------------------------------------
 
-    # ----- HOLD ------------------------------------------------------------------------------
-
-    async def _hold_tick(self) -> None:
-        held, lease = self.held, self.lease
-        assert held is not None
-        assert lease is not None
-        # The keeper cancels this scope the moment the lease is lost or its local deadline
-        # passes, so nothing below can send an order for a symbol we no longer own.
-        with self.keeper.scope(lease.symbol) as scope:
-            self._hold_scope = scope
-            await self._hold_step(held, lease)
-        self._hold_scope = None
-        if not (scope.cancelled_caught or self._lost is not None):
-            return
-        if self._lost == _FENCE_REFUSED:
-            await self._lease_lost()
-            return
-        # The lease lapsed or its key vanished: ask Redis who owns the symbol now.
-        owned = await self._reverify(lease)
-        if owned is _REDIS_AWAY:
-            await self._hold_degraded(held, lease)
-        elif owned is None:
-            await self._lease_lost()
-
-    async def _reverify(self, lease: Lease) -> Lease | object | None:
-        """Still ours (renewed), ours again (re-acquired, higher fence), someone else's (None),
-        or `_REDIS_AWAY` when Redis cannot say."""
+    async def _own(self, lease: Lease, candidate: Candidate | None) -> bool:
+        """One tenure on `lease`: buy `candidate` (or adopt what is there), HOLD, sell.
+        True when the worker held a position during it."""
+        c = self.d.config
+        until = self.d.clock.now() + timedelta(seconds=2 * c.listing_lag_s + c.order_timeout_s)
+        outcome: WorkerEvent | None = None
         try:
-            [renewed] = await self.d.lock.renew([lease])
-            if renewed is None:  # a restarted Redis must get its fences back first
-                await self.d.fences.ensure(self.d.ledger.max_fences)
-            fresh = renewed or await self.d.lock.acquire(lease.symbol)
-        except CoordinationError as exc:
-            self.log.warning("cannot re-verify {} ({}): Redis unreachable", lease.symbol, exc)
-            return _REDIS_AWAY
-        if fresh is None or not await self._take(fresh):
-            return None
-        self._degraded = False
-        self.log.warning("ownership of {} re-verified (fence {})", fresh.symbol, fresh.fence)
-        return fresh
+            async with Tenure.open(self.ctx, lease, reconcile_until=until) as tenure:
+                self.tenure = tenure
+                held = await tenure.position()
+                if held is None and candidate is not None:
+                    if not await self.entries.buy(tenure, candidate):
+                        self.log.info("no entry on {} ({})", lease.symbol,
+                                      "; ".join(candidate.reasons))  # fmt: skip
+                        return False
+                    await self._fire(WorkerEvent.BOUGHT)
+                elif held is None:
+                    self.log.info("reconciled {}: nothing held", lease.symbol)
+                    return False
+                else:
+                    self.log.warning("adopted {} x{}", held.symbol, held.qty)
+                    await self._fire(WorkerEvent.ADOPTED)
+                outcome = await self._hold(tenure)
+        except TenureRefused:
+            return False
+        except LeaseInvalid as exc:
+            self.log.warning("tenure on {} ended: {}", lease.symbol, exc)
+            if self.state is WorkerState.HOLD:
+                outcome = WorkerEvent.LOCK_LOST
+        finally:
+            self.tenure = None
+        if outcome is not None and outcome is not WorkerEvent.STOP:
+            await self._fire(outcome)
+        return True
 
-    async def _hold_degraded(self, held: HeldPosition, lease: Lease) -> None:
-        """Redis is away: nobody can take the symbol meanwhile, and the ledger still fences
-        every order with the Postgres mirror, so keep protecting the position through the
-        broker. A refused fence ends it (someone took over once Redis came back)."""
-        if not self._degraded:
-            self._degraded = True
-            self.log.warning(
-                "Redis unreachable: protecting {} x{} through the broker under fence {}",
-                held.symbol, held.qty, lease.fence,
-            )  # fmt: skip
-        self._lost = None
-        await self._hold_step(held, lease)
-        if self._lost == _FENCE_REFUSED:
-            await self._lease_lost()
+    async def _hold(self, tenure: Tenure) -> WorkerEvent:
+        """HOLD until flat (SOLD), the lease is lost (LOCK_LOST) or the worker stops (STOP)."""
+        failures = 0
+        while True:
+            if self._stop.is_set():
+                return WorkerEvent.STOP
+            self.last_tick_at = time.monotonic()
+            started = self.d.clock.now()
+            if started >= self.d.session.close + AFTER_CLOSE_GRACE:
+                self.log.error("{} still held after the close", tenure.symbol)
+                return WorkerEvent.STOP
+            try:
+                if tenure.degraded and await self._verify(tenure) == "lost":
+                    return WorkerEvent.LOCK_LOST
+                with tenure.scope() as scope:
+                    flat = await self._hold_step(tenure)
+                if flat:
+                    return WorkerEvent.SOLD
+                if (scope.cancelled_caught or tenure.lost) and await self._verify(tenure) == "lost":
+                    return WorkerEvent.LOCK_LOST
+            except LeaseExpired:
+                # the lease lapsed locally before a submit: ask Redis who owns the symbol now
+                if await self._verify(tenure) == "lost":
+                    return WorkerEvent.LOCK_LOST
+                continue
+            except LeaseInvalid as exc:
+                self.log.error("lease on {} invalid ({}); position goes to recovery",
+                               tenure.symbol, exc)  # fmt: skip
+                tenure.mark_lost(_FENCE_REFUSED)
+                self.metrics.lease_lost()
+                return WorkerEvent.LOCK_LOST
+            except (*_TRANSIENT, CoordinationError) as exc:
+                failures += 1
+                self.log.error("HOLD step on {} failed ({} in a row): {!r}", tenure.symbol,
+                               failures, exc)  # fmt: skip
+                await anyio.sleep(_backoff_s(failures))
+                continue
+            failures = 0
+            spent = (self.d.clock.now() - started).total_seconds()
+            await self._pause(self.d.config.hold_interval_s - spent)
 
-    async def _hold_step(self, held: HeldPosition, lease: Lease) -> None:
-        now = self.d.clock.now()
-        quote = await poll_position(self.d.market, held.symbol, self.d.config.short_ma_bars)
-        thin = self.d.tiers.get(held.symbol) is Tier.THIN
+    async def _verify(self, tenure: Tenure) -> str:
+        was_degraded = tenure.degraded
+        verdict = await tenure.reverify()
+        if verdict == "lost":
+            self.log.error("lease on {} lost ({}); position goes to recovery", tenure.symbol,
+                           tenure.lost)  # fmt: skip
+            self.metrics.lease_lost()
+        elif verdict == "away" and not was_degraded:
+            self.log.warning("Redis unreachable: protecting {} through the broker under fence "
+                             "{}", tenure.symbol, tenure.fence)  # fmt: skip
+        return verdict
+
+    async def _hold_step(self, tenure: Tenure) -> bool:
+        """Check the sell rules once; sell until flat when one fires. True once flat."""
+        d = self.d
+        position = await tenure.position()
+        if position is None:
+            return True
+        now = d.clock.now()
+        quote = await poll_position(d.market, tenure.symbol, d.config.short_ma_bars)
+        thin = d.tiers.get(tenure.symbol) is Tier.THIN
         liq = self.thin_liquidation_start if thin else self.liquidation_start
         if self._stop.is_set():
-            return
-        signal = evaluate_sell_signal(held, quote, now, self.signal_params, liq)
+            return False
+        held = HeldPosition(position.symbol, position.qty, position.avg_price, position.opened_at)
+        signal = evaluate_sell_signal(held, quote, now, d.config.signals, liq)
         if signal is None:
-            return
+            return False
         self.log.info("sell signal on {}: {} at {}", held.symbol, signal.reason, quote.price)
-        try:
-            flat = await sell_until_flat(self.d, self.orders, self.log, held, lease, signal)
-        except LeaseInvalid:
-            self._lost = _FENCE_REFUSED
-            return
-        if flat:
-            self.held = None
-            await self._release()
-            await self._fire(WorkerEvent.SOLD)
+        return await sell_until_flat(d, tenure, signal, self.log)

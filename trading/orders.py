@@ -1,60 +1,57 @@
-"""The order path: intent row first, then the broker, then fills applied from broker status.
+"""The order path: intent row first, a fenced claim just before the broker call, then the
+tracker follows the order to its end.
 
-    create_order (fenced INSERT)  ->  submit_order  ->  mark_order_sent  ->  poll order_status
-                                                                            -> apply_order_status
-The ledger row exists before the broker is called, and the database refuses it when the
-worker's fence is not the newest for the symbol (Invariant 1), or for a BUY once the day's loss
-limit is reached (Invariant 5). A submit whose outcome is unknown is never resent: the order
-is looked up with `find_orders` and either linked or marked not placed.
+    create_order (fenced INSERT, NEW)  ->  begin_submit (fenced NEW -> SUBMITTING)
+        ->  submit_order  ->  SENT (ack) | UNKNOWN (no clear answer) | REJECTED (a definite no)
+        ->  OrderTracker follows it until the broker says it is final
+
+The ledger refuses the intent when the worker's fence is not the newest for the symbol
+(Invariant 1) or, for a BUY, once the day's loss limit has been reached (Invariant 5). The claim
+NEW -> SUBMITTING is a compare-and-set under the symbol's lock row in the same transaction as
+the fence check, and is refused locally once the lease's local deadline has passed, so a worker
+that stalled past its TTL can never reach the broker with its old fence. An adopter withdraws
+another worker's NEW rows (NEW -> WITHDRAWN) under its own fence: exactly one of the two wins.
+A submit whose outcome is unknown is never resent.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import anyio
-from loguru import logger
 
-from broker.errors import (
-    BrokerError,
-    BrokerUnavailable,
-    OrderOutcomeUnknown,
-    OrderRejected,
-    UnknownOrder,
-)
-from broker.port import (
-    Broker,
-    BrokerOrderId,
-    ClientOrderId,
-    OrderAck,
-    OrderRequest,
-    OrderStatus,
-    OrderType,
-    Side,
-)
-from coordination.errors import CoordinationError
-from coordination.notices import Notices, NoticeType
-from ledger.applying import target_state
-from ledger.errors import LossLimitReached, StaleFence
+from broker.errors import BrokerUnavailable, OrderOutcomeUnknown, OrderRejected
+from broker.port import Broker
+from ledger.errors import LedgerError, LossLimitReached, OrderNotNew, StaleFence
 from ledger.orders import OrderState
-from ledger.records import OrderIntent
+from ledger.records import OrderIntent, OrderRecord
 from ledger.repository import Ledger
 from market.clock import Clock
-from market.types import Board
-from trading.metrics import NOT_PLACED, NULL_METRICS, WorkerMetrics
-
-_MAX_STATUS_FAILURES = 20
+from market.orders import (
+    ClientOrderId,
+    OrderRequest,
+    OrderType,
+    Side,
+    canonical_broker_order_id,
+)
+from trading.tracker import OrderTracker
 
 
 class LeaseInvalid(Exception):
-    """The worker may no longer act on the symbol (lease lost or fence stale)."""
+    """The worker may no longer act on the symbol (lease lost, deadline passed, fence stale)."""
+
+
+class LeaseExpired(LeaseInvalid):
+    """The lease's local deadline passed before the submit: ownership must be re-verified."""
 
 
 class BuyRefused(Exception):
-    """The risk guard refused a BUY (daily loss limit)."""
+    """The risk guard refused a BUY (daily loss limit, liquidation window)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +67,16 @@ class Placement:
     tier: int | None = None
 
 
-class OrderExecutor:
-    """Carries one order from intent to its final broker state, for one worker."""
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The money limits a BUY intent carries into the ledger's checks."""
+
+    capital_limit: Decimal
+    daily_loss_limit: Decimal
+
+
+class OrderPlacer:
+    """Places one worker's orders; the `OrderTracker` follows them to their end."""
 
     def __init__(
         self,
@@ -79,35 +84,35 @@ class OrderExecutor:
         worker_id: str,
         broker: Broker,
         ledger: Ledger,
-        notices: Notices,
+        tracker: OrderTracker,
         clock: Clock,
-        boards: dict[str, Board],
         trading_day: datetime,
-        capital_limit: Decimal,
-        daily_loss_limit: Decimal,
-        poll_s: float,
-        metrics: WorkerMetrics = NULL_METRICS,
+        limits: Limits,
+        log: Any,
     ) -> None:
         self.worker_id = worker_id
         self.broker = broker
         self.ledger = ledger
-        self.notices = notices
+        self.tracker = tracker
         self.clock = clock
-        self.boards = boards
         self.trading_day = trading_day.date()
-        self.capital_limit = capital_limit
-        self.daily_loss_limit = daily_loss_limit
-        self.poll_s = poll_s
-        self.metrics = metrics
-        self.log = logger.bind(worker=worker_id if len(worker_id) <= 16 else worker_id[:8])
+        self.limits = limits
+        self.log = log
 
-    async def execute(
-        self, p: Placement, deadline: datetime, *, buy_cutoff: datetime | None = None
-    ) -> OrderStatus | None:
-        """Place one order and follow it until done or `deadline` (then cancel the rest).
+    async def place(
+        self,
+        p: Placement,
+        cancel_at: datetime,
+        may_submit: Callable[[], bool],
+        *,
+        buy_cutoff: datetime | None = None,
+    ) -> OrderRecord:
+        """Place one order and wait until the broker says it is final; return its record.
 
-        Returns the final status, or None when nothing was placed (rejected, broker down).
-        Raises `LeaseInvalid` when the ledger refuses the fence, `BuyRefused` on the loss limit.
+        `may_submit()` is asked just before the claim (the lease's local deadline). Raises
+        `LeaseInvalid` when the ledger refuses the fence or the lease may not act any more,
+        `BuyRefused` on the loss limit or the liquidation window. Cancelling the caller leaves
+        the order with the tracker, which follows it to its end.
         """
         cid = ClientOrderId(str(uuid.uuid4()))
         now = self.clock.now()
@@ -128,119 +133,78 @@ class OrderExecutor:
             signal_price=p.signal_price,
             trading_day=self.trading_day,
             created_at=now,
-            capital_limit=self.capital_limit if buy else None,
-            daily_loss_limit=self.daily_loss_limit if buy else None,
+            capital_limit=self.limits.capital_limit if buy else None,
+            daily_loss_limit=self.limits.daily_loss_limit if buy else None,
             tier=p.tier,
         )
+        self.tracker.claim(cid, p.symbol)
+        order: OrderRecord | None = None
         try:
-            await self.ledger.create_order(intent)
-        except StaleFence as exc:
-            self.log.error("order refused by the ledger: stale fence {} on {}", p.fence, p.symbol)
-            raise LeaseInvalid(str(exc)) from exc
-        except LossLimitReached as exc:
-            raise BuyRefused(str(exc)) from exc
-        request = OrderRequest(p.symbol, p.side, p.qty, p.order_type, p.price)
-        ack = await self._submit(cid, request, now)
-        if ack is None:
-            self.metrics.order_done(p.side, NOT_PLACED, None)
-            return None
-        await self.ledger.mark_order_sent(cid, ack.broker_order_id, self.clock.now())
-        final = await self.follow(cid, ack.broker_order_id, deadline)
-        latency_s = (self.clock.now() - now).total_seconds()
-        self.metrics.order_done(p.side, target_state(p.qty, final).value, latency_s)
-        return final
+            try:
+                order = await self.ledger.create_order(intent)
+            except StaleFence as exc:
+                self.log.error("order refused by the ledger: stale fence {} on {}", p.fence,
+                               p.symbol)  # fmt: skip
+                raise LeaseInvalid(str(exc)) from exc
+            except LossLimitReached as exc:
+                raise BuyRefused(str(exc)) from exc
+            if not may_submit():
+                raise LeaseExpired(f"lease on {p.symbol} past its local deadline: not submitted")
+            try:
+                order = await self.ledger.begin_submit(cid, self.worker_id, p.fence)
+            except (StaleFence, OrderNotNew) as exc:
+                # a newer owner holds the symbol, or already withdrew this intent
+                raise LeaseInvalid(str(exc)) from exc
+            order = await self._submit(order, OrderRequest(p.symbol, p.side, p.qty,
+                                                          p.order_type, p.price))  # fmt: skip
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._hand_over(cid, order, cancel_at)
+        return await self.tracker.final(cid)
 
-    async def _submit(
-        self, cid: ClientOrderId, request: OrderRequest, created_at: datetime
-    ) -> OrderAck | None:
+    async def _submit(self, order: OrderRecord, request: OrderRequest) -> OrderRecord:
+        cid = order.client_order_id
         try:
-            return await self.broker.submit_order(request)
+            ack = await self.broker.submit_order(request)
         except OrderRejected as exc:
             self.log.warning("order rejected on {}: {}", request.symbol, exc.reason)
-            await self.ledger.mark_order(cid, OrderState.REJECTED, self.clock.now(), exc.reason)
-            return None
+            return await self.ledger.mark_order(cid, OrderState.REJECTED, self.clock.now(),
+                                                exc.reason)  # fmt: skip
         except BrokerUnavailable as exc:
             self.log.error("broker unavailable, {} not placed: {}", request.symbol, exc)
-            reason = f"not placed: {exc}"
-            await self.ledger.mark_order(cid, OrderState.REJECTED, self.clock.now(), reason)
-            return None
-        except OrderOutcomeUnknown as exc:
-            self.log.error("order outcome unknown on {}: {}; reconciling", request.symbol, exc)
-            await self.ledger.mark_order(cid, OrderState.UNKNOWN, self.clock.now(), str(exc))
-            return await self.reconcile(cid, request, created_at)
-
-    async def reconcile(
-        self, cid: ClientOrderId, request: OrderRequest, since: datetime
-    ) -> OrderAck | None:
-        """Resolve an unknown outcome by looking the order up; never resend blindly."""
-        known = await self.ledger.known_broker_order_ids(request.symbol, self.trading_day)
-        for attempt in range(5):
-            try:
-                found = await self.broker.find_orders(
-                    request.symbol, request.side, request.qty, since - timedelta(seconds=1)
-                )
-            except BrokerError as exc:
-                self.log.warning("reconcile lookup failed (attempt {}): {}", attempt + 1, exc)
-                await anyio.sleep(0.05 * 2**attempt)
-                continue
-            for status in found:
-                if status.broker_order_id not in known:
-                    self.log.info("reconciled {} as broker order {}", cid, status.broker_order_id)
-                    return OrderAck(status.broker_order_id, status.ordered_at)
-            await self.ledger.mark_order(
-                cid, OrderState.REJECTED, self.clock.now(), "not placed (reconciled)"
+            return await self.ledger.mark_order(
+                cid, OrderState.REJECTED, self.clock.now(), f"not placed: {exc}"
             )
-            return None
-        self.log.error("order {} left UNKNOWN: broker lookup failed", cid)
-        return None
+        except OrderOutcomeUnknown as exc:
+            self.log.error("order outcome unknown on {}: {}; the tracker looks it up",
+                           request.symbol, exc)  # fmt: skip
+            return await self.ledger.mark_order(cid, OrderState.UNKNOWN, self.clock.now(),
+                                                str(exc))  # fmt: skip
+        broker_id = canonical_broker_order_id(ack.broker_order_id)
+        return await self.ledger.mark_order_sent(cid, broker_id, self.clock.now())
 
-    async def follow(
-        self, cid: ClientOrderId, broker_id: BrokerOrderId, deadline: datetime
-    ) -> OrderStatus:
-        """Poll the broker and apply fills until the order is done; cancel it at `deadline`."""
-        failures = 0
-        while True:
+    async def _hand_over(
+        self, cid: ClientOrderId, order: OrderRecord | None, cancel_at: datetime
+    ) -> None:
+        """Whatever happened above, the order ends with the tracker (or withdrawn when it
+        never left NEW), never forgotten."""
+        if order is None:
+            self.tracker.release_claim(cid)
+            return
+        if order.status is OrderState.NEW:
             try:
-                status = await self.broker.order_status(broker_id)
-                if not status.done and self.clock.now() >= deadline:
-                    status = await self.broker.cancel_order(broker_id)
-            except (BrokerUnavailable, UnknownOrder) as exc:
-                # UnknownOrder right after a submit: some brokers list an order a moment late
-                failures += 1
-                self.log.warning("order status unavailable ({}): {!r}", failures, exc)
-                if failures >= _MAX_STATUS_FAILURES:
-                    raise
-                await anyio.sleep(min(0.05 * 2**failures, 2.0))
-                continue
-            await self.apply(cid, status)
-            if status.done:
-                return status
-            await self.clock.sleep(self.poll_s)
-
-    async def apply(self, cid: ClientOrderId, status: OrderStatus) -> None:
-        board = self.boards.get(status.symbol)
-        if board is None:
-            # outside this process's universe (e.g. adopted from another KIS universe): the
-            # 2026 sell tax totals the same on both boards; only its split differs
-            self.log.warning("board of {} unknown; taxing it as KOSPI", status.symbol)
-            board = Board.KOSPI
-        result = await self.ledger.apply_order_status(cid, status, board, self.clock.now())
-        if result.closed_trade is not None:
-            self.metrics.trade_closed(result.closed_trade.pnl)
-        for fill in result.new_fills:
-            data = {
-                "client_order_id": cid,
-                "broker_order_id": status.broker_order_id,
-                "side": status.side.value,
-                "qty": fill.qty,
-                "price": str(fill.price),
-                "cum_qty": fill.cum_qty,
-            }
-            try:
-                await self.notices.publish(
-                    NoticeType.ORDER_FILLED, self.worker_id, status.symbol, data
+                await self.ledger.withdraw_orders(
+                    order.symbol, self.worker_id, order.fence, self.clock.now()
                 )
-            except CoordinationError as exc:
-                # the ledger holds the fill; the notice is for watchers and must not stop a
-                # sale while Redis is away
-                self.log.error("order.filled notice for {} not published: {}", cid, exc)
+                self.tracker.release_claim(cid)
+                return
+            except StaleFence:
+                # a newer owner holds the symbol: its tenure withdraws the intent
+                self.tracker.release_claim(cid)
+                return
+            except LedgerError as exc:
+                # left NEW: the symbol's next tenure (this worker's or an adopter's) withdraws it
+                self.log.error("order {} left NEW, not withdrawn: {}", cid, exc)
+                self.tracker.release_claim(cid)
+                return
+        self.tracker.hand(order, cancel_at)

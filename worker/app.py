@@ -36,7 +36,8 @@ from market.sim import SimulatedMarket
 from strategy.scan import ScanParams
 from strategy.signals import SignalParams
 from trading.config import TradingConfig
-from trading.loop import Deps, Worker
+from trading.deps import Deps
+from trading.loop import Worker
 from worker.health import FleetHealth, HealthServer, stall_after_s
 from worker.metrics import FleetMetrics
 from worker.mirror import LockMirror
@@ -45,6 +46,10 @@ from worker.settings import ConfigError, Settings
 
 if TYPE_CHECKING:  # imported lazily: the paper path needs nothing of broker.kis
     from broker.kis import KisBroker
+
+
+class WorkerFailed(RuntimeError):
+    """A worker of the fleet stopped on an error its siblings survived."""
 
 
 class MarketClosed(Exception):
@@ -195,11 +200,17 @@ async def run_fleet(
                     stale_after_s=3 * settings.lock_ttl_ms / 1000 + 2 * settings.heartbeat_s,
                 )
             )
+            # Each worker catches its own failure (`Worker.crashed`): one never cancels another.
             async with anyio.create_task_group() as workers_tg:
                 for w in fleet:
                     workers_tg.start_soon(w.run)
             tg.cancel_scope.cancel()
         await ledger.summarize_day(plan.session.day)
+    crashed = [w for w in fleet if w.crashed is not None]
+    if crashed:
+        first = crashed[0]
+        raise WorkerFailed(f"{len(crashed)} of {len(fleet)} worker(s) failed; {first.id}: "
+                           f"{first.crashed!r}")  # fmt: skip
     return plan
 
 
@@ -307,4 +318,4 @@ def epoch_soon(lead_s: float = 0.5) -> float:
     return time.time() + lead_s
 
 
-__all__ = ["MarketClosed", "Plan", "plan_session", "run_fleet"]
+__all__ = ["MarketClosed", "Plan", "WorkerFailed", "plan_session", "run_fleet"]

@@ -39,7 +39,7 @@ async def settle_in_ledger(ledger: Ledger, lease: ExpiredLease) -> bool:
     """The ledger side of a reaped lease; idempotent. True if a position was orphaned."""
     at = datetime.now(UTC)
     await ledger.lock_released(lease.symbol, lease.worker_id, lease.fence, at, event="expired")
-    return await ledger.mark_position_orphaned(lease.symbol, lease.worker_id)
+    return await ledger.mark_position_orphaned(lease.symbol, lease.worker_id, lease.fence)
 
 
 async def reap_once(
@@ -107,7 +107,7 @@ async def cleanup_expired_locks(
         if live.get(lk.symbol) == (lk.worker_id, lk.fence):
             continue  # the holder is alive in Redis; its ledger heartbeat is just late
         await ledger.lock_released(lk.symbol, lk.worker_id, lk.fence, now, event="expired")
-        orphaned = await ledger.mark_position_orphaned(lk.symbol, lk.worker_id)
+        orphaned = await ledger.mark_position_orphaned(lk.symbol, lk.worker_id, lk.fence)
         logger.warning(
             "stale mirror row {} ({} fence {}) cleaned{}",
             lk.symbol, lk.worker_id, lk.fence, "; position orphaned" if orphaned else "",

@@ -9,8 +9,9 @@ grant in the ledger (`Ledger.lock_acquired`) and prints ``ready {fence} {symbol}
 
 * MODE ``hold``: sleeps until killed.
 * MODE ``order``: waits for a line on stdin, then places a 1-share BUY with the fence it was
-  granted through `trading.orders.OrderExecutor`, over a broker that appends every submit it
-  receives to SUBMITS (one JSON line each) before passing it to a `PaperBroker`. Prints
+  granted through `trading.orders.OrderPlacer` (its `OrderTracker` following it), over a broker
+  that appends every submit it receives to SUBMITS (one JSON line each) before passing it to a
+  `PaperBroker`. Prints
   ``refused {reason}``, ``placed`` or ``not-placed`` and exits. The keeper is not consulted: this
   is a worker resuming mid-order-path after a stall, where only the ledger's fence stands
   between it and the broker.
@@ -26,6 +27,7 @@ from typing import Any
 
 import anyio
 import orjson
+from loguru import logger
 
 from broker.paper import PaperBroker
 from broker.port import OrderAck, OrderRequest, OrderType, Side
@@ -35,12 +37,14 @@ from coordination.keys import Keyspace
 from coordination.locks import RedisSymbolLock
 from coordination.notices import Notices
 from ledger.db import create_engine
+from ledger.orders import OrderState
 from ledger.repository import Ledger
 from market.calendar import Session
 from market.clock import KST, SimClock
 from market.costs import CostModel
 from market.sim import SimulatedMarket
-from trading.orders import LeaseInvalid, OrderExecutor, Placement
+from trading.orders import LeaseInvalid, Limits, OrderPlacer, Placement
+from trading.tracker import OrderTracker
 
 DAY = date(2026, 3, 10)
 SESSION = Session(
@@ -95,28 +99,41 @@ async def main(argv: list[str]) -> None:
         await anyio.to_thread.run_sync(sys.stdin.readline)
         clock = SimClock(SESSION.open.replace(hour=10), 1.0)
         broker = RecordingBroker(market, clock, Path(argv[7]))
-        executor = OrderExecutor(
+        log = logger.bind(worker=worker_id)
+        tracker = OrderTracker(
             worker_id=worker_id,
             broker=broker,
             ledger=ledger,
             notices=Notices(redis, keys),
             clock=clock,
             boards={i.symbol: i.board for i in market.instruments},
-            trading_day=SESSION.open,
-            capital_limit=Decimal(10_000_000),
-            daily_loss_limit=Decimal(2_000_000),
+            trading_day=DAY,
             poll_s=0.05,
+            listing_lag_s=1.0,
+            log=log,
+        )
+        tg.start_soon(tracker.run)
+        placer = OrderPlacer(
+            worker_id=worker_id,
+            broker=broker,
+            ledger=ledger,
+            tracker=tracker,
+            clock=clock,
+            trading_day=SESSION.open,
+            limits=Limits(Decimal(10_000_000), Decimal(2_000_000)),
+            log=log,
         )
         quote = market.quote(symbol, clock.now())
         placement = Placement(
             symbol, Side.BUY, 1, OrderType.LIMIT, quote.price, lease.fence, "stale", quote.price
         )
         try:
-            status = await executor.execute(placement, clock.now())
+            final = await placer.place(placement, clock.now(), lambda: True)
         except LeaseInvalid as exc:
             say(f"refused {exc}")
         else:
-            say("placed" if status is not None else "not-placed")
+            not_placed = final.status in (OrderState.REJECTED, OrderState.WITHDRAWN)
+            say("not-placed" if not_placed else "placed")
         tg.cancel_scope.cancel()
     await engine.dispose()
     await redis.aclose()

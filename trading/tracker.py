@@ -1,0 +1,288 @@
+"""The in-flight tracker: every non-final order of a live worker is driven to a final state from
+the broker's truth, by one loop that does not depend on the coroutine that placed the order.
+
+    placer:  create_order -> begin_submit -> submit_order -> hand(cid, cancel_at) -> final(cid)
+    tracker: every ORDER_POLL_S while it follows anything:
+             SENT / PARTIALLY_FILLED  order_status (cancel once cancel_at passed) -> apply
+             SUBMITTING / UNKNOWN     find_orders -> link to the broker's order, or, once the
+                                      broker had LISTING_LAG_S to list it, "not placed"
+
+The placer may unwind at any point (lease lost, cancel scope, ledger error): the order stays in
+the ledger as unfinished and the tracker keeps following it until the broker says it is final.
+An order whose outcome is unknown stays UNKNOWN and is looked up again; it is never called "not
+placed" after one empty lookup, and never sent again. Errors of the broker or the ledger are
+transient here: logged, retried on the next pass, never fatal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any, NoReturn
+
+import anyio
+
+from broker.errors import BrokerError, UnknownOrder
+from broker.port import Broker
+from coordination.errors import CoordinationError
+from coordination.notices import Notices, NoticeType
+from ledger.errors import LedgerError, LedgerUnavailable
+from ledger.orders import TERMINAL, OrderState
+from ledger.records import OrderRecord
+from ledger.repository import Ledger
+from market.clock import Clock
+from market.orders import ClientOrderId, OrderStatus
+from market.types import Board
+from trading.metrics import NOT_PLACED, NULL_METRICS, WorkerMetrics
+
+#: orders whose broker id is still missing: asked about with find_orders
+_LOOKUP = frozenset({OrderState.SUBMITTING, OrderState.UNKNOWN})
+#: how often the tracker re-reads the ledger for orders it does not know yet (clock seconds)
+_REFRESH_S = 300.0
+
+
+@dataclass
+class _Followed:
+    order: OrderRecord
+    cancel_at: datetime | None  # None: cancel whatever is working at once (not ours to wait on)
+    done: anyio.Event = field(default_factory=anyio.Event)
+    final: OrderRecord | None = None
+
+
+class OrderTracker:
+    """Follows the unfinished orders of one worker (its own and the ones it adopted)."""
+
+    def __init__(
+        self,
+        *,
+        worker_id: str,
+        broker: Broker,
+        ledger: Ledger,
+        notices: Notices,
+        clock: Clock,
+        boards: dict[str, Board],
+        trading_day: date,
+        poll_s: float,
+        listing_lag_s: float,
+        log: Any,
+        metrics: WorkerMetrics = NULL_METRICS,
+    ) -> None:
+        self.worker_id = worker_id
+        self.broker = broker
+        self.ledger = ledger
+        self.notices = notices
+        self.clock = clock
+        self.boards = boards
+        self.trading_day = trading_day
+        self.poll_s = poll_s
+        self.listing_lag = timedelta(seconds=listing_lag_s)
+        self.log = log
+        self.metrics = metrics
+        self._followed: dict[str, _Followed] = {}
+        # cid -> symbol of orders being submitted right now by a placer: hands off
+        self._in_hand: dict[str, str] = {}
+        self._wake = anyio.Event()
+        self._refreshed_at: datetime | None = None
+
+    # -- the placer's side ----------------------------------------------------------------
+
+    def claim(self, cid: str, symbol: str) -> None:
+        """A placer is about to create and submit `cid`: leave it alone until `hand`."""
+        self._in_hand[cid] = symbol
+
+    def hand(self, order: OrderRecord, cancel_at: datetime | None) -> None:
+        """Follow `order` from now on; cancel what is still working at `cancel_at`."""
+        self._in_hand.pop(order.client_order_id, None)
+        known = self._followed.get(order.client_order_id)
+        if known is None:
+            self._followed[order.client_order_id] = _Followed(order, cancel_at)
+        else:
+            known.order, known.cancel_at = order, cancel_at
+        self._wake.set()
+
+    def release_claim(self, cid: str) -> None:
+        """The placer never got the order into the ledger: nothing to follow."""
+        self._in_hand.pop(cid, None)
+
+    async def final(self, cid: str) -> OrderRecord:
+        """Wait until the tracker has seen `cid` reach a final state; return that record."""
+        followed = self._followed[cid]
+        await followed.done.wait()
+        assert followed.final is not None
+        return followed.final
+
+    def working(self, symbol: str) -> bool:
+        """Whether an order of this worker on `symbol` is in flight (claimed or followed)."""
+        return symbol in self._in_hand.values() or any(
+            f.order.symbol == symbol for f in self._followed.values()
+        )
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def run(self) -> NoReturn:
+        while True:
+            try:
+                await self.refresh_if_due()
+                await self.pass_once()
+            except (LedgerError, BrokerError) as exc:
+                self.log.warning("order tracker pass failed, retrying: {!r}", exc)
+            if self._followed:
+                await self.clock.sleep(self.poll_s)
+            else:
+                # nothing to follow: sleep until a placer hands an order over (or a refresh
+                # is due, in wall seconds of the clock's pace)
+                self._wake = anyio.Event()
+                with anyio.move_on_after(_REFRESH_S / max(self.clock.speed, 1.0)):
+                    await self._wake.wait()
+
+    async def refresh_if_due(self) -> None:
+        now = self.clock.now()
+        if self._refreshed_at is None or (now - self._refreshed_at).total_seconds() >= _REFRESH_S:
+            await self.refresh()
+
+    async def refresh(self) -> None:
+        """Pick up the worker's unfinished orders that nobody here follows yet (a restart, an
+        adoption, a placer that unwound before handing its order over)."""
+        self._refreshed_at = self.clock.now()
+        for order in await self.ledger.unfinished_orders(self.worker_id):
+            cid = order.client_order_id
+            if cid in self._followed or cid in self._in_hand:
+                continue
+            if order.status is OrderState.NEW:
+                continue  # never submitted: its symbol's next tenure withdraws it
+            self._followed[cid] = _Followed(order, None)
+
+    async def pass_once(self) -> None:
+        for cid in list(self._followed):
+            followed = self._followed.get(cid)
+            if followed is None or followed.done.is_set():
+                continue
+            try:
+                await self.drive(followed)
+            except LedgerUnavailable as exc:
+                self.log.warning("order {}: ledger unavailable, retrying: {}", cid, exc)
+            except LedgerError as exc:
+                # the broker's report contradicts the ledger: an alarm, never applied, asked
+                # again next pass (the tenure gives the symbol up if it stays unresolved)
+                self.log.error("order {}: broker report refused by the ledger: {}", cid, exc)
+            except BrokerError as exc:
+                self.log.warning("order {}: broker error, retrying: {!r}", cid, exc)
+
+    async def resolve(self, symbol: str, deadline: datetime | None = None) -> bool:
+        """Drive every followed order on `symbol` until final (cancelling what works), or
+        until `deadline` (clock). True when none is left unfinished."""
+        await self.refresh()
+        while True:
+            pending = [
+                f
+                for f in self._followed.values()
+                if f.order.symbol == symbol and not f.done.is_set()
+            ]
+            if not pending:
+                return True
+            for f in pending:
+                f.cancel_at = None  # the tenure starts from a clean slate on the symbol
+            await self.pass_once()
+            if all(f.done.is_set() for f in pending):
+                return True
+            if deadline is not None and self.clock.now() >= deadline:
+                return False
+            await self.clock.sleep(self.poll_s)
+
+    # -- one order --------------------------------------------------------------------------
+
+    async def drive(self, followed: _Followed) -> None:
+        order = followed.order
+        if order.status in _LOOKUP or order.broker_order_id is None:
+            order = await self._look_up(order)
+            followed.order = order
+            if order.broker_order_id is None:
+                if order.status in (OrderState.REJECTED, OrderState.WITHDRAWN):
+                    self._finish(followed, order, NOT_PLACED)
+                return
+        assert order.broker_order_id is not None
+        try:
+            status = await self.broker.order_status(order.broker_order_id)
+            now = self.clock.now()
+            cancel_due = followed.cancel_at is None or now >= followed.cancel_at
+            if not status.done and cancel_due:
+                status = await self.broker.cancel_order(order.broker_order_id)
+        except UnknownOrder:
+            # acknowledged but not listed yet (brokers list late): ask again next pass
+            self.log.warning("order {} ({}) not listed yet", order.client_order_id,
+                             order.broker_order_id)  # fmt: skip
+            return
+        record = await self.apply(order.client_order_id, status)
+        followed.order = record
+        if record.status in TERMINAL:
+            self._finish(followed, record, record.status.value)
+
+    def _finish(self, followed: _Followed, record: OrderRecord, outcome: str) -> None:
+        followed.final = record
+        followed.done.set()
+        self._followed.pop(record.client_order_id, None)
+        latency = (self.clock.now() - record.created_at).total_seconds()
+        placed = outcome != NOT_PLACED
+        self.metrics.order_done(record.side, outcome, latency if placed else None)
+
+    async def _look_up(self, order: OrderRecord) -> OrderRecord:
+        """Find a SUBMITTING/UNKNOWN order at the broker. Linked when found; "not placed" only
+        once the broker had the listing lag to show it; otherwise left UNKNOWN."""
+        cid = ClientOrderId(order.client_order_id)
+        fresh = await self.ledger.order(cid)  # the placer may have linked it meanwhile
+        if fresh is not None and (fresh.broker_order_id is not None or fresh.status in TERMINAL):
+            return fresh
+        known = await self.ledger.known_broker_order_ids(order.symbol, self.trading_day)
+        since = order.created_at - timedelta(seconds=1)
+        asked_at = self.clock.now()
+        found = await self.broker.find_orders(order.symbol, order.side, order.qty, since)
+        for status in found:
+            if status.broker_order_id not in known:
+                self.log.info("order {} found at the broker as {}", cid, status.broker_order_id)
+                return await self.ledger.mark_order_sent(cid, status.broker_order_id, asked_at)
+        if asked_at - order.created_at >= self.listing_lag:
+            self.log.warning("order {} not listed {} after its submit: not placed", cid,
+                             self.listing_lag)  # fmt: skip
+            return await self.ledger.mark_order(
+                cid, OrderState.REJECTED, asked_at, "not placed (not listed after the lag)"
+            )
+        if order.status is not OrderState.UNKNOWN:
+            return await self.ledger.mark_order(cid, OrderState.UNKNOWN, asked_at, "not listed yet")
+        return order
+
+    async def apply(self, cid: str, status: OrderStatus) -> OrderRecord:
+        """Apply the broker's cumulative report to the ledger (idempotent) and announce fills."""
+        board = self.boards.get(status.symbol)
+        if board is None:
+            # outside this process's universe: the 2026 sell tax totals the same on both
+            # boards; only its split differs
+            self.log.warning("board of {} unknown; taxing it as KOSPI", status.symbol)
+            board = Board.KOSPI
+        result = await self.ledger.apply_order_status(
+            ClientOrderId(cid), status, board, self.clock.now()
+        )
+        if result.closed_trade is not None:
+            self.metrics.trade_closed(result.closed_trade.pnl)
+        for fill in result.new_fills:
+            await self._announce(cid, status, fill.qty, str(fill.price), fill.cum_qty)
+        record = await self.ledger.order(cid)
+        assert record is not None
+        return record
+
+    async def _announce(
+        self, cid: str, status: OrderStatus, qty: int, price: str, cum_qty: int
+    ) -> None:
+        data = {
+            "client_order_id": cid,
+            "broker_order_id": status.broker_order_id,
+            "side": status.side.value,
+            "qty": qty,
+            "price": price,
+            "cum_qty": cum_qty,
+        }
+        try:
+            await self.notices.publish(NoticeType.ORDER_FILLED, self.worker_id, status.symbol, data)
+        except CoordinationError as exc:
+            # the ledger holds the fill; the notice is for watchers and must not stop a sale
+            # while Redis is away
+            self.log.error("order.filled notice for {} not published: {}", cid, exc)
