@@ -6,8 +6,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import make_url
@@ -115,9 +117,10 @@ class TcpProxy:
         from anyio.abc import SocketAttribute
 
         listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
-        self.port = listener.extra(SocketAttribute.local_port)
-        task_status.started()
-        await listener.serve(self._handle)
+        async with listener:
+            self.port = listener.extra(SocketAttribute.local_port)
+            task_status.started()
+            await listener.serve(self._handle)
 
     async def _handle(self, client: Any) -> None:
         import anyio
@@ -156,3 +159,34 @@ class TcpProxy:
 
     def restore(self) -> None:
         self.mode = "forward"
+
+
+def start_exchange(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`python -m worker exchange` on free ports with `env`; its process and REST URL (read
+    from its first stdout line). The caller stops it."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "exchange", "--port", "0", "--ws-port", "0"],
+            env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def first_line() -> str | None:
+        assert proc.poll() is None, log.read_text()[-2000:]
+        for line in log.read_text().splitlines():
+            if line.startswith("exchange rest="):
+                return line
+        return None
+
+    line = eventually(first_line, timeout=30)
+    return proc, line.split()[1].removeprefix("rest=")
+
+
+def venue_env(secret_seed: str) -> dict[str, str]:
+    """The credentials an exchange accepts and its `run` workers present (no rate limit: a
+    paper venue for a fleet)."""
+    return {
+        "EXCHANGE_APP_KEY": f"PS{secret_seed}key",
+        "EXCHANGE_APP_SECRET": f"{secret_seed}secret",
+        "EXCHANGE_ACCOUNT": "12345678-01",
+        "EXCHANGE_RATE_LIMIT": "0",
+    }

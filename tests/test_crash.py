@@ -8,9 +8,10 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psycopg
-from support import eventually, libpq
+from support import eventually, libpq, start_exchange, venue_env
 
 SPEED = 300.0
 
@@ -25,10 +26,11 @@ def _holding(database_url: str, worker_id: str) -> str | None:
 
 
 def test_sigkilled_holder_is_adopted_by_a_live_worker(
-    database_url: str, redis_url: str, prefix: str
+    database_url: str, redis_url: str, prefix: str, tmp_path: Path
 ) -> None:
     env = {
         **os.environ,
+        **venue_env(prefix),
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "FLEET_PREFIX": prefix,
@@ -43,6 +45,9 @@ def test_sigkilled_holder_is_adopted_by_a_live_worker(
         "STOP_LOSS_PCT": "40",
         "TREND_BREAK_PCT": "40",
     }
+
+    # both workers trade on one venue: the survivor must see the victim's orders
+    exchange, env["PAPER_VENUE"] = start_exchange(env, tmp_path / "exchange.log")
 
     def start(worker_id: str, stderr: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -61,7 +66,7 @@ def test_sigkilled_holder_is_adopted_by_a_live_worker(
         _out, err = survivor.communicate(timeout=60)
         assert survivor.returncode == 0, err.decode()[-2000:]
     finally:
-        for proc in (victim, locals().get("survivor")):
+        for proc in (victim, locals().get("survivor"), exchange):
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
@@ -99,5 +104,5 @@ def test_sigkilled_holder_is_adopted_by_a_live_worker(
         assert conn.execute("SELECT count(*) FROM stock_locks").fetchone() == (0,)
         assert conn.execute(
             "SELECT count(*) FROM orders"
-            " WHERE status IN ('NEW', 'SENT', 'PARTIALLY_FILLED', 'UNKNOWN')"
+            " WHERE status IN ('NEW', 'SUBMITTING', 'SENT', 'PARTIALLY_FILLED', 'UNKNOWN')"
         ).fetchone() == (0,)

@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from loguru import logger
 
 from broker.paper import PaperBroker
+from broker.port import Broker, MarketData
 from coordination.connection import connect
 from coordination.fences import FenceSeeder
 from coordination.keys import Keyspace
@@ -33,6 +34,7 @@ from market.calendar import KrxCalendar, Session, default_calendar
 from market.clock import KST, Clock, RealClock, SimClock
 from market.costs import CostModel
 from market.sim import SimulatedMarket
+from market.types import Instrument
 from strategy.scan import ScanParams
 from strategy.signals import SignalParams
 from trading.config import TradingConfig
@@ -44,7 +46,7 @@ from worker.mirror import LockMirror
 from worker.reaper import run_reaper
 from worker.settings import ConfigError, Settings
 
-if TYPE_CHECKING:  # imported lazily: the paper path needs nothing of broker.kis
+if TYPE_CHECKING:  # imported lazily: the in-process paper path needs nothing of broker.kis
     from broker.kis import KisBroker
 
 
@@ -102,11 +104,15 @@ async def run_fleet(
     handle_signals: bool = True,
     signalled: anyio.Event | None = None,
     clock_factory: Callable[[Plan], Clock] | None = None,
+    exclusive_paper: bool = False,
 ) -> Plan:
     """Run `workers` workers in this process for one session; return the session plan.
 
     `clock_factory`, if given, replaces the planned clock (e.g. an instrumented wrapper of
     `plan.clock`, as bench/day.py uses to measure how late the workers wake).
+    `exclusive_paper` (`python -m worker run`): on the in-process paper broker, refuse to start
+    while other workers are registered in the fleet, since adoption must never meet an order
+    it cannot see (`PAPER_VENUE` is the shared venue for a fleet of processes).
     """
     calendar = default_calendar()
     speed = settings.paper_speed if speed is None else speed
@@ -126,35 +132,31 @@ async def run_fleet(
         stack.push_async_callback(engine.dispose)
         ledger = Ledger(engine, costs)
         keys = Keyspace(settings.fleet_prefix)
-        notices = Notices(redis, keys, maxlen=settings.events_maxlen)
+        metrics = FleetMetrics()
+        bad_data = metrics.bad_redis_data
+        notices = Notices(redis, keys, maxlen=settings.events_maxlen, on_bad_data=bad_data)
         # Fence counters lost in a Redis restart are reseeded from the ledger before anyone
         # here acquires; the reaper loop repeats the check every pass.
-        seeder = FenceSeeder(redis, keys)
+        seeder = FenceSeeder(redis, keys, on_bad_data=bad_data)
         await seeder.ensure(ledger.max_fences)
-        reaper = LeaseReaper(redis, keys, settings.events_maxlen)
+        reaper = LeaseReaper(redis, keys, settings.events_maxlen, on_bad_data=bad_data)
         mirror = LockMirror(notices, ledger, settings.worker_id, reaper=reaper)
-        broker: PaperBroker | KisBroker
-        if settings.broker == "kis":
-            broker = kis_broker(settings, redis, plan.clock)
-            stack.push_async_callback(broker.client.aclose)
-            instruments = list(await broker.instruments())
-        else:
-            market = SimulatedMarket(settings.paper_seed, plan.session, settings.paper_symbols)
-            broker = PaperBroker(market, plan.clock)
-            instruments = list(market.instruments)
+        broker, market_data, instruments = await _venue(settings, redis, keys, plan, stack,
+                                                        exclusive_paper)  # fmt: skip
         boards = {i.symbol: i.board for i in instruments}
         tiers = {i.symbol: i.tier for i in instruments}
         fleet: list[Worker] = []
-        metrics = FleetMetrics()
         for n in range(workers):
             ws = settings if workers == 1 else replace_id(settings, n)
-            lock = RedisSymbolLock(redis, keys, ws.worker_id, ttl_ms=ws.lock_ttl_ms)
+            lock = RedisSymbolLock(redis, keys, ws.worker_id, ttl_ms=ws.lock_ttl_ms,
+                                   on_bad_data=bad_data,
+                                   reseed_fence=seeder.reseeder(ledger.max_fences))  # fmt: skip
             deps = Deps(
                 config=trading_config(ws),
                 clock=plan.clock,
                 session=plan.session,
                 broker=broker,
-                market=broker,
+                market=market_data,
                 ledger=ledger,
                 lock=lock,
                 registry=WorkerRegistry(redis, keys, ttl_ms=ws.worker_ttl_ms),
@@ -241,6 +243,74 @@ def kis_broker(settings: Settings, redis: aioredis.Redis, clock: Clock) -> KisBr
     client = KisClient(config, redis, settings.fleet_prefix, clock=clock)
     universe = DEFAULT_UNIVERSE if settings.kis_domain == "mock" else None
     return KisBroker(client, clock, universe=universe)
+
+
+async def _venue(
+    settings: Settings,
+    redis: aioredis.Redis,
+    keys: Keyspace,
+    plan: Plan,
+    stack: AsyncExitStack,
+    exclusive_paper: bool,
+) -> tuple[Broker, MarketData, list[Instrument]]:
+    """Where orders go, where market data comes from, and the day's universe."""
+    if settings.broker == "kis":
+        kis = kis_broker(settings, redis, plan.clock)
+        stack.push_async_callback(kis.client.aclose)
+        return kis, kis, list(await kis.instruments())
+    market = SimulatedMarket(settings.paper_seed, plan.session, settings.paper_symbols)
+    paper = PaperBroker(market, plan.clock)
+    if settings.paper_venue:
+        # orders and fills through the fleet's one venue; market data from the local simulation
+        # of the same seed and clock, which the venue runs too
+        venue = venue_broker(settings, redis, plan.clock)
+        stack.push_async_callback(venue.client.aclose)
+        return venue, paper, list(market.instruments)
+    if exclusive_paper:
+        await _refuse_beside_others(redis, keys, settings.worker_id)
+    return paper, paper, list(market.instruments)
+
+
+class SharedVenueRequired(RuntimeError):
+    """Other workers are registered and this one would trade on a private paper broker."""
+
+
+async def _refuse_beside_others(redis: aioredis.Redis, keys: Keyspace, worker_id: str) -> None:
+    registered = await WorkerRegistry(redis, keys, ttl_ms=1_000).list_workers()
+    others = [w for w in registered if w.worker_id != worker_id]
+    if others:
+        raise SharedVenueRequired(
+            f"{len(others)} other worker(s) registered in this fleet (e.g. {others[0].worker_id})"
+            " and this one would trade on an in-process paper broker they cannot see: start"
+            " 'python -m worker exchange' and set PAPER_VENUE to its URL on every worker"
+        )
+
+
+def venue_broker(settings: Settings, redis: aioredis.Redis, clock: Clock) -> KisBroker:
+    """The KIS adapter pointed at the fleet's exchange (`PAPER_VENUE`), with the credentials
+    the exchange accepts (`EXCHANGE_*`). A paper venue runs without a rate limit
+    (`EXCHANGE_RATE_LIMIT=0`), so the client's own budget is generous unless set."""
+    from broker.kis import KisBroker, KisClient, KisConfig
+
+    if not settings.exchange_app_key or not settings.exchange_app_secret:
+        raise ConfigError("EXCHANGE_APP_KEY: required with PAPER_VENUE (with EXCHANGE_APP_SECRET)")
+    try:
+        config = KisConfig(
+            app_key=settings.exchange_app_key,
+            app_secret=settings.exchange_app_secret,
+            account=settings.exchange_account,
+            domain=settings.kis_domain,
+            base_url=settings.paper_venue,
+            hts_id=settings.exchange_hts_id,
+            rate_per_s=settings.kis_rate_per_s or VENUE_RATE_PER_S,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return KisBroker(KisClient(config, redis, settings.fleet_prefix, clock=clock), clock)
+
+
+#: the client-side request budget toward a paper venue (which normally has no limit)
+VENUE_RATE_PER_S = 500.0
 
 
 def trading_config(s: Settings) -> TradingConfig:

@@ -46,7 +46,8 @@ async def _run(settings: Settings) -> None:
         signalled = anyio.Event()
         try:
             await run_fleet(settings, database_url=settings.database_url,
-                            redis_url=settings.redis_url, signalled=signalled)  # fmt: skip
+                            redis_url=settings.redis_url, signalled=signalled,
+                            exclusive_paper=True)  # fmt: skip
         except MarketClosed as exc:
             logger.info("nothing to trade now: {}", exc)
         if not forever or signalled.is_set() or not await _sleep_until_next_session():

@@ -18,6 +18,8 @@ no order ids). Exposed names (`tradefleet_` prefix):
     leases_lost_total{worker}               counter of leases lost while holding
     scan_duration_seconds{worker}           histogram, one SCAN tick in wall seconds
     risk_halts_total{worker}                counter of daily-loss-limit halts
+    redis_bad_data_total{kind}              counter of garbage met in Redis (lock, lease, fence,
+                                            event), each repaired or skipped alone
 """
 
 from __future__ import annotations
@@ -99,6 +101,17 @@ class FleetMetrics:
         self.halts = Counter(
             f"{PREFIX}_risk_halts", "Daily loss limit halts of new buys", w, registry=r
         )
+
+        self.bad_data = Counter(
+            f"{PREFIX}_redis_bad_data",
+            "Redis keys or stream entries found holding garbage (repaired or skipped), by kind",
+            ("kind",),
+            registry=r,
+        )
+
+    def bad_redis_data(self, kind: str, key: str) -> None:
+        """`coordination`'s on_bad_data hook: count by kind (keys are unbounded)."""
+        self.bad_data.labels(kind).inc()
 
     def for_worker(self, worker_id: str) -> PrometheusWorkerMetrics:
         return PrometheusWorkerMetrics(self, worker_id)

@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     paper_epoch: Annotated[datetime | None, BeforeValidator(_parse_epoch)] = None
     paper_seed: int = Field(0, ge=0)
     paper_symbols: int = Field(300, ge=10, le=5_000)
+    paper_venue: str | None = Field(None, pattern=r"^https?://[^\s/]+")  # an exchange's URL
     paper_day: date | None = None  # the session to simulate; default: today (KST) or the next one
 
     # --- exchange (`python -m worker exchange`): what it accepts; keys generated when unset ---
