@@ -7,24 +7,26 @@ import subprocess
 import sys
 import time
 from decimal import Decimal
+from pathlib import Path
 
 import orjson
 import psycopg
 import redis as syncredis
-from support import libpq
+from support import libpq, start_exchange, venue_env
 
 LOSS_LIMIT = Decimal(300_000)
 SPEED = 1000.0
 
 
 def test_loss_limit_stops_every_buy_across_three_processes(
-    database_url: str, redis_url: str, prefix: str
+    database_url: str, redis_url: str, prefix: str, tmp_path: Path
 ) -> None:
     # The three processes start in ~1-2 s and share one clock that reaches 12:30 KST then;
     # the afternoon runs at 1,000x (3 h in ~11 s).
     epoch = time.time() + 2.0 - (3 * 3600 + 1800) / SPEED
     env = {
         **os.environ,
+        **venue_env(prefix),
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "FLEET_PREFIX": prefix,
@@ -43,6 +45,8 @@ def test_loss_limit_stops_every_buy_across_three_processes(
         "TREND_MIN_HOLD_MIN": "0",
         "LOG_LEVEL": "INFO",
     }
+    # one venue for the three processes, as a fleet has at a broker
+    exchange, env["PAPER_VENUE"] = start_exchange(env, tmp_path / "exchange.log")
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "worker", "run"],
@@ -59,9 +63,10 @@ def test_loss_limit_stops_every_buy_across_three_processes(
             assert p.returncode == 0, err.decode()[-2000:]
             logs.append(err.decode())
     finally:
-        for p in procs:
+        for p in (*procs, exchange):
             if p.poll() is None:
                 p.kill()
+                p.wait()
 
     with psycopg.connect(libpq(database_url)) as conn:
         trades = conn.execute(
@@ -78,10 +83,17 @@ def test_loss_limit_stops_every_buy_across_three_processes(
             "\n".join(log[-3000:] for log in logs)
         )
 
+        # Once reached, the limit latches: a later winning trade that lifts the day back above
+        # -limit does not let BUYs in again (the failure this test used to show under load)
         late_buys = conn.execute(
-            "SELECT count(*) FROM orders WHERE side = 'BUY' AND recorded_at > %s", (halted_at,)
-        ).fetchone()
-        assert late_buys == (0,), "a BUY entered the ledger after the loss limit was reached"
+            "SELECT id, worker_id, symbol, recorded_at FROM orders"
+            " WHERE side = 'BUY' AND recorded_at > %s",
+            (halted_at,),
+        ).fetchall()
+        assert late_buys == [], (
+            f"a BUY entered the ledger after the loss limit was reached at {halted_at}: "
+            f"{late_buys}; trades (pnl, recorded_at): {[t[:2] for t in trades]}"
+        )
         buys_before = conn.execute(
             "SELECT count(*) FROM orders WHERE side = 'BUY' AND recorded_at <= %s", (halted_at,)
         ).fetchone()[0]
@@ -104,6 +116,11 @@ def test_loss_limit_stops_every_buy_across_three_processes(
         assert conn.execute(
             "SELECT count(*) FROM positions WHERE status <> 'CLOSED'"
         ).fetchone() == (0,)
+        # the day's halt is recorded once, by one of the workers
+        halt_rows = conn.execute("SELECT worker_id, loss_limit FROM risk_halts").fetchall()
+        assert len(halt_rows) == 1
+        [(recorder, limit)] = halt_rows
+        assert limit == LOSS_LIMIT
 
     client = syncredis.Redis.from_url(redis_url)
     try:
@@ -114,6 +131,7 @@ def test_loss_limit_stops_every_buy_across_three_processes(
         ]
     finally:
         client.close()
-    assert {h[b"worker_id"].decode() for h in halts} == {"risk-1", "risk-2", "risk-3"}
-    for h in halts:
-        assert "why" in orjson.loads(h[b"data"])
+    # ... and announced once, by the worker that recorded it
+    assert [h[b"worker_id"].decode() for h in halts] == [recorder]
+    assert recorder in {"risk-1", "risk-2", "risk-3"}
+    assert "why" in orjson.loads(halts[0][b"data"])
