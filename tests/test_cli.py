@@ -34,6 +34,11 @@ def _run(args: list[str], env: dict[str, str] | None = None, timeout: float = 60
         ({"PAPER_EPOCH": "yesterday-ish"}, "PAPER_EPOCH"),
         ({"SHORT_MA_BARS": "40"}, "SHORT_MA_BARS"),
         ({"BROKER": "kis"}, "KIS_APP_KEY"),
+        ({"DATABASE_URL": "nonsense://", "REDIS_URL": "redis://127.0.0.1:1/0"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "http://x", "REDIS_URL": "redis://127.0.0.1:1/0"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "x", "REDIS_URL": "redis://127.0.0.1:1/0"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "postgresql://h/db", "REDIS_URL": "nonsense://"}, "REDIS_URL"),
+        ({"PAPER_VENUE": "localhost:9443"}, "PAPER_VENUE"),
     ],
 )
 def test_bad_configuration_exits_2_with_one_line_naming_the_setting(

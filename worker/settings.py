@@ -136,6 +136,25 @@ class Settings(BaseSettings):
     log_json: bool = False
     log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if not value:
+            return value
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme.split("+", 1)[0] not in ("postgresql", "postgres"):
+            raise ValueError("must be a PostgreSQL URL: postgresql+psycopg://user:pw@host:5432/db")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if not value:
+            return value
+        if value.split("://", 1)[0] not in ("redis", "rediss", "unix") or "://" not in value:
+            raise ValueError("must be a Redis URL: redis://host:6379/0 (or rediss://, unix://)")
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:
@@ -183,5 +202,7 @@ def _one_line(exc: ValidationError) -> str:
         return msg
     name = loc[0].upper()
     given = err.get("input")
-    shown = f" (got {given!r})" if isinstance(given, str | int | float) else ""
+    # URLs may carry a password, keys and secrets are secrets: never echoed
+    secret = name.endswith(("_URL", "_KEY", "_SECRET", "_ACCOUNT"))
+    shown = f" (got {given!r})" if isinstance(given, str | int | float) and not secret else ""
     return f"{name}: {msg}{shown}"
