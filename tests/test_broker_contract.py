@@ -1,44 +1,35 @@
 """The `Broker` contract, one suite run against every adapter: PaperBroker over the simulated
-market and KisBroker over the fake KIS server (tests/fake_kis.py) on loopback.
+market, and KisBroker through the real adapter against the project's KIS-compatible exchange
+(`exchange.serve_exchange`) on loopback, on both KIS domains (real and mock).
 
 Each adapter comes with a rig: a symbol, a price at which a BUY rests without filling, a
 quantity that fills in several parts, and `settle()` which lets the market move on (a simulated
-minute for the paper broker; for the fake server fills come with each inquiry, so a second).
+minute). The exchange checks cash and holdings as KIS does, so its rig first buys the shares the
+suite later sells.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable
-from contextlib import ExitStack
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 import redis.asyncio as aioredis
-from fake_kis import ACCOUNT, APP_KEY, APP_SECRET, FakeKis, serve
+from kis_rig import SESSION, START, kis_venue
 
 from broker.errors import OrderRejected, UnknownOrder
-from broker.kis import KisBroker, KisClient, KisConfig
 from broker.paper import WALK_LEVELS, PaperBroker
 from broker.port import Broker, BrokerOrderId, OrderRequest, OrderStatus, OrderType, Side
-from market.calendar import Session
-from market.clock import KST, ManualClock
+from market.clock import ManualClock
 from market.sim import SimulatedMarket
 from market.ticks import step
 from market.types import Tier
 
 pytestmark = pytest.mark.anyio
-
-DAY = date(2026, 3, 10)
-SESSION = Session(
-    DAY,
-    datetime(2026, 3, 10, 9, 0, tzinfo=KST),
-    datetime(2026, 3, 10, 15, 20, tzinfo=KST),
-    datetime(2026, 3, 10, 15, 30, tzinfo=KST),
-)
-START = datetime(2026, 3, 10, 10, 0, 15, tzinfo=KST)
+SEED, N_SYMBOLS = 21, 200
 
 
 @dataclass
@@ -49,16 +40,25 @@ class Rig:
     resting: Decimal  # a BUY limit that stays unfilled
     off_grid: Decimal
     big_qty: int  # fills in several parts
-    settle: Callable[[], None]
+    settle: Callable[[], Awaitable[None]]
 
 
 @pytest.fixture(scope="module")
 def market() -> SimulatedMarket:
-    return SimulatedMarket(seed=21, session=SESSION, n_symbols=200)
+    return SimulatedMarket(seed=SEED, session=SESSION, n_symbols=N_SYMBOLS)
 
 
-def _paper(market: SimulatedMarket) -> Rig:
-    clock = ManualClock(START)
+@dataclass(frozen=True)
+class Pick:
+    symbol: str
+    resting: Decimal
+    off_grid: Decimal
+    big_qty: int
+
+
+def _pick(market: SimulatedMarket) -> Pick:
+    """A thin symbol away from its limits: a BUY at the lower limit rests, a market BUY of three
+    times the visible asks fills in parts."""
     for inst in market.instruments:
         q = market.quote(inst.symbol, START)
         if inst.tier == Tier.THIN and step(q.lower_limit, 40) < q.price < step(q.upper_limit, -40):
@@ -67,22 +67,21 @@ def _paper(market: SimulatedMarket) -> Rig:
         raise AssertionError("no thin symbol away from its limits")
     _, asks = market.book(inst.symbol, START, WALK_LEVELS)
     lower, _ = market.limits(inst.symbol)
+    return Pick(inst.symbol, lower, q.price + 1, sum(size for _, size in asks) * 3)
 
-    def settle() -> None:
+
+def _paper(market: SimulatedMarket) -> Rig:
+    clock = ManualClock(START)
+    pick = _pick(market)
+
+    async def settle() -> None:
         clock.set(clock.now() + timedelta(minutes=1))
 
-    return Rig(
-        PaperBroker(market, clock),
-        clock,
-        inst.symbol,
-        lower,
-        q.price + 1,
-        sum(size for _, size in asks) * 3,
-        settle,
-    )
+    broker = PaperBroker(market, clock)
+    return Rig(broker, clock, pick.symbol, pick.resting, pick.off_grid, pick.big_qty, settle)
 
 
-@pytest.fixture(params=["paper", "kis"])
+@pytest.fixture(params=["paper", "kis-real", "kis-mock"])
 async def rig(
     request: pytest.FixtureRequest,
     market: SimulatedMarket,
@@ -92,22 +91,24 @@ async def rig(
     if request.param == "paper":
         yield _paper(market)
         return
-    clock = ManualClock(START)
-    fake = FakeKis(clock=clock.now, page_size=4)
-    fake.fill_per_poll["005930"] = 4
-    with ExitStack() as stack:
-        url = stack.enter_context(serve(fake))
-        cfg = KisConfig(APP_KEY, APP_SECRET, ACCOUNT, "real", base_url=url, rate_per_s=500.0)
-        client = KisClient(cfg, redis_client, prefix)
-        try:
+    domain = request.param.removeprefix("kis-")
+    pick = _pick(market)
+    async with kis_venue(redis_client, prefix, domain, seed=SEED, n_symbols=N_SYMBOLS) as venue:
+        broker = await venue.broker(universe=[pick.symbol])
 
-            def settle() -> None:
-                clock.set(clock.now() + timedelta(seconds=1))
+        async def settle() -> None:
+            await venue.advance(60)
 
-            broker = KisBroker(client, clock, cancel_poll_s=0.01)
-            yield Rig(broker, clock, "005930", Decimal(48_650), Decimal(70_010), 10, settle)
-        finally:
-            await client.aclose()
+        rig = Rig(
+            broker, venue.clock, pick.symbol, pick.resting, pick.off_grid, pick.big_qty, settle
+        )
+        # The exchange checks holdings as KIS does: own the shares the suite sells.
+        bought = await broker.submit_order(
+            OrderRequest(pick.symbol, Side.BUY, 20, OrderType.MARKET)
+        )
+        assert (await until_done(rig, bought.broker_order_id))[-1].filled_qty == 20
+        await settle()
+        yield rig
 
 
 def buy_limit(rig: Rig, qty: int, price: Decimal) -> OrderRequest:
@@ -121,7 +122,7 @@ def buy_market(rig: Rig, qty: int) -> OrderRequest:
 async def until_done(rig: Rig, broker_id: BrokerOrderId) -> list[OrderStatus]:
     seen = [await rig.broker.order_status(broker_id)]
     while not seen[-1].done and len(seen) < 40:
-        rig.settle()
+        await rig.settle()
         seen.append(await rig.broker.order_status(broker_id))
     return seen
 
@@ -163,7 +164,7 @@ async def test_status_is_cumulative_and_monotone(rig: Rig) -> None:
 
 async def test_cancel_working_then_again(rig: Rig) -> None:
     ack = await rig.broker.submit_order(buy_limit(rig, 5, rig.resting))
-    rig.settle()
+    await rig.settle()
     canceled = await rig.broker.cancel_order(ack.broker_order_id)
     assert canceled.canceled
     assert (canceled.filled_qty, canceled.remaining_qty) == (0, 0)

@@ -20,8 +20,8 @@ key                               type    TTL                     meaning
                                                                   in the sliding window
                                                                   (ratelimit.py)
 ``fleet:kis:token:{d}:{h}``       string  PX until KIS's expiry   JSON ``{"token",
-                                          less a margin           "expires_at"}``: the access
-                                                                  token (token.py)
+                                          less a margin           "expires_at", "use_until"}``:
+                                                                  the access token (token.py)
 ``fleet:kis:token:issue:{d}:{h}`` string  PX one issue interval   held by the process whose turn
                                                                   it is to ask KIS for a token;
                                                                   ``wait`` after a refusal

@@ -153,6 +153,7 @@ class KisNoticeFeed:
         self.connect_timeout_s = connect_timeout_s
         self.subscribed = anyio.Event()  # set once a subscription was confirmed
         self.received = 0  # notices read since start
+        self.connections = 0  # sessions opened since start
         self._approval: str | None = None
         self._cipher: tuple[str, str] | None = None
 
@@ -180,6 +181,7 @@ class KisNoticeFeed:
             aiohttp.ClientSession(timeout=timeout) as http,
             http.ws_connect(self.url, autoping=True) as ws,
         ):
+            self.connections += 1
             await ws.send_str(self._subscribe_message())
             async for msg in ws:
                 if msg.type is aiohttp.WSMsgType.TEXT:

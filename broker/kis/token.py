@@ -10,9 +10,9 @@ KIS stated (read on the injected `Clock`, so a paper exchange's day is honoured 
 ================================  ======  ==================  ==================================
 key (prefix ``fleet``)            type    TTL                 meaning
 ================================  ======  ==================  ==================================
-``fleet:kis:token:{d}:{h}``       string  PX until the        JSON ``{"token", "expires_at"}``
-                                          expiry less the     (ISO 8601) of domain ``d``, app
-                                          margin              key hash ``h``
+``fleet:kis:token:{d}:{h}``       string  PX until the        JSON ``{"token", "expires_at",
+                                          expiry less the     "use_until"}`` (ISO 8601) of
+                                          margin              domain ``d``, app key hash ``h``
 ``fleet:kis:token:issue:{d}:{h}`` string  PX issue interval   held by the process whose turn it
                                                               is to ask KIS (SET NX); its value
                                                               becomes ``wait`` when KIS answered
@@ -166,9 +166,7 @@ class RedisTokenCache:
             return None
         try:
             doc = orjson.loads(raw)
-            held = _Held(
-                str(doc["token"]), self._use_until(datetime.fromisoformat(doc["expires_at"]))
-            )
+            held = _Held(str(doc["token"]), datetime.fromisoformat(doc["use_until"]))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             logger.error("KIS token cache: unreadable value at {}; issuing a new token", self.key)
             return None
@@ -200,7 +198,11 @@ class RedisTokenCache:
     async def _issue(self) -> str:
         issued = await self.issuer()
         use_until = self._use_until(issued.expires_at)
-        doc = {"token": issued.access_token, "expires_at": issued.expires_at.isoformat()}
+        doc = {
+            "token": issued.access_token,
+            "expires_at": issued.expires_at.isoformat(),
+            "use_until": use_until.isoformat(),
+        }
         wall_s = (use_until - self.clock.now()).total_seconds() / max(self.clock.speed, 1e-9)
         await self._redis(
             "store the token",
