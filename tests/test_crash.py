@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import time as dtime
 from pathlib import Path
 
 import psycopg
@@ -105,4 +106,81 @@ def test_sigkilled_holder_is_adopted_by_a_live_worker(
         assert conn.execute(
             "SELECT count(*) FROM orders"
             " WHERE status IN ('NEW', 'SUBMITTING', 'SENT', 'PARTIALLY_FILLED', 'UNKNOWN')"
+        ).fetchone() == (0,)
+
+
+def _clock_at(env: dict[str, str], speed: float) -> float:
+    """Simulated seconds since the open, on the processes' shared clock."""
+    return (time.time() - float(env["PAPER_EPOCH"])) * speed
+
+
+def test_holder_killed_in_the_liquidation_window_is_flat_by_the_close_with_no_restart(
+    database_url: str, redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    speed = 120.0
+    liquidation_start = (6 * 60 + 5) * 60  # 15:05, with LIQUIDATION_LEAD_MIN=15 (seconds)
+    env = {
+        **os.environ,
+        **venue_env(prefix),
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "FLEET_PREFIX": prefix,
+        "PAPER_SPEED": str(speed),
+        # the clock reads 14:57 when the processes are up: entries until 15:05, then only exits
+        "PAPER_EPOCH": str(time.time() + 2.0 - (5 * 3600 + 57 * 60) / speed),
+        "PAPER_SEED": "3",
+        "PAPER_DAY": "2026-11-24",
+        "LOCK_TTL_MS": "1500",
+        "LIQUIDATION_LEAD_MIN": "15",
+        "THIN_LIQUIDATION_LEAD_MIN": "15",
+        "MAX_HOLD_MIN": "300",
+        "TAKE_PROFIT_PCT": "50",
+        "STOP_LOSS_PCT": "40",
+        "TREND_BREAK_PCT": "40",
+    }
+    exchange, env["PAPER_VENUE"] = start_exchange(env, tmp_path / "exchange.log")
+
+    def start(worker_id: str) -> subprocess.Popen[bytes]:
+        with open(tmp_path / f"{worker_id}.log", "wb") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "worker", "run"], env={**env, "WORKER_ID": worker_id},
+                stdout=subprocess.DEVNULL, stderr=log,
+            )  # fmt: skip
+
+    procs = {w: start(w) for w in ("first", "second")}
+    try:
+        # a worker holding a position once the liquidation window has opened (15:05) ...
+        def holder_in_window() -> tuple[str, str] | None:
+            if _clock_at(env, speed) < liquidation_start + 30:
+                return None
+            for w in procs:
+                symbol = _holding(database_url, w)
+                if symbol:
+                    return w, symbol
+            return None
+
+        victim, symbol = eventually(holder_in_window, timeout=60, every=0.02)
+        procs[victim].send_signal(signal.SIGKILL)  # ... is killed, and nothing restarts it
+        procs[victim].wait(timeout=10)
+        (survivor,) = (w for w in procs if w != victim)
+        procs[survivor].wait(timeout=120)
+        log = (tmp_path / f"{survivor}.log").read_text()
+        assert procs[survivor].returncode == 0, log[-2000:]
+    finally:
+        for proc in (*procs.values(), exchange):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    with psycopg.connect(libpq(database_url)) as conn:
+        closed = conn.execute(
+            "SELECT worker_id, closed_at AT TIME ZONE 'Asia/Seoul' FROM trades"
+            " WHERE symbol = %s ORDER BY id DESC LIMIT 1",
+            (symbol,),
+        ).fetchone()
+        assert closed is not None
+        assert closed[0] == survivor  # adopted and sold by the live worker
+        assert closed[1].time() <= dtime(15, 30)  # by the close
+        assert conn.execute(
+            "SELECT count(*) FROM positions WHERE status <> 'CLOSED'"
         ).fetchone() == (0,)
