@@ -3,6 +3,9 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY worker ./worker
+COPY trading ./trading
+COPY strategy ./strategy
+COPY exchange ./exchange
 COPY coordination ./coordination
 COPY ledger ./ledger
 COPY market ./market
