@@ -366,6 +366,9 @@ class Rig:
         self._closers.append(fn)
 
     def close(self) -> None:
+        # a second Ctrl-C must not cut the cleanup short and leave servers running
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         while self._closers:
             fn = self._closers.pop()
             try:
@@ -403,10 +406,11 @@ class Rig:
 
 
 def interrupts_as_exceptions() -> None:
-    """SIGTERM and SIGHUP raise KeyboardInterrupt like Ctrl-C, so every `finally` runs."""
+    """SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt, so every `finally` runs (also when a
+    shell started us in the background with SIGINT ignored)."""
 
     def raise_interrupt(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, raise_interrupt)
