@@ -3,7 +3,9 @@
     LedgerError                     root: every error the ledger raises
     ├── LedgerUnavailable           transient: Postgres unreachable, the connection dropped, or
     │                               the call met a deadline (connect, statement, lock or per-call
-    │                               timeout); nothing was committed; retry with backoff
+    │                               timeout); nothing was committed (unless the deadline met the
+    │                               COMMIT itself: every write is idempotent or fenced, so the
+    │                               retry is safe); retry with backoff
     ├── StaleFence                  the write was refused: the worker's fence is not the one the
     │                               lock mirror holds for the symbol (or a newer one exists); stop
     │                               trading that symbol

@@ -8,8 +8,9 @@ in-flight tracker resolves from the broker's truth.
 
 * NEW: in the ledger (the fenced insert succeeded), not yet claimed for sending.
 * SUBMITTING: claimed for sending by a fenced compare-and-set (`Ledger.begin_submit`) just
-  before the broker call: it may be at the broker. Anyone but the claimant treats it as UNKNOWN
-  until the broker has been asked; it is never withdrawn.
+  before the broker call: it may be at the broker. It is never withdrawn; an adopter of the
+  symbol takes it as UNKNOWN (`Ledger.adopt_position` moves it there) until the broker has
+  been asked.
 * SENT: the broker accepted it and gave a broker order id (KIS ODNO).
 * UNKNOWN: the send's outcome is unknown (timeout, dropped connection); to be reconciled with
   the broker's order list, never resent blindly.

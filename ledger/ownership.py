@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ledger.convert import order_record
@@ -89,6 +89,17 @@ async def withdraw_orders(
 async def adopt_position(s: AsyncSession, symbol: str, new_worker_id: str, fence: int) -> bool:
     """See `Ledger.adopt_position`."""
     await hold_fence(s, symbol, new_worker_id, fence)
+    # Claimed under an earlier tenure: it may be at the broker, and only the claimant could
+    # have known. For its adopter the outcome is unknown until the broker has been asked.
+    claimed_earlier = (
+        update(Order)
+        .where(Order.symbol == symbol, Order.status == OrderState.SUBMITTING.value,
+               Order.fence != fence)
+        .values(status=OrderState.UNKNOWN.value, status_reason=func.concat(
+            "claimed for sending by ", Order.worker_id, " fence ", Order.fence,
+            ": outcome unknown to its adopter"))
+    )  # fmt: skip
+    await s.execute(claimed_earlier)
     ord_stmt = (
         update(Order)
         .where(Order.symbol == symbol, Order.status.in_(_UNFINISHED))

@@ -349,7 +349,8 @@ class Ledger:
         Only while the mirror holds (symbol, new_worker_id, fence), checked in the same
         transaction (`StaleFence` otherwise). Returns whether a position was adopted; the
         unfinished orders on the symbol move in any case, so an orphaned BUY with no fill yet
-        is reconciled by the new owner too.
+        is reconciled by the new owner too. An order claimed for sending under an earlier fence
+        (SUBMITTING) becomes UNKNOWN: it may be at the broker, which has to be asked.
         """
         async with self._tx() as s:
             return await ownership.adopt_position(s, symbol, new_worker_id, fence)

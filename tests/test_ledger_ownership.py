@@ -218,6 +218,28 @@ async def test_adoption_needs_the_current_fence(ledger: Ledger) -> None:
     ]
 
 
+async def test_an_adopter_takes_an_order_claimed_earlier_as_unknown(ledger: Ledger) -> None:
+    await _holding(ledger, "w1", 1)
+    sell = await ledger.create_order(intent("w1", 1, Side.SELL, 10, 51_000))
+    await ledger.begin_submit(sell.client_order_id, "w1", 1)  # then w1 froze mid-submit
+    await ledger.lock_acquired(SYM, "w2", 2, 30_000, T0)
+    assert await ledger.adopt_position(SYM, "w2", 2)
+    [adopted] = await ledger.unfinished_orders("w2")
+    assert adopted.status is OrderState.UNKNOWN
+    assert adopted.status_reason == (
+        "claimed for sending by w1 fence 1: outcome unknown to its adopter"
+    )
+    # whatever the broker says next can be recorded: w1's late ack, or the adopter's lookup
+    sent = await ledger.mark_order_sent(sell.client_order_id, BrokerOrderId("9"), T0)
+    assert (sent.status, sent.worker_id) == (OrderState.SENT, "w2")
+    # a claim of the adopter's own tenure stays its own
+    await ledger.lock_acquired("000660", "w2", 1, 30_000, T0)
+    own = await ledger.create_order(intent("w2", 1, symbol="000660"))
+    await ledger.begin_submit(own.client_order_id, "w2", 1)
+    assert not await ledger.adopt_position("000660", "w2", 1)
+    assert await _status(ledger, own.client_order_id) is OrderState.SUBMITTING
+
+
 async def test_orphaning_is_refused_once_a_newer_fence_exists(ledger: Ledger) -> None:
     await _holding(ledger, "w1", 1)
     # w1 lost the lock and took it again: a late reaper pass for fence 1 must not orphan it
