@@ -97,14 +97,74 @@ def empty_database_url(pg_server_url: str) -> Iterator[str]:
         _drop_db(pg_server_url, name)
 
 
+class _DatabasePool:
+    """Databases at migration head, handed to one test at a time and emptied in between.
+
+    Creating a database from the template costs ~0.3 s and dropping it as much; emptying one
+    (its sessions ended, every table truncated, identities restarted) costs a few ms, and the
+    next test sees exactly what a fresh clone would hold: the schema and no rows.
+    """
+
+    def __init__(self, server_url: str, template: str) -> None:
+        self.server_url = server_url
+        self.template = template
+        self.free: list[str] = []
+        self.every: list[str] = []
+
+    def take(self) -> str:
+        if self.free:
+            return self.free.pop()
+        name = _create_db(self.server_url, self.template)
+        self.every.append(name)
+        return name
+
+    def give_back(self, name: str) -> None:
+        url = _with_db(self.server_url, name)
+        try:
+            with psycopg.connect(libpq(self.server_url), autocommit=True) as conn:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (name,),
+                )
+            with psycopg.connect(libpq(url), autocommit=True) as conn:
+                tables = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT quote_ident(tablename) FROM pg_tables WHERE schemaname = 'public'"
+                        " AND tablename <> 'alembic_version'"
+                    ).fetchall()
+                ]
+                if tables:
+                    conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+        except psycopg.Error:
+            _drop_db(self.server_url, name)  # could not be emptied: never handed out again
+            self.every.remove(name)
+            return
+        self.free.append(name)
+
+    def close(self) -> None:
+        for name in self.every:
+            _drop_db(self.server_url, name)
+
+
+@pytest.fixture(scope="session")
+def database_pool(pg_server_url: str, template_db: str) -> Iterator[_DatabasePool]:
+    pool = _DatabasePool(pg_server_url, template_db)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
 @pytest.fixture
-def database_url(pg_server_url: str, template_db: str) -> Iterator[str]:
-    """URL of a fresh database at migration head."""
-    name = _create_db(pg_server_url, template_db)
+def database_url(pg_server_url: str, database_pool: _DatabasePool) -> Iterator[str]:
+    """URL of a database at migration head with no rows, this test's alone."""
+    name = database_pool.take()
     try:
         yield _with_db(pg_server_url, name)
     finally:
-        _drop_db(pg_server_url, name)
+        database_pool.give_back(name)
 
 
 @pytest.fixture

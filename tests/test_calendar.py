@@ -20,6 +20,7 @@ def cal() -> KrxCalendar:
     return default_calendar()
 
 
+@pytest.mark.slow
 def test_default_calendar_is_cached() -> None:
     assert default_calendar() is default_calendar()
 

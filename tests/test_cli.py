@@ -77,6 +77,7 @@ def test_every_command_has_help(command: list[str]) -> None:
     assert "usage: python -m worker" in result.stdout
 
 
+@pytest.mark.slow
 def test_unreachable_postgres_exits_1_naming_the_server() -> None:
     port = free_port()
     result = _run(
@@ -95,6 +96,7 @@ def test_unreachable_postgres_exits_1_naming_the_server() -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_unreachable_redis_exits_1_naming_the_server(database_url: str) -> None:
     port = free_port()
     result = _run(
@@ -112,6 +114,7 @@ def test_unreachable_redis_exits_1_naming_the_server(database_url: str) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_migrate_is_idempotent(empty_database_url: str) -> None:
     for _ in range(2):
         result = _run(["migrate"], {"DATABASE_URL": empty_database_url})

@@ -12,7 +12,10 @@ from datetime import time as dtime
 from pathlib import Path
 
 import psycopg
+import pytest
 from support import eventually, libpq, start_exchange, venue_env
+
+pytestmark = pytest.mark.slow  # processes or a whole simulated day
 
 SPEED = 300.0
 

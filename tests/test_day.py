@@ -19,6 +19,8 @@ from support import libpq
 from worker.app import epoch_soon, run_fleet
 from worker.settings import load_settings
 
+pytestmark = pytest.mark.slow  # processes or a whole simulated day
+
 SPEED = 2_500.0  # a 6.5 h session in ~9.4 s of wall time
 
 

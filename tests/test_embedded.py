@@ -8,6 +8,9 @@ import subprocess
 import sys
 
 import psutil
+import pytest
+
+pytestmark = pytest.mark.slow  # processes or a whole simulated day
 
 
 def _embedded_servers() -> list[str]:

@@ -346,6 +346,7 @@ async def test_market_buy_fills_and_the_reply_is_kis_shaped() -> None:
         assert wrong.json()["msg_cd"] == "OPSQ0002"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("domain", "size"), [("mock", 15), ("real", 100)])
 async def test_daily_fills_page_with_padded_keys(domain: Domain, size: int) -> None:
     async with running(domain) as (ex, _), client(ex) as c:

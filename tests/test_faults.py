@@ -17,6 +17,8 @@ from trading.loop import Worker
 from worker.app import Plan, epoch_soon, run_fleet
 from worker.settings import load_settings
 
+pytestmark = pytest.mark.slow  # processes or a whole simulated day
+
 
 @pytest.mark.anyio
 async def test_lost_replies_and_refusals_reconcile_without_duplicates(

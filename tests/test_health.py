@@ -51,6 +51,7 @@ def _scans(samples: Samples, worker: str) -> float:
     return samples.get(key, 0.0)
 
 
+@pytest.mark.slow
 @pytest.mark.anyio
 async def test_fleet_serves_health_and_metrics_then_closes(
     database_url: str, redis_url: str, prefix: str

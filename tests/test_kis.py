@@ -130,6 +130,7 @@ async def test_unknown_token_egw00121_is_refreshed_once(venue: KisVenue) -> None
     assert [o.odno for o in venue.placed()] == [ack.broker_order_id]
 
 
+@pytest.mark.slow
 async def test_a_refresh_waits_for_the_one_issue_a_minute(
     redis_client: aioredis.Redis, prefix: str
 ) -> None:
@@ -161,6 +162,7 @@ async def test_a_refresh_waits_for_the_one_issue_a_minute(
         assert asks <= elapsed / interval + 2
 
 
+@pytest.mark.slow
 async def test_shared_rate_limit_keeps_kis_from_refusing(
     redis_client: aioredis.Redis, prefix: str
 ) -> None:
@@ -187,6 +189,7 @@ async def test_shared_rate_limit_keeps_kis_from_refusing(
         assert anyio.current_time() - started >= 1.0  # 41 requests at 20/s: paced, not bursted
 
 
+@pytest.mark.slow
 async def test_egw00201_is_retried(redis_client: aioredis.Redis, prefix: str) -> None:
     async with kis_venue(redis_client, prefix, "mock", rate_limit=True) as venue:
         fleet = [await venue.broker(backoff_s=0.1, rate_retries=10) for _ in range(4)]

@@ -74,6 +74,7 @@ async def until(broker: KisBroker, venue: KisVenue, odno: BrokerOrderId) -> list
     return seen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("domain", "orders", "pages"), [("mock", 40, 3), ("real", 250, 3)])
 async def test_daily_fills_paging_across_many_pages(
     redis_client: aioredis.Redis, prefix: str, domain: str, orders: int, pages: int

@@ -111,6 +111,7 @@ async def _fails_unavailable_within(call_s: float, call: object) -> LedgerUnavai
     return info.value
 
 
+@pytest.mark.slow
 async def test_a_server_that_stops_answering_meets_the_call_deadline(database_url: str) -> None:
     async with proxied_ledger(database_url, call_timeout_s=1.0) as (proxy, ledger, engine):
         assert await ledger.lock_acquired(SYM, "w1", 1, 30_000, T0)  # a pooled connection
@@ -129,6 +130,7 @@ async def test_a_server_that_stops_answering_meets_the_call_deadline(database_ur
             assert (await ledger.scan_view(T0.date())).realized_pnl == 0
 
 
+@pytest.mark.slow
 async def test_a_connection_that_cannot_be_opened_meets_the_connect_timeout(
     database_url: str,
 ) -> None:

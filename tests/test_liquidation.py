@@ -26,6 +26,8 @@ from market.types import Tier
 from worker.app import cost_model, run_fleet
 from worker.settings import load_settings
 
+pytestmark = pytest.mark.slow  # processes or a whole simulated day
+
 DAY = date(2026, 11, 24)
 SEED = 7
 SPEED = 600.0

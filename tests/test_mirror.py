@@ -48,6 +48,7 @@ async def cycle(lock: RedisSymbolLock, symbol: str) -> None:
     assert await lock.release(lease)
 
 
+@pytest.mark.slow
 async def test_mirror_converges_after_its_writer_is_killed_mid_stream(
     redis_url: str,
     database_url: str,

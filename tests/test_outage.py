@@ -14,6 +14,8 @@ from support import RedisProcess, free_port, libpq
 from worker.app import run_fleet
 from worker.settings import load_settings
 
+pytestmark = pytest.mark.slow  # processes or a whole simulated day
+
 SPEED = 300.0
 DAY = date(2026, 11, 24)
 

@@ -97,6 +97,7 @@ def open_position(database_url: str, worker_id: str, symbol: str) -> None:
     )
 
 
+@pytest.mark.slow
 async def test_sigkilled_holder_is_taken_over_within_ttl_plus_heartbeat(
     redis_url: str,
     database_url: str,
@@ -160,6 +161,7 @@ async def test_sigkilled_holder_is_taken_over_within_ttl_plus_heartbeat(
     assert kinds.count(("lock.recovered", "live-1")) == 1
 
 
+@pytest.mark.slow
 async def test_stopped_holder_resumed_after_takeover_cannot_reach_the_broker(
     redis_url: str,
     database_url: str,
@@ -271,6 +273,7 @@ class Grant:
     accepted: bool  # the ledger's mirror moved to it
 
 
+@pytest.mark.slow
 async def test_fences_never_go_backwards_across_a_redis_restart(ledger: Ledger) -> None:
     server = RedisProcess(free_port())
     server.start()

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import orjson
 import psycopg
+import pytest
 import redis as syncredis
 from support import libpq, start_exchange, venue_env
+
+pytestmark = pytest.mark.slow  # processes or a whole simulated day
 
 LOSS_LIMIT = Decimal(300_000)
 SPEED = 1000.0

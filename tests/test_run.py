@@ -13,6 +13,8 @@ import pytest
 import redis as syncredis
 from support import eventually, libpq
 
+pytestmark = pytest.mark.slow  # processes or a whole simulated day
+
 
 @pytest.fixture
 def fleet_env(database_url: str, redis_url: str, prefix: str) -> dict[str, str]:

@@ -177,6 +177,7 @@ def universes(draw: st.DrawFn) -> tuple[Snapshot, ScanParams]:
     return snap, p
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(universes())
 def test_indicators_scores_and_filters_equal_the_plain_reference(
@@ -201,6 +202,7 @@ def test_indicators_scores_and_filters_equal_the_plain_reference(
             assert close(float(value), ref[key]), (key, i, float(value), ref[key])
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(universes())
 def test_ranking_is_a_plain_sort_of_liquid_symbols_by_score_then_symbol(
