@@ -46,7 +46,7 @@ def plan_faults(rng: random.Random, speed: float, workers: int, ttl_s: float) ->
     rng.shuffle(modes)
     for mode in modes:
         faults.append(Fault(rng.uniform(15, 350), "kill", (mode, rng.uniform(0.5, 3) * ttl_s)))
-    faults.append(Fault(rng.uniform(372, 380), "kill", (None, 0.0)))
+    faults.append(Fault(rng.uniform(366, 374), "kill", (None, 0.0)))
     for _ in range(n):
         faults.append(Fault(rng.uniform(15, 350), "stop", rng.uniform(1.5, 3) * ttl_s))
     for kind in ("lock_garbage", "fence_garbage", "stream_garbage"):
