@@ -121,7 +121,7 @@ def test_holder_killed_in_the_liquidation_window_is_flat_by_the_close_with_no_re
     database_url: str, redis_url: str, prefix: str, tmp_path: Path
 ) -> None:
     speed = 120.0
-    liquidation_start = (6 * 60 + 5) * 60  # 15:05, with LIQUIDATION_LEAD_MIN=15 (seconds)
+    liquidation_start = (6 * 60 + 5) * 60  # the survivor's: 15:05, clock seconds since 09:00
     env = {
         **os.environ,
         **venue_env(prefix),
@@ -134,8 +134,6 @@ def test_holder_killed_in_the_liquidation_window_is_flat_by_the_close_with_no_re
         "PAPER_SEED": "3",
         "PAPER_DAY": "2026-11-24",
         "LOCK_TTL_MS": "1500",
-        "LIQUIDATION_LEAD_MIN": "15",
-        "THIN_LIQUIDATION_LEAD_MIN": "15",
         "MAX_HOLD_MIN": "300",
         "TAKE_PROFIT_PCT": "50",
         "STOP_LOSS_PCT": "40",
@@ -143,29 +141,32 @@ def test_holder_killed_in_the_liquidation_window_is_flat_by_the_close_with_no_re
     }
     exchange, env["PAPER_VENUE"] = start_exchange(env, tmp_path / "exchange.log")
 
-    def start(worker_id: str) -> subprocess.Popen[bytes]:
+    def start(worker_id: str, lead_min: int) -> subprocess.Popen[bytes]:
+        lead = {"LIQUIDATION_LEAD_MIN": str(lead_min), "THIN_LIQUIDATION_LEAD_MIN": str(lead_min)}
         with open(tmp_path / f"{worker_id}.log", "wb") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", "worker", "run"], env={**env, "WORKER_ID": worker_id},
+                [sys.executable, "-m", "worker", "run"],
+                env={**env, **lead, "WORKER_ID": worker_id},
                 stdout=subprocess.DEVNULL, stderr=log,
             )  # fmt: skip
 
-    procs = {w: start(w) for w in ("first", "second")}
+    # the survivor's liquidation window opens at 15:05: from then on it only sells and adopts;
+    # the victim's opens at 15:29, so it still holds a position well inside the survivor's
+    victim, survivor = "victim", "survivor"
+    procs = {victim: start(victim, 1), survivor: start(survivor, 15)}
     try:
-        # a worker holding a position once the liquidation window has opened (15:05) ...
-        def holder_in_window() -> tuple[str, str] | None:
-            if _clock_at(env, speed) < liquidation_start + 30:
-                return None
-            for w in procs:
-                symbol = _holding(database_url, w)
-                if symbol:
-                    return w, symbol
-            return None
 
-        victim, symbol = eventually(holder_in_window, timeout=60, every=0.02)
-        procs[victim].send_signal(signal.SIGKILL)  # ... is killed, and nothing restarts it
+        def victim_holds_while_survivor_idles_in_window() -> str | None:
+            if _clock_at(env, speed) < liquidation_start + 180:  # a few idle scans after 15:05
+                return None
+            if _holding(database_url, survivor):
+                return None
+            return _holding(database_url, victim)
+
+        symbol = eventually(victim_holds_while_survivor_idles_in_window, timeout=60, every=0.02)
+        assert procs[survivor].poll() is None, "the idle survivor left in the liquidation window"
+        procs[victim].send_signal(signal.SIGKILL)  # nothing restarts it
         procs[victim].wait(timeout=10)
-        (survivor,) = (w for w in procs if w != victim)
         procs[survivor].wait(timeout=120)
         log = (tmp_path / f"{survivor}.log").read_text()
         assert procs[survivor].returncode == 0, log[-2000:]

@@ -97,8 +97,9 @@ class Entries:
         limit = self.d.config.daily_loss_limit
         if view.halted:
             await self.halt("the day's loss limit was reached earlier (ledger)")
-        elif view.realized_pnl <= -limit:
-            await self.halt(f"realized {view.realized_pnl} <= -{limit}")
+        elif view.low_pnl <= -limit:
+            # the day's low, not the current figure: a later recovery does not reopen buying
+            await self.halt(f"realized pnl reached {view.low_pnl} <= -{limit} today")
         return self.halted
 
     async def halt(self, why: str) -> None:

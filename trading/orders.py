@@ -151,7 +151,8 @@ class OrderPlacer:
             if not may_submit():
                 raise LeaseExpired(f"lease on {p.symbol} past its local deadline: not submitted")
             try:
-                order = await self.ledger.begin_submit(cid, self.worker_id, p.fence)
+                claimed_at = self.clock.now()
+                order = await self.ledger.begin_submit(cid, self.worker_id, p.fence, claimed_at)
             except (StaleFence, OrderNotNew) as exc:
                 # a newer owner holds the symbol, or already withdrew this intent
                 raise LeaseInvalid(str(exc)) from exc

@@ -226,6 +226,9 @@ class Tenure:
             )
             if not mirrored:
                 return "lost"
+            # re-acquired under a new fence: what the old fence left is this tenure's again
+            await ctx.ledger.withdraw_orders(fresh.symbol, ctx.worker_id, fresh.fence,
+                                             ctx.clock.now())  # fmt: skip
             await ctx.ledger.adopt_position(fresh.symbol, ctx.worker_id, fresh.fence)
         self.lease = fresh
         ctx.keeper.add(fresh)
