@@ -96,69 +96,93 @@ class RedisProcess:
             self.proc.wait(timeout=10)
 
 
-class TcpProxy:
-    """A loopback TCP proxy in front of a server, for outages the test controls: `cut()` closes
-    every connection at its next byte and refuses new ones until `restore()` (a restart or a
-    partition); `stall()` keeps connections open but forwards nothing (a server that stops
-    answering).
+class ServerProxy:
+    """A loopback TCP proxy in front of a database server, for outages the test controls.
+
+    `stall()` keeps every connection open but holds every byte (a partitioned network or a
+    frozen server) until `resume()`; `cut()` closes each connection at its next byte and refuses
+    new ones (a restart, or a server that went away) until `resume()`. The server may listen on
+    TCP or, like the embedded test server, on a unix socket only.
 
         async with anyio.create_task_group() as tg:
-            proxy = TcpProxy("127.0.0.1", 5432)
-            await tg.start(proxy.serve)          # proxy.port is bound now
+            proxy = ServerProxy(database_url)
+            await tg.start(proxy.serve)
+            engine = create_engine(proxy.url_for(database_url))
     """
 
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.port = 0
-        self.mode = "forward"
+    def __init__(self, database_url: str) -> None:
+        import anyio
 
-    async def serve(self, *, task_status: Any) -> None:
+        url = make_url(database_url)
+        self.host, self.port = url.host, url.port or 5432
+        socket_dir = url.query.get("host")
+        self.unix_path = None if url.host else Path(str(socket_dir)) / f".s.PGSQL.{self.port}"
+        self.listen_port = 0
+        self.refusing = False
+        self._flowing = anyio.Event()
+        self._flowing.set()
+
+    def url_for(self, database_url: str) -> str:
+        url = make_url(database_url).set(host="127.0.0.1", port=self.listen_port)
+        url = url.difference_update_query(["host", "port"])
+        return url.render_as_string(hide_password=False)
+
+    def stall(self) -> None:
+        import anyio
+
+        if self._flowing.is_set():
+            self._flowing = anyio.Event()
+
+    def cut(self) -> None:
+        self.refusing = True
+        self._flowing.set()
+
+    def resume(self) -> None:
+        self.refusing = False
+        self._flowing.set()
+
+    async def serve(self, *, task_status: Any = None) -> None:
         import anyio
         from anyio.abc import SocketAttribute
 
         listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
-        async with listener:
-            self.port = listener.extra(SocketAttribute.local_port)
+        self.listen_port = listener.extra(SocketAttribute.local_port)
+        if task_status is not None:
             task_status.started()
+        async with listener:
             await listener.serve(self._handle)
 
     async def _handle(self, client: Any) -> None:
         import anyio
 
-        async with client:
-            if self.mode != "forward":
-                return
-            try:
-                server = await anyio.connect_tcp(*self.target)
-            except OSError:
-                return
-            async with server, anyio.create_task_group() as tg:
-                tg.start_soon(self._pipe, client, server, tg.cancel_scope)
-                tg.start_soon(self._pipe, server, client, tg.cancel_scope)
+        if self.refusing:
+            await client.aclose()
+            return
+        try:
+            if self.unix_path is not None:
+                server: Any = await anyio.connect_unix(self.unix_path)
+            else:
+                server = await anyio.connect_tcp(self.host or "127.0.0.1", self.port)
+        except OSError:
+            await client.aclose()
+            return
+        async with client, server, anyio.create_task_group() as tg:
+            tg.start_soon(self._pipe, client, server, tg.cancel_scope)
+            tg.start_soon(self._pipe, server, client, tg.cancel_scope)
 
     async def _pipe(self, src: Any, dst: Any, scope: Any) -> None:
         import anyio
 
         try:
             while True:
-                data = await src.receive()
-                while self.mode == "stall":
-                    await anyio.sleep(0.01)
-                if self.mode != "forward":
+                chunk = await src.receive()
+                await self._flowing.wait()
+                if self.refusing:
                     break
-                await dst.send(data)
-        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+                await dst.send(chunk)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
         scope.cancel()  # one side ended: close both
-
-    def cut(self) -> None:
-        self.mode = "cut"
-
-    def stall(self) -> None:
-        self.mode = "stall"
-
-    def restore(self) -> None:
-        self.mode = "forward"
 
 
 def start_exchange(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:

@@ -8,8 +8,7 @@ from datetime import date, datetime, time
 
 import anyio
 import pytest
-from sqlalchemy.engine import make_url
-from support import TcpProxy, sql
+from support import ServerProxy, sql
 
 from market.clock import KST
 from trading.loop import Worker
@@ -38,8 +37,7 @@ def _flat_and_reconciled(database_url: str) -> None:
 async def test_postgres_restart_mid_day_costs_no_worker_and_no_position(
     database_url: str, redis_url: str, prefix: str
 ) -> None:
-    url = make_url(database_url)
-    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    proxy = ServerProxy(database_url)
     fleet: list[Worker] = []
     outage: dict[str, datetime] = {}
 
@@ -58,12 +56,12 @@ async def test_postgres_restart_mid_day_costs_no_worker_and_no_position(
         # the server stays away for 20 simulated minutes of trading
         while (clock.now() - outage["from"]).total_seconds() < 20 * 60:
             await anyio.sleep(0.02)
-        proxy.restore()
+        proxy.resume()
         outage["to"] = clock.now()
 
     async with anyio.create_task_group() as tg:
         await tg.start(proxy.serve)
-        via_proxy = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        via_proxy = proxy.url_for(database_url)
         settings = load_settings(
             database_url=via_proxy, redis_url=redis_url, fleet_prefix=prefix, worker_id="pgo",
             paper_seed=5, paper_symbols=200, paper_day=DAY, lock_ttl_ms=2_000,

@@ -12,16 +12,13 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import anyio
 import psycopg
 import pytest
-from anyio.abc import ByteStream, SocketAttribute, TaskStatus
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
-from support import libpq
+from support import ServerProxy, libpq
 from test_ledger import SYM, T0
 
 from ledger.db import create_engine
@@ -34,63 +31,11 @@ pytestmark = pytest.mark.anyio
 MARGIN_S = 1.5  # scheduling slack on a shared, loaded machine
 
 
-class StallingProxy:
-    """Forwards bytes between clients and one Postgres until `stall()`; then holds every byte
-    (connections stay open, nothing moves) until `resume()`."""
-
-    def __init__(self, database_url: str) -> None:
-        url = make_url(database_url)
-        self.host, self.port = url.host, url.port or 5432
-        socket_dir = url.query.get("host")
-        # the embedded test server listens on a unix socket only
-        self.unix_path = None if url.host else Path(str(socket_dir)) / f".s.PGSQL.{self.port}"
-        self.listen_port = 0
-        self._flowing = anyio.Event()
-        self._flowing.set()
-
-    def url_for(self, database_url: str) -> str:
-        url = make_url(database_url).set(host="127.0.0.1", port=self.listen_port)
-        url = url.difference_update_query(["host", "port"])
-        return url.render_as_string(hide_password=False)
-
-    def stall(self) -> None:
-        if self._flowing.is_set():
-            self._flowing = anyio.Event()
-
-    def resume(self) -> None:
-        self._flowing.set()
-
-    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
-        self.listen_port = listener.extra(SocketAttribute.local_port)
-        task_status.started()
-        async with listener:
-            await listener.serve(self._handle)
-
-    async def _handle(self, client: ByteStream) -> None:
-        if self.unix_path is not None:
-            server: ByteStream = await anyio.connect_unix(self.unix_path)
-        else:
-            server = await anyio.connect_tcp(self.host or "127.0.0.1", self.port)
-        async with client, server, anyio.create_task_group() as tg:
-            tg.start_soon(self._pipe, client, server, tg.cancel_scope)
-            tg.start_soon(self._pipe, server, client, tg.cancel_scope)
-
-    async def _pipe(self, src: ByteStream, dst: ByteStream, scope: anyio.CancelScope) -> None:
-        try:
-            while True:
-                chunk = await src.receive()
-                await self._flowing.wait()
-                await dst.send(chunk)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            scope.cancel()
-
-
 @asynccontextmanager
 async def proxied_ledger(
     database_url: str, call_timeout_s: float, **engine_kw: float
-) -> AsyncIterator[tuple[StallingProxy, Ledger, AsyncEngine]]:
-    proxy = StallingProxy(database_url)
+) -> AsyncIterator[tuple[ServerProxy, Ledger, AsyncEngine]]:
+    proxy = ServerProxy(database_url)
     async with anyio.create_task_group() as tg:
         await tg.start(proxy.serve)
         engine = create_engine(proxy.url_for(database_url), **engine_kw)  # type: ignore[arg-type]
