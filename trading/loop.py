@@ -159,7 +159,8 @@ class Worker:
                 # A server or the broker is away: nothing was half-done that the ledger does
                 # not know about; try again after a backoff, give up after a bounded run.
                 failures += 1
-                self.log.error("{} tick failed ({} in a row): {!r}", self.state, failures, exc)
+                if failures == 1 or failures % 20 == 0:  # the outage, not every retry
+                    self.log.error("{} tick failed ({} in a row): {!r}", self.state, failures, exc)
                 if failures >= _MAX_TICK_FAILURES:
                     raise
                 await anyio.sleep(_backoff_s(failures))
@@ -222,6 +223,7 @@ class Worker:
                                      heartbeat_at=datetime.now(UTC))  # fmt: skip
 
     async def _heartbeat_loop(self) -> None:
+        failing = 0  # heartbeats failed in a row: an outage is logged when it starts and ends
         while True:
             await anyio.sleep(self.d.config.heartbeat_s)
             try:
@@ -232,7 +234,13 @@ class Worker:
                 if tenure is not None:
                     await self.d.ledger.lock_heartbeat(tenure.symbol, self.id, tenure.fence, now)
             except (CoordinationError, LedgerError) as exc:
-                self.log.error("heartbeat failed (retrying next period): {}", exc)
+                failing += 1
+                if failing == 1:
+                    self.log.error("heartbeat failed (retrying every period): {}", exc)
+                continue
+            if failing:
+                self.log.warning("heartbeat back after {} failed period(s)", failing)
+                failing = 0
 
     async def _on_lost(self, lease: Lease, why: str) -> None:
         tenure = self.tenure
@@ -354,8 +362,9 @@ class Worker:
                 return WorkerEvent.LOCK_LOST
             except (*_TRANSIENT, CoordinationError) as exc:
                 failures += 1
-                self.log.error("HOLD step on {} failed ({} in a row): {!r}", tenure.symbol,
-                               failures, exc)  # fmt: skip
+                if failures == 1 or failures % 20 == 0:  # the outage, not every retry
+                    self.log.error("HOLD step on {} failed ({} in a row): {!r}", tenure.symbol,
+                                   failures, exc)  # fmt: skip
                 await anyio.sleep(_backoff_s(failures))
                 continue
             failures = 0
