@@ -44,13 +44,9 @@ key                            type        TTL       meaning
                                                      the reaper declared expired and whose symbol
                                                      no live worker has taken since; removed when
                                                      one does (``lock.recovered``).
-``fleet:kis:rate``             zset        PX        BROKER=kis: one member per request granted
-                                                     in the current window; the fleet-wide KIS
-                                                     rate limit (`broker.kis.ratelimit`).
-``fleet:kis:token``            string      PX        BROKER=kis: the shared access token,
-                                                     expiring before KIS's own expiry.
-``fleet:kis:token:issue``      string      PX        BROKER=kis: exists while a token issue is
-                                                     allowed to no one else (once a minute).
+``fleet:kis:*``                                      BROKER=kis and PAPER_VENUE: the shared KIS
+                                                     rate limit and access tokens, named and
+                                                     documented by `broker.kis` (not here).
 =============================  ==========  ========  ===========================================
 
 ``fleet:lease:*`` deliberately does not match ``fleet:lock:*``, so
@@ -133,21 +129,6 @@ class Keyspace:
     def lease_pattern(self) -> str:
         """SCAN MATCH pattern for every lease meta key."""
         return f"{_glob_escape(self.prefix)}:lease:*"
-
-    @property
-    def kis_rate(self) -> str:
-        """Zset of KIS requests granted in the current window (fleet-wide rate limit)."""
-        return f"{self.prefix}:kis:rate"
-
-    @property
-    def kis_token(self) -> str:
-        """String: the fleet's KIS access token, PX until shortly before it expires."""
-        return f"{self.prefix}:kis:token"
-
-    @property
-    def kis_token_issue(self) -> str:
-        """String: held while one process may issue a KIS token (at most once a minute)."""
-        return f"{self.prefix}:kis:token:issue"
 
     @property
     def lock_pattern(self) -> str:
