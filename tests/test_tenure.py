@@ -13,9 +13,10 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 from support import sql
-from trading_rig import Rig, running
+from trading_rig import Party, Rig, running
 
 from coordination.keys import Keyspace
+from coordination.locks import Lease
 from ledger.orders import OrderState
 from ledger.repository import Ledger
 from market.orders import Side
@@ -25,18 +26,22 @@ from trading.tenure import Tenure
 pytestmark = pytest.mark.anyio
 
 
-def _rig(ledger: Ledger, redis_client: aioredis.Redis, prefix: str, **kw: float) -> Rig:
-    return Rig(ledger, redis_client, Keyspace(prefix), **kw)
+async def _setup(
+    ledger: Ledger, redis_client: aioredis.Redis, prefix: str, **kw: float
+) -> tuple[Rig, Party, Party, str, Lease]:
+    """A rig, two parties A and B, a liquid symbol, and A's lease on it."""
+    rig = Rig(ledger, redis_client, Keyspace(prefix), **kw)
+    a, b = rig.party("A"), rig.party("B")
+    symbol = rig.liquid_symbol()
+    lease = await a.lock.acquire(symbol)
+    assert lease is not None
+    return rig, a, b, symbol, lease
 
 
 async def test_stale_holder_resumed_before_the_new_owners_mirror_row_exists(
     ledger: Ledger, redis_client: aioredis.Redis, prefix: str, database_url: str
 ) -> None:
-    rig = _rig(ledger, redis_client, prefix)
-    a, b = rig.party("A"), rig.party("B")
-    symbol = rig.liquid_symbol()
-    lease_a = await a.lock.acquire(symbol)
-    assert lease_a is not None
+    rig, a, b, symbol, lease_a = await _setup(ledger, redis_client, prefix)
     async with running(a, b, keepers=False):
         async with Tenure.open(a.ctx, lease_a) as tenure_a:
             # A stalls past its TTL: its local deadline passes and Redis lets the key go ...
@@ -61,11 +66,7 @@ async def test_stale_holder_resumed_before_the_new_owners_mirror_row_exists(
 async def test_stale_submit_that_landed_is_reconciled_by_the_new_owner_before_it_buys(
     ledger: Ledger, redis_client: aioredis.Redis, prefix: str, database_url: str
 ) -> None:
-    rig = _rig(ledger, redis_client, prefix)
-    a, b = rig.party("A"), rig.party("B")
-    symbol = rig.liquid_symbol()
-    lease_a = await a.lock.acquire(symbol)
-    assert lease_a is not None
+    rig, a, b, symbol, lease_a = await _setup(ledger, redis_client, prefix)
     async with running(a, b, keepers=False):
         async with Tenure.open(a.ctx, lease_a) as tenure_a:
             await redis_client.delete(rig.keys.lock(symbol))  # A's TTL ran out while it stalled
@@ -89,11 +90,7 @@ async def test_stale_submit_that_landed_is_reconciled_by_the_new_owner_before_it
 async def test_adopter_withdraws_a_never_sent_order_so_the_stale_owner_cannot_submit_it(
     ledger: Ledger, redis_client: aioredis.Redis, prefix: str, database_url: str
 ) -> None:
-    rig = _rig(ledger, redis_client, prefix)
-    a, b = rig.party("A"), rig.party("B")
-    symbol = rig.liquid_symbol()
-    lease_a = await a.lock.acquire(symbol)
-    assert lease_a is not None
+    rig, a, b, symbol, lease_a = await _setup(ledger, redis_client, prefix)
     async with running(a, b, keepers=False), Tenure.open(a.ctx, lease_a) as tenure_a:
         intent_written = anyio.Event()
         proceed = anyio.Event()
@@ -142,11 +139,7 @@ def replace_attr(obj: Ledger, **attrs: object) -> Ledger:
 async def test_sell_whose_follower_is_cancelled_mid_order_is_followed_to_its_end(
     ledger: Ledger, redis_client: aioredis.Redis, prefix: str, database_url: str
 ) -> None:
-    rig = _rig(ledger, redis_client, prefix)
-    a = rig.party("A")
-    symbol = rig.liquid_symbol()
-    lease = await a.lock.acquire(symbol)
-    assert lease is not None
+    rig, a, _b, symbol, lease = await _setup(ledger, redis_client, prefix)
     async with running(a), Tenure.open(a.ctx, lease) as tenure:
         bought = await tenure.place(rig.buy(symbol, lease.fence), rig.clock.now())
         assert bought.status is OrderState.FILLED
@@ -187,13 +180,9 @@ async def test_sell_whose_follower_is_cancelled_mid_order_is_followed_to_its_end
 async def test_order_the_broker_lists_late_stays_unknown_until_it_is_found(
     ledger: Ledger, redis_client: aioredis.Redis, prefix: str, database_url: str
 ) -> None:
-    rig = _rig(ledger, redis_client, prefix, listing_lag_s=60.0)
+    rig, a, _b, symbol, lease = await _setup(ledger, redis_client, prefix, listing_lag_s=60.0)
     rig.broker.listing_lag = timedelta(seconds=20)  # placed, but listed 20 s later
     rig.broker.inject_faults(outcome_unknown=1)  # and the submit's reply is lost
-    a = rig.party("A")
-    symbol = rig.liquid_symbol()
-    lease = await a.lock.acquire(symbol)
-    assert lease is not None
     seen: list[str] = []
     async with running(a), Tenure.open(a.ctx, lease) as tenure:
 
@@ -217,11 +206,7 @@ async def test_order_the_broker_lists_late_stays_unknown_until_it_is_found(
 async def test_order_never_placed_is_called_not_placed_only_after_the_listing_lag(
     ledger: Ledger, redis_client: aioredis.Redis, prefix: str, database_url: str
 ) -> None:
-    rig = _rig(ledger, redis_client, prefix, listing_lag_s=30.0)
-    a = rig.party("A")
-    symbol = rig.liquid_symbol()
-    lease = await a.lock.acquire(symbol)
-    assert lease is not None
+    rig, a, _b, symbol, lease = await _setup(ledger, redis_client, prefix, listing_lag_s=30.0)
     from broker.errors import OrderOutcomeUnknown
 
     async def lost_before_the_broker(request):  # type: ignore[no-untyped-def]
