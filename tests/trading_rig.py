@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 
 import anyio
 import redis.asyncio as aioredis
@@ -17,6 +18,7 @@ from loguru import logger
 from broker.errors import UnknownOrder
 from broker.paper import PaperBroker
 from broker.port import BrokerOrderId, OrderAck, OrderRequest, OrderStatus, Side
+from coordination.fences import FenceSeeder
 from coordination.heartbeat import LeaseKeeper
 from coordination.keys import Keyspace
 from coordination.locks import RedisSymbolLock
@@ -141,8 +143,10 @@ class Rig:
             clock=self.clock, trading_day=SESSION.open,
             limits=Limits(Decimal(10_000_000), Decimal(2_000_000)), log=log,
         )  # fmt: skip
+        seeder = FenceSeeder(self.redis, self.keys)
         ctx = TenureContext(worker_id, lock, keeper, self.ledger, tracker, placer, self.clock,
-                            NULL_METRICS, log)  # fmt: skip
+                            NULL_METRICS, log,
+                            partial(seeder.ensure, self.ledger.max_fences))  # fmt: skip
         return Party(worker_id, lock, keeper, tracker, placer, ctx)
 
     def liquid_symbol(self) -> str:

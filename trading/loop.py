@@ -17,6 +17,7 @@ import os
 import socket
 import time
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import anyio
 from loguru import logger
@@ -37,11 +38,10 @@ from trading.exits import AFTER_CLOSE_GRACE, sell_until_flat
 from trading.orders import LeaseExpired, LeaseInvalid, Limits, OrderPlacer
 from trading.poller import poll_position
 from trading.state import WorkerEvent, WorkerState, next_state
-from trading.tenure import Tenure, TenureContext, TenureRefused
+from trading.tenure import FENCE_REFUSED, Tenure, TenureContext, TenureRefused
 from trading.tracker import OrderTracker
 
 _MAX_TICK_FAILURES = 150  # ~12 minutes of backoff capped at 5 s before an idle worker gives up
-_FENCE_REFUSED = "fence refused by the ledger"
 _TRANSIENT = (BrokerUnavailable, LedgerUnavailable, BackendUnavailable)
 
 
@@ -75,7 +75,8 @@ class Worker:
             limits=Limits(c.capital_limit, c.daily_loss_limit), log=self.log,
         )  # fmt: skip
         self.ctx = TenureContext(self.id, deps.lock, self.keeper, deps.ledger, self.tracker,
-                                 self.placer, deps.clock, deps.metrics, self.log)  # fmt: skip
+                                 self.placer, deps.clock, deps.metrics, self.log,
+                                 partial(deps.fences.ensure, deps.ledger.max_fences))  # fmt: skip
         session = deps.session
         self.liquidation_start = session.liquidation_start(
             timedelta(minutes=c.liquidation_lead_min)
@@ -357,7 +358,7 @@ class Worker:
             except LeaseInvalid as exc:
                 self.log.error("lease on {} invalid ({}); position goes to recovery",
                                tenure.symbol, exc)  # fmt: skip
-                tenure.mark_lost(_FENCE_REFUSED)
+                tenure.mark_lost(FENCE_REFUSED)
                 self.metrics.lease_lost()
                 return WorkerEvent.LOCK_LOST
             except (*_TRANSIENT, CoordinationError) as exc:

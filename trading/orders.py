@@ -193,19 +193,15 @@ class OrderPlacer:
             self.tracker.release_claim(cid)
             return
         if order.status is OrderState.NEW:
+            self.tracker.release_claim(cid)
             try:
                 await self.ledger.withdraw_orders(
                     order.symbol, self.worker_id, order.fence, self.clock.now()
                 )
-                self.tracker.release_claim(cid)
-                return
             except StaleFence:
-                # a newer owner holds the symbol: its tenure withdraws the intent
-                self.tracker.release_claim(cid)
-                return
+                pass  # a newer owner holds the symbol: its tenure withdraws the intent
             except LedgerError as exc:
                 # left NEW: the symbol's next tenure (this worker's or an adopter's) withdraws it
                 self.log.error("order {} left NEW, not withdrawn: {}", cid, exc)
-                self.tracker.release_claim(cid)
-                return
+            return
         self.tracker.hand(order, cancel_at)

@@ -17,7 +17,7 @@ open, and its exit releases the lease only after the ledger knows what happened 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,6 +38,8 @@ from trading.tracker import OrderTracker
 
 #: a submit needs at least this much of the lease's local validity left
 SUBMIT_MARGIN_S = 0.25
+#: `Tenure.lost` once the ledger refused the tenure's fence: nothing to re-verify
+FENCE_REFUSED = "fence refused by the ledger"
 
 
 class TenureRefused(Exception):
@@ -58,6 +60,8 @@ class TenureContext:
     clock: Clock
     metrics: WorkerMetrics
     log: Any
+    #: reseeds Redis fence counters from the ledger when Redis lost them (a restart)
+    ensure_fences: Callable[[], Awaitable[object]]
 
 
 class Tenure:
@@ -68,7 +72,6 @@ class Tenure:
         self.lease = lease
         self.lost: str | None = None  # why the lease was lost, once it was
         self.degraded = False  # Redis unreachable: orders fenced by the ledger alone
-        self.handed_off = False
 
     @property
     def symbol(self) -> str:
@@ -136,12 +139,12 @@ class Tenure:
         if mirrored:
             try:
                 position = await ctx.ledger.open_position(symbol)
-                if position is not None and position.qty > 0:
-                    self.handed_off = await ctx.ledger.mark_position_orphaned(
-                        symbol, ctx.worker_id, fence
-                    )
-                    if self.handed_off:
-                        ctx.log.warning("handing off {} x{} for adoption", symbol, position.qty)
+                if (
+                    position is not None
+                    and position.qty > 0
+                    and await ctx.ledger.mark_position_orphaned(symbol, ctx.worker_id, fence)
+                ):
+                    ctx.log.warning("handing off {} x{} for adoption", symbol, position.qty)
             except LedgerError as exc:
                 ctx.log.error("could not hand off {}: {}", symbol, exc)
         ctx.keeper.remove(symbol)
@@ -205,14 +208,16 @@ class Tenure:
     def mark_lost(self, why: str) -> None:
         self.lost = why
 
-    async def reverify(self, on_retaken: Callable[[Lease], None] | None = None) -> str:
+    async def reverify(self) -> str:
         """After the scope was cancelled: "ok" (renewed, or re-acquired with a higher fence and
         mirrored), "away" (Redis cannot say: degraded), or "lost" (someone else owns it)."""
         ctx = self.ctx
-        if self.lost == "fence refused by the ledger":
+        if self.lost == FENCE_REFUSED:
             return "lost"
         try:
             [renewed] = await ctx.lock.renew([self.lease])
+            if renewed is None:  # a restarted Redis must get its fences back first
+                await ctx.ensure_fences()
             fresh = renewed or await ctx.lock.acquire(self.symbol)
         except CoordinationError as exc:
             ctx.log.warning("cannot re-verify {} ({}): Redis unreachable", self.symbol, exc)
@@ -232,8 +237,6 @@ class Tenure:
             await ctx.ledger.adopt_position(fresh.symbol, ctx.worker_id, fresh.fence)
         self.lease = fresh
         ctx.keeper.add(fresh)
-        if on_retaken is not None:
-            on_retaken(fresh)
         self.degraded = False
         self.lost = None
         ctx.log.warning("ownership of {} re-verified (fence {})", fresh.symbol, fresh.fence)
