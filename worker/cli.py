@@ -121,7 +121,7 @@ def _require(settings: Settings, *names: str) -> None:
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
-    from worker import commands
+    from worker import commands, inspect
 
     command = args.command
     if command is None:
@@ -138,14 +138,14 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return commands.migrate(settings)
     if command == "locks":
         _require(settings, "redis_url")
-        return commands.locks(settings)
+        return inspect.locks(settings)
     if command == "workers":
         _require(settings, "redis_url")
-        return commands.workers(settings)
+        return inspect.workers(settings)
     if command == "summary":
         _require(settings, "database_url")
         day = args.date or datetime.now(KST).date()
-        return commands.summary(settings, day, as_json=args.json)
+        return inspect.summary(settings, day, as_json=args.json)
     if command == "exchange":
         return commands.exchange(
             settings, host=args.host, port=args.port, ws_port=args.ws_port, domain=args.domain
