@@ -45,3 +45,9 @@ class KisKeys:
     def token_issue(self) -> str:
         """String: held while one process may ask KIS for a token (at most once a minute)."""
         return f"{self.prefix}:kis:token:issue:{self.domain}:{self.app_key_hash}"
+
+    @property
+    def gateway(self) -> str:
+        """String: the lease of the active gateway of this domain and app key (JSON: its id
+        and relay URL), with a PX TTL renewed while it lives (`broker.kis.gateway`)."""
+        return f"{self.prefix}:kis:gateway:{self.domain}:{self.app_key_hash}"
