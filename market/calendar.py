@@ -1,25 +1,30 @@
-"""KRX trading sessions: exchange-calendars' XKRX plus a small override file for its gaps.
+"""KRX trading sessions: exchange-calendars' XKRX, compiled into a table, plus a small override
+file for its gaps.
 
-XKRX supplies the holidays and the open/close of each session (including the 10:00 open of the
-first session of the year). `overrides.toml` beside this module corrects what XKRX gets wrong:
-days it shows as open that KRX closes, and exam days when KRX shifts the whole schedule one hour
-later. We never keep a hand-written full holiday list.
+`krx_sessions.json` beside this module holds XKRX's sessions (day, open, close in Asia/Seoul,
+including the 10:00 open of the first session of the year) for 2023-01-01 .. 2027-12-31; it is
+generated from exchange-calendars by `python -m market.calendar_build`, and a test fails when
+the two drift apart. Reading it needs neither exchange-calendars nor pandas, so a worker starts
+in milliseconds rather than seconds and tens of megabytes lighter. A day outside the table's
+range raises ValueError ("outside the calendar range"); widen the range by regenerating it.
+
+`overrides.toml` beside this module corrects what XKRX gets wrong: days it shows as open that
+KRX closes, and exam days when KRX shifts the whole schedule one hour later. We never keep a
+hand-written full holiday list.
 
 Every session has a continuous phase (`open` .. `continuous_close`) and a closing single-price
 auction (`continuous_close` .. `close`); XKRX only knows the close, and the auction is the last
-ten minutes unless an override says otherwise.
-
-The XKRX schedule is built once per process for a bounded range (building it takes about a
-second); `default_calendar()` caches the calendar with the packaged overrides.
+ten minutes unless an override says otherwise. `default_calendar()` caches the calendar with
+the packaged table and overrides.
 """
 
 from __future__ import annotations
 
 import bisect
 import functools
+import json
 import tomllib
-import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -32,6 +37,8 @@ CALENDAR_END = date(2027, 12, 31)
 #: Length of the closing single-price auction when only the close is known.
 CLOSING_AUCTION = timedelta(minutes=10)
 DEFAULT_OVERRIDES = Path(__file__).with_name("overrides.toml")
+#: XKRX's sessions, compiled by `python -m market.calendar_build`.
+DEFAULT_TABLE = Path(__file__).with_name("krx_sessions.json")
 
 
 @dataclass(frozen=True)
@@ -172,27 +179,72 @@ def load_overrides(path: Path, start: date, end: date) -> Overrides:
     return Overrides(closed, hours)
 
 
-@functools.cache
-def _xkrx_sessions(start: date, end: date) -> tuple[tuple[date, datetime, datetime], ...]:
-    """(day, open, close) of every XKRX session in range; built once per range per process."""
-    import exchange_calendars as xcals  # slow import: only when a calendar is first built
+@dataclass(frozen=True)
+class SessionTable:
+    """XKRX's sessions from `start` to `end` (both inclusive): (day, open, close) in Asia/Seoul
+    local time, sorted by day; every other day in the range has no session."""
 
-    with warnings.catch_warnings():
-        # exchange-calendars trips pandas deprecation warnings internally; none are ours to fix.
-        warnings.simplefilter("ignore")
-        cal = xcals.get_calendar("XKRX", start=start.isoformat(), end=end.isoformat())
-    schedule = cal.schedule
-    out = []
-    rows = zip(schedule.index, schedule["open"], schedule["close"], strict=True)
-    for label, opens, closes in rows:
-        out.append(
-            (
-                label.date(),
-                opens.to_pydatetime().astimezone(KST),
-                closes.to_pydatetime().astimezone(KST),
-            )
-        )
-    return tuple(out)
+    start: date
+    end: date
+    source: str  # what it was compiled from, e.g. "exchange-calendars 4.13.2 XKRX"
+    sessions: tuple[tuple[date, time, time], ...]
+
+    @classmethod
+    def load(cls, path: Path) -> SessionTable:
+        return cls.loads(path.read_text(encoding="utf-8"), str(path))
+
+    @classmethod
+    def loads(cls, text: str, name: str = "session table") -> SessionTable:
+        """Parse and validate; any problem raises ValueError naming the file and the row."""
+        try:
+            doc = json.loads(text)
+            start = date.fromisoformat(doc["start"])
+            end = date.fromisoformat(doc["end"])
+            source = str(doc["source"])
+            raw: Sequence[Sequence[str]] = doc["sessions"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{name}: not a session table: {exc!r}") from exc
+        if doc.get("timezone") != "Asia/Seoul":
+            raise ValueError(f"{name}: times must be Asia/Seoul local time")
+        rows: list[tuple[date, time, time]] = []
+        for i, row in enumerate(raw):
+            try:
+                day, opens, closes = row
+                parsed = (date.fromisoformat(day), time.fromisoformat(opens),
+                          time.fromisoformat(closes))  # fmt: skip
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{name}: sessions[{i}] {row!r}: {exc}") from exc
+            if not start <= parsed[0] <= end:
+                raise ValueError(f"{name}: sessions[{i}] outside {start}..{end}")
+            if rows and parsed[0] <= rows[-1][0]:
+                raise ValueError(f"{name}: sessions[{i}] not after the previous day")
+            if not parsed[1] < parsed[2]:
+                raise ValueError(f"{name}: sessions[{i}] must open before it closes")
+            rows.append(parsed)
+        return cls(start, end, source, tuple(rows))
+
+    def dumps(self) -> str:
+        """JSON, one session a line (a regenerated table diffs line by line)."""
+        head = {"source": self.source, "start": self.start.isoformat(),
+                "end": self.end.isoformat(), "timezone": "Asia/Seoul"}  # fmt: skip
+        lines = [f'    ["{d}", "{o:%H:%M}", "{c:%H:%M}"]' for d, o, c in self.sessions]
+        fields = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in head.items())
+        body = ",\n".join(lines)
+        return f'{{\n{fields},\n  "sessions": [\n{body}\n  ]\n}}\n'
+
+    def differences(self, other: SessionTable) -> list[str]:
+        """What `other` has that this table has not, one line each (empty: the same)."""
+        out: list[str] = []
+        if (self.start, self.end) != (other.start, other.end):
+            out.append(f"range {self.start}..{self.end} != {other.start}..{other.end}")
+        ours = {d: (o, c) for d, o, c in self.sessions}
+        theirs = {d: (o, c) for d, o, c in other.sessions}
+        for day in sorted(ours.keys() | theirs.keys()):
+            a, b = ours.get(day), theirs.get(day)
+            if a != b:
+                shown = [f"{x[0]:%H:%M}-{x[1]:%H:%M}" if x else "closed" for x in (a, b)]
+                out.append(f"{day}: table {shown[0]}, {other.source} {shown[1]}")
+        return out
 
 
 def _as_day(day: date) -> date:
@@ -205,16 +257,24 @@ def _as_day(day: date) -> date:
 
 
 class KrxCalendar:
-    """KRX sessions for a bounded range of days (XKRX plus overrides)."""
+    """KRX sessions for a bounded range of days (the XKRX table plus overrides)."""
 
     def __init__(
         self,
         overrides_path: Path | None = DEFAULT_OVERRIDES,
         start: date = CALENDAR_START,
         end: date = CALENDAR_END,
+        table_path: Path = DEFAULT_TABLE,
     ) -> None:
         if start > end:
             raise ValueError("start must be <= end")
+        table = SessionTable.load(table_path)
+        if not table.start <= start <= end <= table.end:
+            raise ValueError(
+                f"calendar range {start}..{end} is not covered by {table_path} "
+                f"({table.start}..{table.end}): widen it with 'python -m market.calendar_build "
+                f"--start {min(start, table.start)} --end {max(end, table.end)}'"
+            )
         self.start = start
         self.end = end
         overrides = (
@@ -223,10 +283,12 @@ class KrxCalendar:
             else Overrides({}, {})
         )
         sessions: dict[date, Session] = {}
-        for day, opens, closes in _xkrx_sessions(start, end):
-            if day in overrides.closed:
+        for day, opens, closes in table.sessions:
+            if day in overrides.closed or not start <= day <= end:
                 continue
-            sessions[day] = Session(day, opens, closes - CLOSING_AUCTION, closes)
+            at_open = datetime.combine(day, opens, tzinfo=KST)
+            at_close = datetime.combine(day, closes, tzinfo=KST)
+            sessions[day] = Session(day, at_open, at_close - CLOSING_AUCTION, at_close)
         for day, hours in overrides.hours.items():
             sessions[day] = hours.session()
         self._sessions = sessions
@@ -283,5 +345,5 @@ class KrxCalendar:
 
 @functools.cache
 def default_calendar() -> KrxCalendar:
-    """The process-wide calendar: XKRX 2023..2027 plus the packaged overrides."""
+    """The process-wide calendar: the packaged XKRX table (2023..2027) plus overrides."""
     return KrxCalendar()

@@ -1,13 +1,16 @@
-"""KRX sessions: XKRX plus the override file (market/calendar.py)."""
+"""KRX sessions: the compiled XKRX table plus the override file (market/calendar.py), and the
+table against exchange-calendars (market/calendar_build.py)."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+import subprocess
+import sys
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import pytest
 
-from market.calendar import KrxCalendar, Session, default_calendar
+from market.calendar import DEFAULT_TABLE, KrxCalendar, Session, SessionTable, default_calendar
 from market.clock import KST
 
 
@@ -169,3 +172,89 @@ def test_bad_override_file_names_the_entry(tmp_path: Path, text: str, message: s
 def test_packaged_overrides_cover_the_known_gaps(cal: KrxCalendar) -> None:
     assert set(cal.overrides.closed) == {date(2026, 6, 3), date(2026, 7, 17)}
     assert {date(2025, 11, 13), date(2026, 11, 19)} <= set(cal.overrides.hours)
+
+
+# ----- the compiled table ----------------------------------------------------------------------
+
+
+def test_table_matches_exchange_calendars() -> None:
+    """The packaged table is XKRX as exchange-calendars computes it today; on a difference,
+    regenerate it (`python -m market.calendar_build`) and review overrides.toml."""
+    from market.calendar_build import build
+
+    table = SessionTable.load(DEFAULT_TABLE)
+    assert (table.start, table.end) == (date(2023, 1, 1), date(2027, 12, 31))
+    fresh = build(table.start, table.end)
+    assert table.differences(fresh) == []
+    assert SessionTable.loads(fresh.dumps()) == fresh  # what the command writes reads back
+
+
+def test_calendar_reads_without_pandas_or_exchange_calendars() -> None:
+    code = (
+        "import sys\n"
+        "from market.calendar import default_calendar\n"
+        "assert default_calendar().is_session(__import__('datetime').date(2026, 3, 10))\n"
+        "print(sorted({'pandas', 'exchange_calendars'} & set(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60)  # fmt: skip
+    assert out.stdout.strip() == "[]"
+
+
+def test_differences_name_the_day() -> None:
+    a = SessionTable(date(2026, 3, 9), date(2026, 3, 10), "a", (
+        (date(2026, 3, 9), time(9), time(15, 30)),
+        (date(2026, 3, 10), time(9), time(15, 30)),
+    ))  # fmt: skip
+    b = SessionTable(date(2026, 3, 9), date(2026, 3, 10), "b", (
+        (date(2026, 3, 9), time(10), time(15, 30)),
+    ))  # fmt: skip
+    assert a.differences(b) == [
+        "2026-03-09: table 09:00-15:30, b 10:00-15:30",
+        "2026-03-10: table 09:00-15:30, b closed",
+    ]
+    assert a.differences(a) == []
+
+
+def test_range_beyond_the_table_names_the_command() -> None:
+    with pytest.raises(ValueError, match=r"not covered by .*python -m market.calendar_build"):
+        KrxCalendar(start=date(2022, 1, 1))
+    with pytest.raises(ValueError, match=r"outside the calendar range 2023-01-01\.\.2027-12-31"):
+        default_calendar().next_session(date(2028, 1, 3))
+
+
+def test_narrower_range_keeps_only_its_sessions() -> None:
+    cal = KrxCalendar(overrides_path=None, start=date(2026, 3, 1), end=date(2026, 3, 31))
+    assert cal.next_session(date(2026, 3, 1)).day == date(2026, 3, 3)  # 3/2: a holiday
+    with pytest.raises(ValueError, match="no session before"):
+        cal.previous_session(date(2026, 3, 3))
+
+
+_ROW = '["2026-03-10", "09:00", "15:30"]'
+BAD_TABLES = [
+    ("[", "not a session table"),
+    ('{"source": "x", "start": "2026-03-01", "sessions": []}', "not a session table"),
+    (f'{{"source": "x", "start": "2026-03-01", "end": "2026-03-31", "sessions": [{_ROW}]}}',
+     "Asia/Seoul"),
+    ('["2026-03-10", "9h", "15:30"]', r"sessions\[0\]"),
+    ('["2026-03-10", "09:00"]', r"sessions\[0\]"),
+    ('["2026-04-01", "09:00", "15:30"]', r"sessions\[0\] outside"),
+    ('["2026-03-10", "15:30", "09:00"]', "open before it closes"),
+    (f"{_ROW}, {_ROW}", r"sessions\[1\] not after"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("rows", "message"), BAD_TABLES)
+def test_bad_table_names_the_row(tmp_path: Path, rows: str, message: str) -> None:
+    text = (
+        rows
+        if not rows.startswith('["')
+        else (
+            '{"source": "x", "start": "2026-03-01", "end": "2026-03-31", "timezone": "Asia/Seoul",'
+            f' "sessions": [{rows}]}}'
+        )
+    )
+    path = tmp_path / "table.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        KrxCalendar(table_path=path, start=date(2026, 3, 1), end=date(2026, 3, 31))
