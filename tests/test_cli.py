@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tomllib
+from importlib import metadata
+from pathlib import Path
 
 import pytest
 from support import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _run(args: list[str], env: dict[str, str] | None = None, timeout: float = 60):
@@ -63,8 +69,14 @@ def test_missing_server_for_a_command_exits_2() -> None:
 def test_bad_arguments_exit_2_with_one_line() -> None:
     result = _run(["summary", "--date", "25/11/2026"], {"DATABASE_URL": "postgresql://x@h/d"})
     assert result.returncode == 2
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert "--date" in result.stderr
+    assert result.stderr.splitlines() == [
+        "python -m worker summary: error: argument --date: must be YYYY-MM-DD, got '25/11/2026'"
+    ]
+    assert result.stderr.count("--date") == 1  # argparse names the flag; the message does not
+    watch = _run(["locks", "--watch", "soon"])
+    assert watch.returncode == 2
+    assert watch.stderr.count("--watch") == 1
+    assert len(watch.stderr.strip().splitlines()) == 1
     unknown = _run(["trade-everything"])
     assert unknown.returncode == 2
     assert len(unknown.stderr.strip().splitlines()) == 1
@@ -75,6 +87,47 @@ def test_every_command_has_help(command: list[str]) -> None:
     result = _run([*command, "--help"])
     assert result.returncode == 0
     assert "usage: python -m worker" in result.stdout
+
+
+def test_version_is_the_package_version() -> None:
+    result = _run(["--version"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"tradefleet {metadata.version('tradefleet')}\n"
+    assert result.stderr == ""
+
+
+def test_console_script_is_declared_and_installed() -> None:
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert declared == {"tradefleet": "worker.cli:console"}
+    (entry,) = metadata.entry_points(group="console_scripts", name="tradefleet")
+    assert entry.value == "worker.cli:console", "reinstall: pip install -e ."
+    from worker.cli import console
+
+    assert entry.load() is console
+
+
+def _script(args: list[str], env: dict[str, str] | None = None):
+    script = shutil.which("tradefleet", path=str(Path(sys.executable).parent))
+    assert script, "the tradefleet console script is not installed: pip install -e ."
+    base = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    base.update(env or {})
+    return subprocess.run(
+        [script, *args], capture_output=True, text=True, env=base, timeout=60, check=False
+    )
+
+
+def test_console_script_has_the_same_verbs_and_dispatches(database_url: str) -> None:
+    script_help = _script(["--help"])
+    assert script_help.returncode == 0, script_help.stderr
+    module_help = _run(["--help"])
+    assert module_help.stdout.replace("python -m worker", "tradefleet") == script_help.stdout
+    assert _script(["--version"]).stdout == _run(["--version"]).stdout
+    bad = _script(["summary", "--date", "tomorrow"])
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("tradefleet summary: error: argument --date:")
+    summary = _script(["summary", "--date", "2026-01-05"], {"DATABASE_URL": database_url})
+    assert summary.returncode == 0, summary.stderr
+    assert "no trades recorded for 2026-01-05" in summary.stdout
 
 
 @pytest.mark.slow

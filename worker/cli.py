@@ -7,17 +7,20 @@ no traceback); 1 runtime failure (one line on stderr saying what failed and wher
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
-from datetime import date, datetime
+from datetime import date
+from importlib.metadata import PackageNotFoundError, version
 from typing import NoReturn
 
 from loguru import logger
 
-from market.clock import KST
 from worker.settings import ConfigError, Settings, load_settings
 
 PROG = "python -m worker"
+#: The console script's name ([project.scripts] in pyproject.toml): the same verbs.
+SCRIPT = "tradefleet"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,20 +29,63 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+# argparse prefixes a type's error with "argument --flag: ", so these messages do not name it.
 def _date(text: str) -> date:
     try:
         return date.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--date must be YYYY-MM-DD, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be YYYY-MM-DD, got {text!r}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0.1 <= value <= 86_400):
+        raise argparse.ArgumentTypeError(f"must be seconds between 0.1 and 86400, got {text!r}")
+    return value
+
+
+def package_version() -> str:
+    """The installed distribution's version (package metadata)."""
+    try:
+        return version("tradefleet")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"
+
+
+class _Version(argparse.Action):
+    """`--version`, reading the package metadata only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> NoReturn:
+        print(f"{SCRIPT} {package_version()}")
+        parser.exit()
+
+
+def _inspection_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        type=_seconds,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 2) until Ctrl-C; with --json, one document a line",
+    )
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = _Parser(
-        prog=PROG,
+        prog=prog,
         description="tradefleet: KRX day-trading workers. With no command and no "
         "DATABASE_URL/REDIS_URL: trade one simulated day on embedded servers and print the "
         "summary. Configuration comes from the environment (see README).",
     )
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.add_parser(
         "run",
@@ -52,24 +98,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="alembic upgrade head on DATABASE_URL (idempotent)",
         description="Apply every migration to DATABASE_URL. Safe to repeat.",
     )
-    sub.add_parser(
+    locks = sub.add_parser(
         "locks",
         help="live symbol locks and drift against the Postgres mirror",
         description="List live locks (symbol, owner, fence, ms to expiry) from "
         "Redis and any drift against stock_locks.",
     )
-    sub.add_parser(
+    _inspection_flags(locks)
+    workers = sub.add_parser(
         "workers",
         help="registered workers and their heartbeat age",
         description="List workers (id, state, symbol, heartbeat age).",
     )
+    _inspection_flags(workers)
     summary = sub.add_parser(
         "summary",
         help="the daily summary for a trading day",
-        description="Print the daily summary (default: today, Asia/Seoul).",
+        description="Print the daily summary of a trading day (default: the latest KRX "
+        "session on or before today, Asia/Seoul).",
     )
     summary.add_argument("--date", type=_date, help="trading day YYYY-MM-DD")
-    summary.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    summary.add_argument(
+        "--json", action="store_true", help="print JSON instead of a table (also with no trades)"
+    )
     exchange = sub.add_parser(
         "exchange",
         help="a KIS-compatible exchange (REST + WebSocket) over the simulated market",
@@ -84,12 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
+    args = build_parser(prog).parse_args(argv)
     try:
         settings = load_settings()
     except ConfigError as exc:
-        sys.stderr.write(f"{PROG}: config error: {exc}\n")
+        sys.stderr.write(f"{prog}: config error: {exc}\n")
         return 2
     from worker.logs import setup_logging
 
@@ -97,14 +148,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args, settings)
     except ConfigError as exc:
-        sys.stderr.write(f"{PROG}: config error: {exc}\n")
+        sys.stderr.write(f"{prog}: config error: {exc}\n")
         return 2
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # one line for the operator, details in the log
         logger.opt(exception=exc).debug("failure")
-        sys.stderr.write(f"{PROG}: error: {_describe(exc)}\n")
+        sys.stderr.write(f"{prog}: error: {_describe(exc)}\n")
         return 1
+
+
+def console() -> int:
+    """The `tradefleet` console script: `python -m worker` under its own name."""
+    return main(prog=SCRIPT)
 
 
 def _describe(exc: BaseException) -> str:
@@ -138,14 +194,13 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return commands.migrate(settings)
     if command == "locks":
         _require(settings, "redis_url")
-        return inspect.locks(settings)
+        return inspect.locks(settings, as_json=args.json, watch_s=args.watch)
     if command == "workers":
         _require(settings, "redis_url")
-        return inspect.workers(settings)
+        return inspect.workers(settings, as_json=args.json, watch_s=args.watch)
     if command == "summary":
         _require(settings, "database_url")
-        day = args.date or datetime.now(KST).date()
-        return inspect.summary(settings, day, as_json=args.json)
+        return inspect.summary(settings, args.date, as_json=args.json)
     if command == "exchange":
         return commands.exchange(
             settings, host=args.host, port=args.port, ws_port=args.ws_port, domain=args.domain
