@@ -1,71 +1,225 @@
 """Settings, built once from the environment in `__main__` and passed down, frozen.
 
 Every field is an environment variable of the same name in upper case (`CAPITAL_LIMIT`, ...).
-A bad value raises `ConfigError` whose message is one line naming the variable; `__main__`
-prints it and exits 2. The README's configuration table lists every field and its default.
+Every field has a range: numbers are finite and bounded on both sides, dates lie inside the
+KRX calendar's range, URLs carry the right scheme and a valid host and port. A value outside
+raises `ConfigError` whose message is one line naming the variable; `__main__` prints it and
+exits 2 before anything connects. The README's configuration table lists every field, its range
+and its default.
+
+An environment variable that is not a setting but is a near miss of one (`PAPER_SPEEED`) is a
+`ConfigError` too: a typo would otherwise run silently on the default. See `check_environment`.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 import uuid
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
+from urllib.parse import SplitResult, urlsplit
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+
+from market.calendar import CALENDAR_END, CALENDAR_START
 
 
 class ConfigError(ValueError):
     """A setting is missing or invalid; the message is one line naming it."""
 
 
+# --- bounds shared by several settings -------------------------------------------------------
+
+#: won: the most any money setting may say (a trillion won)
+MONEY_MAX = Decimal(10**12)
+#: minutes of a regular KRX session (09:00-15:30)
+SESSION_MIN = 390
+#: clock seconds of a regular KRX session
+SESSION_S = SESSION_MIN * 60
+#: one minute bar per session minute: no window is longer
+MAX_BARS = SESSION_MIN
+_ID = r"^[A-Za-z0-9_.\-]+$"
+
+
+# --- value checks ------------------------------------------------------------------------------
+
+
+def _calendar_instant(value: datetime | None) -> datetime | None:
+    if value is not None and not CALENDAR_START <= value.date() <= CALENDAR_END:
+        raise ValueError(f"must lie inside the calendar range {CALENDAR_START}..{CALENDAR_END}")
+    return value
+
+
+def _calendar_day(value: date | None) -> date | None:
+    if value is not None and not CALENDAR_START <= value <= CALENDAR_END:
+        raise ValueError(f"must lie inside the calendar range {CALENDAR_START}..{CALENDAR_END}")
+    return value
+
+
 def _parse_epoch(value: Any) -> Any:
     """PAPER_EPOCH: Unix seconds or ISO 8601 (a naive ISO time is read as UTC)."""
     if value is None or value == "":
         return None
-    if isinstance(value, int | float):
-        return datetime.fromtimestamp(float(value), tz=UTC)
-    if isinstance(value, str):
-        text = value.strip()
-        if re.fullmatch(r"\d+(\.\d+)?", text):
-            return datetime.fromtimestamp(float(text), tz=UTC)
-        parsed = datetime.fromisoformat(text)
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    try:
+        if isinstance(value, int | float):
+            return datetime.fromtimestamp(float(value), tz=UTC)
+        if isinstance(value, str):
+            text = value.strip()
+            if re.fullmatch(r"\d+(\.\d+)?", text):
+                return datetime.fromtimestamp(float(text), tz=UTC)
+            parsed = datetime.fromisoformat(text)
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except (OverflowError, OSError, ValueError):
+        raise ValueError("must be Unix seconds or an ISO 8601 time") from None
     return value
+
+
+#: a KRX short code (what the market modules key everything by)
+_SYMBOL = re.compile(r"\d{6}")
 
 
 def _split_symbols(value: Any) -> Any:
-    if isinstance(value, str):
-        return tuple(s.strip() for s in value.split(",") if s.strip())
+    """EXCLUDE_SYMBOLS: comma-separated 6-digit codes; empty means none, an empty item is an
+    error (`,,,` is a typo, not "none")."""
+    if not isinstance(value, str):
+        return value
+    if not value.strip():
+        return ()
+    symbols = tuple(s.strip() for s in value.split(","))
+    for s in symbols:
+        if not _SYMBOL.fullmatch(s):
+            raise ValueError(f"must be comma-separated 6-digit codes, got item {s!r}")
+    return symbols
+
+
+def _symbols(value: tuple[str, ...]) -> tuple[str, ...]:
+    for s in value:
+        if not _SYMBOL.fullmatch(s):
+            raise ValueError(f"must be 6-digit codes, got {s!r}")
     return value
 
 
+#: a host name label; `_` too, as Docker and compose service names have it
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def _host(value: str) -> str:
+    """An IP address or an RFC 1123 host name whose last label is not all digits (so that
+    `999.1.1.1` is a bad address, not a name)."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    labels = value.removesuffix(".").split(".")
+    if (
+        len(value) > 253
+        or not all(_LABEL.fullmatch(label) for label in labels)
+        or labels[-1].isdigit()
+    ):
+        raise ValueError("must be an IP address or a host name")
+    return value
+
+
+def _url(value: str, schemes: Iterable[str], example: str, *, need_host: bool) -> SplitResult:
+    """Split `value`; ValueError unless its scheme is one of `schemes` and its host and port are
+    well formed. The message never repeats the URL (it may carry a password)."""
+    allowed = tuple(schemes)
+    if "://" not in value:
+        raise ValueError(f"must be a URL like {example}")
+    try:
+        parts = urlsplit(value)
+        host, _port = parts.hostname, parts.port  # .port raises for a bad port
+    except ValueError:
+        raise ValueError(f"host or port malformed; must be a URL like {example}") from None
+    if parts.scheme.lower() not in allowed:
+        raise ValueError(f"scheme must be one of {', '.join(allowed)}: a URL like {example}")
+    if host:
+        _host(host)
+    elif need_host:
+        raise ValueError(f"host missing; must be a URL like {example}")
+    return parts
+
+
+def _postgres_url(value: str | None) -> str | None:
+    if not value:
+        return value
+    scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+    base = scheme.split("+", 1)[0]
+    if base not in ("postgresql", "postgres"):
+        raise ValueError("must be a PostgreSQL URL: postgresql+psycopg://user:pw@host:5432/db")
+    if "," in value.split("://", 1)[1].split("/", 1)[0]:
+        return value  # libpq's multi-host form; psycopg checks it
+    _url(value, (scheme,), "postgresql+psycopg://user:pw@host:5432/db", need_host=False)
+    return value
+
+
+def _redis_url(value: str | None) -> str | None:
+    if not value:
+        return value
+    example = "redis://host:6379/0 (or rediss://, unix://)"
+    parts = _url(value, ("redis", "rediss", "unix"), example, need_host=False)
+    if parts.scheme.lower() == "unix":
+        if not parts.path:
+            raise ValueError("a unix:// URL needs the socket's path: unix:///run/redis.sock")
+    elif parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        raise ValueError(f"the path must be a database number: {example}")
+    return value
+
+
+def _http_url(value: str | None) -> str | None:
+    if value:
+        _url(value, ("http", "https"), "http://host:port", need_host=True)
+    return value
+
+
+def _ws_url(value: str | None) -> str | None:
+    if value:
+        _url(value, ("ws", "wss"), "ws://host:port", need_host=True)
+    return value
+
+
+PostgresUrl = Annotated[str | None, AfterValidator(_postgres_url)]
+RedisUrl = Annotated[str | None, AfterValidator(_redis_url)]
+HttpUrl = Annotated[str | None, AfterValidator(_http_url)]
+WsUrl = Annotated[str | None, AfterValidator(_ws_url)]
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(frozen=True, extra="forbid", case_sensitive=False)
+    # allow_inf_nan=False: `1e400` parses to inf and `nan` compares false with every bound
+    model_config = SettingsConfigDict(
+        frozen=True, extra="forbid", case_sensitive=False, allow_inf_nan=False
+    )
 
     # --- servers and identity (contract) ---
-    database_url: str | None = None
-    redis_url: str | None = None
-    fleet_prefix: str = Field("fleet", pattern=r"^[A-Za-z0-9_.\-]+$")
-    worker_id: str = Field(default_factory=lambda: str(uuid.uuid4()), pattern=r"^[A-Za-z0-9_.\-]+$")
+    database_url: PostgresUrl = None
+    redis_url: RedisUrl = None
+    fleet_prefix: str = Field("fleet", pattern=_ID, max_length=64)
+    worker_id: str = Field(default_factory=lambda: str(uuid.uuid4()), pattern=_ID, max_length=64)
     broker: Literal["paper", "kis"] = "paper"
 
     # --- paper broker (contract) ---
     paper_speed: float = Field(1.0, ge=1.0, le=100_000.0)
-    paper_epoch: Annotated[datetime | None, BeforeValidator(_parse_epoch)] = None
-    paper_seed: int = Field(0, ge=0)
+    paper_epoch: Annotated[
+        datetime | None, BeforeValidator(_parse_epoch), AfterValidator(_calendar_instant)
+    ] = None
+    paper_seed: int = Field(0, ge=0, le=2**32 - 1)
     paper_symbols: int = Field(300, ge=10, le=5_000)
-    paper_venue: str | None = Field(None, pattern=r"^https?://[^\s/]+")  # an exchange's URL
-    paper_day: date | None = None  # the session to simulate; default: today (KST) or the next one
+    paper_venue: HttpUrl = None  # an exchange's URL
+    # the session to simulate; default: today (KST) or the next one
+    paper_day: Annotated[date | None, AfterValidator(_calendar_day)] = None
 
     # --- exchange (`python -m worker exchange`): what it accepts; keys generated when unset ---
-    exchange_app_key: str | None = Field(None, repr=False, min_length=1)
-    exchange_app_secret: str | None = Field(None, repr=False, min_length=1)
+    exchange_app_key: str | None = Field(None, repr=False, min_length=1, max_length=512)
+    exchange_app_secret: str | None = Field(None, repr=False, min_length=1, max_length=512)
     exchange_account: str = Field("12345678-01", pattern=r"^\d{8}-?\d{2}$")
     exchange_hts_id: str = Field("user01", min_length=1, max_length=16)
-    exchange_cash: Decimal = Field(Decimal(100_000_000), ge=0)
+    exchange_cash: Decimal = Field(Decimal(100_000_000), ge=0, le=1_000 * MONEY_MAX)
     exchange_rate_limit: bool = True  # 0: no per-app-key limit (a paper venue for the fleet)
     exchange_listing_lag_s: float = Field(0.0, ge=0, le=3_600)
     exchange_ambiguous_rate: float = Field(0.0, ge=0, le=1)
@@ -75,90 +229,71 @@ class Settings(BaseSettings):
     embedded_speed: float = Field(1_000.0, ge=1.0, le=100_000.0)
 
     # --- money and risk ---
-    capital_limit: Decimal = Field(Decimal(10_000_000), gt=0)
-    daily_loss_limit: Decimal = Field(Decimal(2_000_000), gt=0)
+    capital_limit: Decimal = Field(Decimal(10_000_000), gt=0, le=MONEY_MAX)
+    daily_loss_limit: Decimal = Field(Decimal(2_000_000), gt=0, le=MONEY_MAX)
     commission_rate: Decimal = Field(Decimal("0.000140527"), ge=0, lt=Decimal("0.01"))
     liquidation_lead_min: int = Field(15, ge=1, le=120)
     thin_liquidation_lead_min: int = Field(25, ge=1, le=180)
 
     # --- coordination ---
     lock_ttl_ms: int = Field(10_000, ge=500, le=600_000)
-    heartbeat_ms: int | None = Field(None, ge=50)
-    worker_ttl_ms: int = Field(30_000, ge=1_000)
-    events_maxlen: int = Field(100_000, ge=1_000)
+    heartbeat_ms: int | None = Field(None, ge=50, le=600_000)
+    worker_ttl_ms: int = Field(30_000, ge=1_000, le=3_600_000)
+    events_maxlen: int = Field(100_000, ge=1_000, le=10_000_000)
     connect_attempts: int = Field(6, ge=1, le=100)
     wait_for_session: bool = False  # `run` stays up: sleeps between sessions (k8s Deployment)
 
     # --- pacing (clock seconds: simulated seconds under PAPER_SPEED > 1) ---
-    scan_interval_s: float = Field(30.0, gt=0)
-    hold_interval_s: float = Field(10.0, gt=0)
-    order_poll_s: float = Field(2.0, gt=0)
-    order_timeout_s: float = Field(60.0, gt=0)
+    scan_interval_s: float = Field(30.0, ge=0.1, le=3_600)
+    hold_interval_s: float = Field(10.0, ge=0.1, le=3_600)
+    order_poll_s: float = Field(2.0, ge=0.1, le=600)
+    order_timeout_s: float = Field(60.0, ge=1, le=SESSION_S)
     # an unknown order outcome is not "not placed" before the broker had this long to list it
     listing_lag_s: float = Field(30.0, ge=0, le=3_600)
 
     # --- strategy ---
-    n_bars: int = Field(60, ge=10, le=390)
-    short_ma_bars: int = Field(5, ge=2)
-    long_ma_bars: int = Field(20, ge=3)
-    breakout_bars: int = Field(30, ge=2)
-    surge_bars: int = Field(5, ge=1)
-    min_volume: int = Field(20_000, ge=0)
-    min_traded_value: Decimal = Field(Decimal(300_000_000), ge=0)
-    max_spread_ticks: int = Field(3, ge=1)
-    min_price: Decimal = Field(Decimal(1_000), gt=0)
-    max_price: Decimal = Field(Decimal(1_000_000), gt=0)
-    exclude_symbols: Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_symbols)] = ()
-    min_score: float = 0.5
+    n_bars: int = Field(60, ge=10, le=MAX_BARS)
+    short_ma_bars: int = Field(5, ge=2, le=MAX_BARS)
+    long_ma_bars: int = Field(20, ge=3, le=MAX_BARS)
+    breakout_bars: int = Field(30, ge=2, le=MAX_BARS)
+    surge_bars: int = Field(5, ge=1, le=MAX_BARS)
+    min_volume: int = Field(20_000, ge=0, le=10**12)
+    min_traded_value: Decimal = Field(Decimal(300_000_000), ge=0, le=1_000 * MONEY_MAX)
+    max_spread_ticks: int = Field(3, ge=1, le=1_000)
+    min_price: Decimal = Field(Decimal(1_000), gt=0, le=Decimal(10**8))
+    max_price: Decimal = Field(Decimal(1_000_000), gt=0, le=Decimal(10**8))
+    exclude_symbols: Annotated[
+        tuple[str, ...], NoDecode, BeforeValidator(_split_symbols), AfterValidator(_symbols)
+    ] = ()
+    min_score: float = Field(0.5, ge=0, le=100)
     max_candidates: int = Field(20, ge=1, le=500)
     stop_loss_pct: Decimal = Field(Decimal("1.5"), gt=0, lt=50)
     take_profit_pct: Decimal = Field(Decimal("3.0"), gt=0, lt=100)
-    max_hold_min: int = Field(90, ge=1)
+    max_hold_min: int = Field(90, ge=1, le=SESSION_MIN)
     trend_break_pct: Decimal = Field(Decimal("0.5"), ge=0, lt=50)
-    trend_min_hold_min: int = Field(5, ge=0)
+    trend_min_hold_min: int = Field(5, ge=0, le=SESSION_MIN)
 
     # --- KIS Open API (BROKER=kis) ---
-    kis_app_key: str | None = Field(None, repr=False)
-    kis_app_secret: str | None = Field(None, repr=False)
-    kis_account: str | None = None
+    kis_app_key: str | None = Field(None, repr=False, max_length=512)
+    kis_app_secret: str | None = Field(None, repr=False, max_length=512)
+    kis_account: str | None = Field(None, pattern=r"^\d{8}-?\d{2}$")
     kis_domain: Literal["real", "mock"] = "mock"
-    kis_base_url: str | None = Field(None, pattern=r"^https?://")  # default: KIS's URL per domain
-    kis_ws_url: str | None = Field(None, pattern=r"^wss?://")  # default: KIS's URL per domain
-    kis_hts_id: str | None = None  # fill notices over the WebSocket only when set
+    kis_base_url: HttpUrl = None  # default: KIS's URL per domain
+    kis_ws_url: WsUrl = None  # default: KIS's URL per domain
+    kis_hts_id: str | None = Field(None, max_length=16)  # fill notices over the WebSocket
     kis_custtype: Literal["P", "B"] = "P"
     kis_rate_per_s: float | None = Field(None, gt=0, le=1_000)  # default: 20 real, 2 mock
 
     # --- operations: /healthz and /metrics over HTTP (0 = no server) ---
     health_port: int = Field(0, ge=0, le=65_535)
-    health_host: str = Field("127.0.0.1", min_length=1)
+    health_host: Annotated[str, AfterValidator(_host)] = "127.0.0.1"
 
     # --- logging ---
     log_json: bool = False
-    log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"
-
-    @field_validator("database_url")
-    @classmethod
-    def _postgres_url(cls, value: str | None) -> str | None:
-        if not value:
-            return value
-        scheme = value.split("://", 1)[0] if "://" in value else ""
-        if scheme.split("+", 1)[0] not in ("postgresql", "postgres"):
-            raise ValueError("must be a PostgreSQL URL: postgresql+psycopg://user:pw@host:5432/db")
-        return value
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_url(cls, value: str | None) -> str | None:
-        if not value:
-            return value
-        if value.split("://", 1)[0] not in ("redis", "rediss", "unix") or "://" not in value:
-            raise ValueError("must be a Redis URL: redis://host:6379/0 (or rediss://, unix://)")
-        return value
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _upper(cls, value: Any) -> Any:
-        return value.upper() if isinstance(value, str) else value
+    log_level: Annotated[
+        Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"],
+        BeforeValidator(lambda v: v.upper() if isinstance(v, str) else v),
+    ] = "INFO"
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -168,6 +303,10 @@ class Settings(BaseSettings):
             raise ValueError("N_BARS must exceed LONG_MA_BARS and BREAKOUT_BARS")
         if self.heartbeat_ms is not None and self.heartbeat_ms >= self.lock_ttl_ms:
             raise ValueError("HEARTBEAT_MS must be smaller than LOCK_TTL_MS")
+        if self.worker_ttl_ms <= self.heartbeat_s * 1000:
+            raise ValueError("WORKER_TTL_MS must exceed the heartbeat period (HEARTBEAT_MS)")
+        if self.min_price > self.max_price:
+            raise ValueError("MIN_PRICE must not exceed MAX_PRICE")
         if self.broker == "kis":
             missing = [
                 n for n in ("kis_app_key", "kis_app_secret", "kis_account") if not getattr(self, n)
@@ -187,11 +326,15 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Build settings from the environment (plus overrides); one-line `ConfigError` on failure."""
+    """Build settings from the environment (plus overrides); one-line `ConfigError` on failure,
+    also for a near miss of a setting's name among the environment's variables."""
+    check_environment(os.environ)
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
+    except SettingsError as exc:  # a value the source could not even decode
+        raise ConfigError(str(exc).splitlines()[0]) from None
 
 
 def _one_line(exc: ValidationError) -> str:
@@ -203,6 +346,113 @@ def _one_line(exc: ValidationError) -> str:
     name = loc[0].upper()
     given = err.get("input")
     # URLs may carry a password, keys and secrets are secrets: never echoed
-    secret = name.endswith(("_URL", "_KEY", "_SECRET", "_ACCOUNT"))
+    secret = name.endswith(("_URL", "_VENUE", "_KEY", "_SECRET", "_ACCOUNT"))
+    if isinstance(given, str) and len(given) > 40:
+        given = given[:37] + "..."
     shown = f" (got {given!r})" if isinstance(given, str | int | float) and not secret else ""
     return f"{name}: {msg}{shown}"
+
+
+# --- near misses of a setting's name ----------------------------------------------------------
+
+#: Variables of the platform, shells and tools: never taken for a typo of ours.
+ALLOWED_NAMES = frozenset(
+    {
+        "PATH", "HOME", "PWD", "OLDPWD", "LANG", "LANGUAGE", "TERM", "HOSTNAME", "USER",
+        "LOGNAME", "SHELL", "SHLVL", "TZ", "TMPDIR", "MAIL", "EDITOR", "PAGER", "DISPLAY",
+        "COLUMNS", "LINES", "CI", "_",
+    }
+)  # fmt: skip
+#: Prefixes of the same: Kubernetes' service links, Python, libpq, locale, XDG, tooling.
+ALLOWED_PREFIXES = (
+    "KUBERNETES_", "PYTHON", "PIP_", "UV_", "PG", "LC_", "XDG_", "DOCKER_", "GIT_", "SSH_",
+    "VIRTUAL_ENV", "CONDA_", "PYENV", "PYTEST_", "HYPOTHESIS_", "GITHUB_", "RUNNER_",
+)  # fmt: skip
+
+
+def _max_distance(name: str) -> int:
+    """Edits still taken for a typo of `name`: one for short names (BROKER/BROWSER are two
+    apart), two from nine characters on (PAPER_SPEEED, CAPITL_LIMIT, DAILY_LOS_LIMT)."""
+    return 1 if len(name) <= 8 else 2
+
+
+def edit_distance(a: str, b: str, limit: int) -> int:
+    """Optimal string alignment distance (insert, delete, substitute, swap two neighbours),
+    or `limit + 1` as soon as it is known to exceed `limit`."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    before: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        cur = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                cur[j] = min(cur[j], before[j - 2] + 1)
+        if min(cur) > limit:
+            return limit + 1
+        before, prev = prev, cur
+    return prev[-1]
+
+
+def near_miss(name: str, settings: Iterable[str] | None = None) -> str | None:
+    """The setting that environment variable `name` probably meant, or None: it is not a
+    setting, not a platform variable, and within `_max_distance` edits of a setting's name."""
+    known = sorted(n.upper() for n in (Settings.model_fields if settings is None else settings))
+    upper = name.upper()
+    if upper in known or upper in ALLOWED_NAMES or upper.startswith(ALLOWED_PREFIXES):
+        return None
+    best: tuple[int, str] | None = None
+    for setting in known:
+        limit = _max_distance(setting)
+        distance = edit_distance(upper, setting, limit)
+        if distance <= limit and (best is None or distance < best[0]):
+            best = (distance, setting)
+    return best[1] if best else None
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """ConfigError for the first (by name) variable that is a near miss of a setting."""
+    for name in sorted(environ):
+        meant = near_miss(name)
+        if meant is not None:
+            raise ConfigError(f"{name}: unknown setting; did you mean {meant}?")
+
+
+# --- the start-up line -------------------------------------------------------------------------
+
+
+def _origin(url: str) -> str:
+    """scheme://host:port of `url`: never its user, password, path or query."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}"
+
+
+def mask_account(account: str | None) -> str:
+    """`12345678-01` -> `****5678`: enough to tell accounts apart, never the whole number."""
+    digits = (account or "").replace("-", "")[:8]
+    return "****" + digits[-4:] if len(digits) >= 4 else "****"
+
+
+def describe_venue(settings: Settings) -> str:
+    """The start-up line: where this process trades and whether the money is real. Names the
+    broker, the KIS domain and a masked account; never a key, a secret or a URL's credentials.
+
+    `BROKER=kis domain=real account=****5678: REAL MONEY`,
+    `BROKER=kis domain=mock account=****5678 rest=http://127.0.0.1:29443: mock trading`,
+    `BROKER=paper venue=http://exchange:9443`, `BROKER=paper in-process`.
+    """
+    if settings.broker == "kis":
+        line = (
+            f"BROKER=kis domain={settings.kis_domain} account={mask_account(settings.kis_account)}"
+        )
+        if settings.kis_base_url:
+            line += f" rest={_origin(settings.kis_base_url)}"
+        return line + (": REAL MONEY" if settings.kis_domain == "real" else ": mock trading")
+    if settings.paper_venue:
+        return f"BROKER=paper venue={_origin(settings.paper_venue)}"
+    return "BROKER=paper in-process"
