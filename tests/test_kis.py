@@ -326,13 +326,16 @@ def test_settings_repr_hides_the_app_key_and_secret() -> None:
 
 
 async def test_built_from_settings(venue: KisVenue) -> None:
+    """A BROKER=kis worker built from settings: no secret of its own, every request through
+    the fleet's active gateway (tests/test_gateway.py tests the gateway itself)."""
+    from broker.kis.gateway import Gateway
     from worker.app import kis_broker
     from worker.settings import ConfigError, load_settings
 
     settings = load_settings(
         broker="kis",
         kis_app_key=APP_KEY,
-        kis_app_secret=APP_SECRET,
+        kis_app_secret=APP_SECRET,  # the worker does not use it
         kis_account=ACCOUNT,
         kis_domain=venue.domain,
         kis_base_url=venue.running.rest_url,
@@ -343,17 +346,22 @@ async def test_built_from_settings(venue: KisVenue) -> None:
         fleet_prefix=venue.prefix,
     )
     broker = kis_broker(settings, venue.redis, venue.clock)
+    gateway = Gateway(venue.config(), venue.redis, venue.prefix, clock=venue.clock)
     try:
-        cfg = broker.client.config
-        assert (cfg.rate, cfg.hts_id, cfg.websocket_url) == (500, HTS_ID, venue.running.ws_url)
-        assert broker.client.clock is venue.clock
-        # the mock domain has no volume ranking: the default universe is used there
-        assert (broker.universe is not None) == (venue.domain == "mock")
-        symbol = venue.symbols[0]
-        lower = venue.running.venue.market.limits(symbol)[0]
-        request = OrderRequest(symbol, Side.BUY, 1, OrderType.LIMIT, Decimal(lower))
-        ack = await broker.submit_order(request)
-        assert (await broker.order_status(ack.broker_order_id)).qty == 1
+        async with anyio.create_task_group() as tg:
+            await tg.start(gateway.run)
+            cfg = broker.client.config
+            assert (cfg.rate, cfg.hts_id, cfg.websocket_url) == (500, HTS_ID, venue.running.ws_url)
+            assert cfg.app_secret == ""
+            assert broker.client.clock is venue.clock
+            # the mock domain has no volume ranking: the default universe is used there
+            assert (broker.universe is not None) == (venue.domain == "mock")
+            symbol = venue.symbols[0]
+            lower = venue.running.venue.market.limits(symbol)[0]
+            request = OrderRequest(symbol, Side.BUY, 1, OrderType.LIMIT, Decimal(lower))
+            ack = await broker.submit_order(request)
+            assert (await broker.order_status(ack.broker_order_id)).qty == 1
+            tg.cancel_scope.cancel()
     finally:
         await broker.client.aclose()
     with pytest.raises(ConfigError, match="KIS_ACCOUNT"):

@@ -217,19 +217,23 @@ async def run_fleet(
 
 
 def kis_broker(settings: Settings, redis: aioredis.Redis, clock: Clock) -> KisBroker:
-    """`KisBroker` for BROKER=kis, sharing the token and the rate limit through `redis`.
+    """`KisBroker` for BROKER=kis: every request goes through the fleet's active KIS gateway
+    (`python -m worker gateway`, found through the lease key in `redis`), which holds the
+    token, the secret and the request budget; this worker holds neither.
 
     Market data comes from KIS REST quotations: the universe is the volume ranking (at most
     30 names) on the real domain and `DEFAULT_UNIVERSE` on the mock domain, which has no
     ranking; boards and tiers are read from KIS once per day (see `broker.kis.market`).
     """
     from broker.kis import KisBroker, KisClient, KisConfig
+    from broker.kis.client import GatewayRoute
+    from broker.kis.keys import KisKeys
     from broker.kis.market import DEFAULT_UNIVERSE
 
     try:
         config = KisConfig(
             app_key=settings.kis_app_key or "",
-            app_secret=settings.kis_app_secret or "",
+            app_secret="",  # the gateway's alone
             account=settings.kis_account or "",
             domain=settings.kis_domain,
             base_url=settings.kis_base_url,
@@ -240,7 +244,9 @@ def kis_broker(settings: Settings, redis: aioredis.Redis, clock: Clock) -> KisBr
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    client = KisClient(config, redis, settings.fleet_prefix, clock=clock)
+    keys = KisKeys(settings.fleet_prefix, config.domain, config.app_key)
+    route = GatewayRoute(redis, keys, settings.worker_id)
+    client = KisClient(config, redis, settings.fleet_prefix, clock=clock, route=route)
     universe = DEFAULT_UNIVERSE if settings.kis_domain == "mock" else None
     return KisBroker(client, clock, universe=universe)
 

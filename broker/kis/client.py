@@ -26,6 +26,22 @@ How answers map onto `broker.errors` (the reply is KIS's JSON ``rt_cd`` / ``msg_
   sending, HTTP 5xx, an unreadable reply, ``rt_cd`` != "0" with any other code) ->
   `OrderOutcomeUnknown`: the order may exist; look it up, never resend. HTTP 4xx without a KIS
   body (wrong path, proxy refusal) -> `KisRefused`: the order system never saw it.
+
+Two ways to KIS (the same calls, the same error mapping):
+
+* **direct** (``route=None``): this process holds the credentials, takes the token from
+  `RedisTokenCache` and a slot from `RedisRateLimiter` itself. Used toward a paper venue
+  (`PAPER_VENUE`) and by the gateway's own relay.
+* **through the gateway** (``route=GatewayRoute(...)``): requests go to the active gateway's
+  relay (`broker.kis.gateway`; its URL from the lease key) without app key, secret or token;
+  the gateway adds them and sends each request within the app key's one budget, by priority
+  lane. Headers ``X-Fleet-Worker`` (fairness inside a lane) and ``X-Fleet-Wait-Ms`` (the longest
+  wait for a slot) go along. The relay's own refusals (`RELAY_*` ``msg_cd``, HTTP 503) say that
+  nothing was sent: no slot in time (`RateLimited` after the retries), a standby or no token
+  (tried again at the gateway the lease names). A relay that sent an order but lost KIS's
+  answer says `RELAY_LOST` (the order's outcome is unknown, as is a connection to the relay
+  that drops after the order went out). A connection that could not be opened sends the
+  request to the lease key again: nothing was sent, so an order may go to the new gateway.
 """
 
 from __future__ import annotations
@@ -34,13 +50,14 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio
 import httpx
 import orjson
 import redis.asyncio as aioredis
 from loguru import logger
+from redis.exceptions import RedisError
 
 from broker.errors import BrokerUnavailable, OrderOutcomeUnknown, RateLimited
 from broker.kis.errors import (
@@ -74,6 +91,18 @@ APPROVAL_PATH = "/oauth2/Approval"
 
 # Nothing was sent: safe to call the order "not placed".
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+#: Headers a worker sends to the gateway's relay: who it is (fairness inside a lane) and how
+#: long it waits for a slot, in milliseconds.
+WORKER_HEADER = "X-Fleet-Worker"
+WAIT_HEADER = "X-Fleet-Wait-Ms"
+#: The relay's own answers (HTTP 503, KIS-shaped body). All but RELAY_LOST: nothing was sent.
+RELAY_BUSY = "FLEETBSY"  # no slot in the budget within the request's wait
+RELAY_STANDBY = "FLEETSBY"  # this gateway is not the active one: ask the lease key again
+RELAY_NO_TOKEN = "FLEETTKN"  # noqa: S105 (a message code) the gateway has no access token right now
+RELAY_NOT_SENT = "FLEETNSN"  # the gateway could not reach KIS; nothing left it
+RELAY_LOST = "FLEETUNK"  # sent to KIS, the answer was lost: an order's outcome is unknown
+RELAY_CODES = frozenset({RELAY_BUSY, RELAY_STANDBY, RELAY_NO_TOKEN, RELAY_NOT_SENT, RELAY_LOST})
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,9 +184,135 @@ class KisReply:
         return self.tr_cont in ("F", "M")
 
 
+@dataclass(frozen=True, slots=True)
+class GatewayLease:
+    """The value of the gateway lease key (`KisKeys.gateway`): which gateway is active and
+    where its relay listens."""
+
+    id: str
+    url: str
+    pid: int = 0
+    host: str = ""
+    since: str = ""
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {"id": self.id, "url": self.url, "pid": self.pid, "host": self.host,
+             "since": self.since}
+        )  # fmt: skip
+
+    @classmethod
+    def decode(cls, raw: bytes | str | None) -> GatewayLease | None:
+        if raw is None:
+            return None
+        try:
+            doc = orjson.loads(raw)
+            return cls(str(doc["id"]), str(doc["url"]).rstrip("/"), int(doc.get("pid") or 0),
+                       str(doc.get("host") or ""), str(doc.get("since") or ""))  # fmt: skip
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None
+
+
+class Route(Protocol):
+    """Where a client in gateway mode sends its requests."""
+
+    worker: str  # this process's name at the gateway (X-Fleet-Worker)
+
+    async def url(self) -> str:
+        """The relay's base URL; `BrokerUnavailable` if no gateway can be found in time."""
+        ...
+
+    def lost(self, url: str) -> None:
+        """`url` could not be reached, or answered as a standby: find the active one anew."""
+        ...
+
+
+class GatewayRoute:
+    """The active gateway's relay, read from the lease key (`KisKeys.gateway`) and kept until
+    it fails; then the lease key is read again until it names another gateway (a standby that
+    took over) or `find_wait_s` passes."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: KisKeys,
+        worker: str,
+        *,
+        find_wait_s: float = 15.0,
+        poll_s: float = 0.1,
+        timeout_s: float = 2.0,
+    ) -> None:
+        self.redis = redis
+        self.key = keys.gateway
+        self.worker = worker
+        self.find_wait_s = find_wait_s
+        self.poll_s = poll_s
+        self.timeout_s = timeout_s
+        self._lease: GatewayLease | None = None
+        self._avoid: GatewayLease | None = None  # the one that failed, until another shows up
+        self._lock = anyio.Lock()
+
+    def __repr__(self) -> str:
+        return f"GatewayRoute({self.key!r}, {self.worker!r})"
+
+    async def url(self) -> str:
+        lease = self._lease
+        if lease is not None:
+            return lease.url
+        async with self._lock:
+            deadline = anyio.current_time() + self.find_wait_s
+            avoid = self._avoid
+            while self._lease is None:
+                found = await self._read()
+                if found is not None and (avoid is None or found.id != avoid.id):
+                    if avoid is not None:
+                        logger.info("KIS gateway {} is now the active one", found.id)
+                    self._lease, self._avoid = found, None
+                    break
+                if anyio.current_time() >= deadline:
+                    if found is not None:  # the same gateway still holds the lease: try it
+                        self._lease, self._avoid = found, None
+                        break
+                    raise BrokerUnavailable(f"no active KIS gateway within {self.find_wait_s:g} s")
+                await anyio.sleep(self.poll_s)
+            return self._lease.url
+
+    def lost(self, url: str) -> None:
+        lease = self._lease
+        if lease is not None and lease.url == url:
+            logger.warning("KIS gateway {} at {} unreachable; looking for the active one",
+                           lease.id, url)  # fmt: skip
+            self._avoid, self._lease = lease, None
+
+    async def _read(self) -> GatewayLease | None:
+        try:
+            with anyio.fail_after(self.timeout_s):
+                raw = await self.redis.get(self.key)
+        except TimeoutError as exc:
+            raise BrokerUnavailable("KIS gateway lease: Redis did not answer") from exc
+        except RedisError as exc:
+            raise BrokerUnavailable(f"KIS gateway lease: {exc}") from exc
+        return GatewayLease.decode(raw)
+
+
+@dataclass
+class FixedRoute:
+    """A relay at a known URL (a gateway's own services reaching its relay over loopback)."""
+
+    base_url: str
+    worker: str
+
+    async def url(self) -> str:
+        return self.base_url
+
+    def lost(self, url: str) -> None:
+        pass
+
+
 class KisClient:
-    """One connection pool to KIS for this process; the token and the rate limit are shared
-    with every other process on the same Redis prefix (keys in `broker.kis.keys`)."""
+    """One connection pool to KIS (or to the fleet's KIS gateway) for this process; the token
+    and the request budget are shared with every other process on the same Redis prefix (keys
+    in `broker.kis.keys`): directly, or by going through the one active gateway (`route`)."""
 
     def __init__(
         self,
@@ -167,24 +322,37 @@ class KisClient:
         *,
         clock: Clock | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        route: Route | None = None,
     ) -> None:
         self.config = config
         self.clock: Clock = clock or RealClock()
-        self.http = httpx.AsyncClient(
-            base_url=config.url,
-            timeout=httpx.Timeout(config.timeout_s),
-            transport=transport,
-            headers={"content-type": "application/json; charset=utf-8"},
-        )
+        self.route = route
         keys = KisKeys(prefix, config.domain, config.app_key)
-        self.limiter = RedisRateLimiter(redis, keys, config.rate)
-        self.tokens = RedisTokenCache(
-            redis,
-            keys,
-            self._issue_token,
-            self.clock,
-            issue_interval_s=config.token_issue_interval_s,
-        )
+        self.limiter: RedisRateLimiter | None = None
+        self.tokens: RedisTokenCache | None = None
+        if route is None:
+            self.http = httpx.AsyncClient(
+                base_url=config.url,
+                timeout=httpx.Timeout(config.timeout_s),
+                transport=transport,
+                headers={"content-type": "application/json; charset=utf-8"},
+            )
+            self.limiter = RedisRateLimiter(redis, keys, config.rate)
+            self.tokens = RedisTokenCache(
+                redis,
+                keys,
+                self._issue_token,
+                self.clock,
+                issue_interval_s=config.token_issue_interval_s,
+            )
+        else:
+            # the relay holds a request until a slot frees (at most wait_s), then sends it on
+            read_s = config.wait_s + 2 * config.timeout_s
+            self.http = httpx.AsyncClient(
+                timeout=httpx.Timeout(config.timeout_s, read=read_s),
+                transport=transport,
+                headers={"content-type": "application/json; charset=utf-8"},
+            )
 
     def __repr__(self) -> str:
         return f"KisClient({self.config!r})"
@@ -203,7 +371,10 @@ class KisClient:
         return await self._call("POST", path, tr, body, order=True, tr_cont="")
 
     async def approval_key(self) -> str:
-        """A WebSocket approval key (``/oauth2/Approval``); never logged."""
+        """A WebSocket approval key (``/oauth2/Approval``); never logged. Direct mode only: a
+        worker going through the gateway opens no WebSocket of its own."""
+        if self.route is not None:
+            raise BrokerUnavailable("WebSocket approval keys are the KIS gateway's alone")
         cfg = self.config
         body = {
             "grant_type": "client_credentials",
@@ -244,7 +415,9 @@ class KisClient:
                 return await self._attempt(method, path, tr, payload, order, tr_cont)
             except _Retry as retry:
                 if retry.kind == "token":
-                    if refreshed:  # a brand-new token refused too: not ours to fix
+                    # a brand-new token refused too (or the gateway's, which refreshed it
+                    # already): not ours to fix
+                    if refreshed or self.tokens is None:
                         raise BrokerUnavailable(f"{retry.what} with a fresh token") from None
                     refreshed = True
                     logger.info("KIS refused the access token ({}); refreshing", retry.what)
@@ -271,6 +444,10 @@ class KisClient:
         tr_cont: str,
     ) -> KisReply:
         """One request: the reply, a final error, or `_Retry` saying which budget to spend."""
+        if self.route is not None:
+            return await self._relayed(self.route, method, path, tr, payload, order, tr_cont)
+        assert self.tokens is not None
+        assert self.limiter is not None
         cfg = self.config
         # The token first: a slot is spent only when the request can leave at once, so the
         # moment Redis grants it stays close to the moment KIS sees the request.
@@ -286,11 +463,7 @@ class KisClient:
         if tr_cont:
             headers["tr_cont"] = tr_cont
         try:
-            if method == "GET":
-                resp = await self.http.get(path, params=dict(payload), headers=headers)
-            else:
-                content = orjson.dumps(dict(payload))
-                resp = await self.http.post(path, content=content, headers=headers)
+            resp = await self._send(method, path, payload, headers)
         except httpx.TransportError as exc:
             what = f"{method} {path}: {type(exc).__name__} {exc}".strip()
             if order and not isinstance(exc, _NOT_SENT):
@@ -299,6 +472,59 @@ class KisClient:
                 raise BrokerUnavailable(f"{what}; nothing was sent") from exc
             raise _Retry("transient", what, token) from exc
         return self._answer(method, path, resp, token, order)
+
+    async def _relayed(
+        self,
+        route: Route,
+        method: str,
+        path: str,
+        tr: TrId,
+        payload: Mapping[str, str],
+        order: bool,
+        tr_cont: str,
+    ) -> KisReply:
+        """One request through the gateway's relay (see the module docstring)."""
+        cfg = self.config
+        base = await route.url()
+        headers = {
+            "tr_id": cfg.tr(tr),
+            "custtype": cfg.custtype,
+            WORKER_HEADER: route.worker,
+            WAIT_HEADER: str(int(cfg.wait_s * 1000)),
+        }
+        if tr_cont:
+            headers["tr_cont"] = tr_cont
+        try:
+            resp = await self._send(method, base + path, payload, headers)
+        except httpx.TransportError as exc:
+            what = f"{method} {path} via the KIS gateway: {type(exc).__name__} {exc}".strip()
+            if isinstance(exc, _NOT_SENT):
+                route.lost(base)  # nothing left this process: safe to send to the active one
+                raise _Retry("transient", what, "") from exc
+            if order:
+                raise OrderOutcomeUnknown(f"{what}; the order may have been placed") from exc
+            route.lost(base)
+            raise _Retry("transient", what, "") from exc
+        body = _json(resp)
+        code = str(body.get("msg_cd") or "") if body else ""
+        if code in RELAY_CODES:
+            assert body is not None
+            what = f"{path}: KIS gateway {code} {body.get('msg1', '')}".strip()
+            if code == RELAY_BUSY:  # the gateway waited wait_s for a slot already
+                raise RateLimited(what)
+            if code == RELAY_LOST and order:
+                raise OrderOutcomeUnknown(f"{what}; the order may have been placed")
+            if code == RELAY_STANDBY:
+                route.lost(base)
+            raise _Retry("transient", what, "")
+        return self._answer(method, path, resp, "", order)
+
+    async def _send(
+        self, method: str, url: str, payload: Mapping[str, str], headers: Mapping[str, str]
+    ) -> httpx.Response:
+        if method == "GET":
+            return await self.http.get(url, params=dict(payload), headers=headers)
+        return await self.http.post(url, content=orjson.dumps(dict(payload)), headers=headers)
 
     def _answer(
         self, method: str, path: str, resp: httpx.Response, token: str, order: bool

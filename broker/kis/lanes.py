@@ -27,7 +27,7 @@ Every request the gateway sends to KIS for one app key takes a slot from one `La
   covers the clock granularity of both ends.
 
 The scheduler is pure bookkeeping (`LaneQueue`, `ArrivalBudget`, driven with explicit times so
-tests can force any interleaving) plus one asyncio-free dispatcher task (`LaneScheduler.run`).
+tests can force any interleaving) plus one dispatcher task (`LaneScheduler.run`).
 """
 
 from __future__ import annotations
@@ -139,10 +139,13 @@ class LaneQueue:
 
 @dataclass(eq=False)
 class Sent:
-    """One request sent: when it left, and when its answer came back (None: in flight)."""
+    """One request sent: when it left, and when its answer came back (None: in flight).
+    `hold_s`: set by the sender when the request may still arrive after it gave up on it (a
+    read timeout): the slot is kept that much longer."""
 
     sent_at: float
     answered_at: float | None = None
+    hold_s: float = 0.0
 
 
 class ArrivalBudget:
@@ -158,7 +161,7 @@ class ArrivalBudget:
     def _live(self, now: float) -> Iterator[Sent]:
         horizon = now - self.span_s
         while self._log and self._log[0].answered_at is not None:
-            if self._log[0].answered_at > horizon:  # type: ignore[operator]
+            if self._log[0].answered_at > horizon:
                 break
             self._log.popleft()  # answered long enough ago: it can no longer share a window
         return (s for s in self._log if s.answered_at is None or s.answered_at > horizon)
@@ -182,7 +185,7 @@ class ArrivalBudget:
 
     @staticmethod
     def answered(record: Sent, now: float) -> None:
-        record.answered_at = now
+        record.answered_at = now + record.hold_s
 
     def in_flight(self) -> int:
         return sum(1 for s in self._log if s.answered_at is None)
@@ -214,16 +217,20 @@ class LaneScheduler:
         self,
         limit: int,
         *,
+        window_s: float = 1.0,
         margin_s: float = 0.01,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.budget = ArrivalBudget(limit, margin_s=margin_s)
+        self.budget = ArrivalBudget(limit, window_s=window_s, margin_s=margin_s)
         self.queue = LaneQueue()
         self.monotonic = monotonic
         self.stats = {lane: LaneStats() for lane in Lane}
         self.sent = 0
         self._changed = anyio.Event()
         self._quiet_until = 0.0
+        self._closed = False
+        #: the last grants, oldest first (for stats and tests)
+        self.granted: deque[Ticket] = deque(maxlen=10_000)
 
     @property
     def limit(self) -> int:
@@ -241,15 +248,21 @@ class LaneScheduler:
         case nothing may be sent. The body sends the request; leaving the block records the
         moment the answer came back (or the failure), which frees the slot a second later."""
         ticket = Ticket(lane, worker, self.monotonic())
+        if self._closed:
+            raise SlotTimeout("the KIS request budget is closed (gateway not active)")
         self.queue.push(ticket)
         self._poke()
         try:
             with anyio.move_on_after(wait_s):
                 await ticket.granted.wait()
-        finally:
-            if not ticket.granted.is_set():
-                self.queue.remove(ticket)  # cancelled or timed out: never granted
+        except BaseException:  # cancelled while waiting: withdraw, or free the unused grant
+            if ticket.record is not None:
+                self.budget.answered(ticket.record, self.monotonic())
+            else:
+                self.queue.remove(ticket)
+            raise
         if ticket.record is None:
+            self.queue.remove(ticket)  # timed out (or the budget closed): never granted
             self.stats[lane].timed_out += 1
             raise SlotTimeout(f"no KIS request slot in the {lane.label} lane within {wait_s:g} s")
         try:
@@ -257,6 +270,17 @@ class LaneScheduler:
         finally:
             self.budget.answered(ticket.record, self.monotonic())
             self._poke()
+
+    def open(self) -> None:
+        """Grant slots again (a gateway becoming active)."""
+        self._closed = False
+
+    def close(self) -> None:
+        """Grant nothing more; every waiting request gives up at once (a gateway stepping
+        down): nothing of theirs was sent."""
+        self._closed = True
+        while (ticket := self.queue.pop()) is not None:
+            ticket.granted.set()  # with no record: SlotTimeout
 
     def grant_ready(self) -> float:
         """Grant every ticket the budget allows now; the seconds until the next grant could
@@ -274,6 +298,7 @@ class LaneScheduler:
             stats.granted += 1
             stats.waits_s.append(ticket.wait_s)
             self.sent += 1
+            self.granted.append(ticket)
             ticket.granted.set()
         return math.inf
 
