@@ -24,9 +24,13 @@ does not depend on how often anyone polls):
 * After the close, remaining quantity has expired: remaining_qty 0, not canceled, not filled.
 
 Fees and taxes are not the broker's business: the ledger derives them from the fills with
-`market.costs`. Not modelled: account balances and holdings (a SELL is not checked against a
-position), order amendment, IOC/FOK, our own market impact on the printed prices, depth at
-the VI auction (like the closing auction, it fills crossing orders in full).
+`market.costs`. The account (`account`) is derived from the executions: holdings per symbol on
+an average-cost basis and, when a `costs` model is given, cash = the starting `cash` − bought −
+sold amounts with commission and taxes per execution (as an exchange account moves); without
+one the account's cash is None (not modelled). Not modelled: checks of orders against cash and
+holdings (a SELL is not checked against a position), order amendment, IOC/FOK, our own market
+impact on the printed prices, depth at the VI auction (like the closing auction, it fills
+crossing orders in full).
 
 Concurrency: one instance may be shared by many tasks of one event loop; each method mutates
 state without awaiting in between, so calls are atomic with respect to each other.
@@ -53,7 +57,9 @@ from broker.port import (
     OrderType,
     Side,
 )
+from market.account import AccountSnapshot, Holding
 from market.clock import Clock
+from market.costs import CostModel
 from market.sim import Phase, SimulatedMarket
 from market.ticks import is_on_grid
 from market.types import Instrument, Quote, Snapshot
@@ -125,9 +131,13 @@ class PaperBroker:
         first_order_no: int = 1,
         outcome_unknown: int = 0,
         unavailable: int = 0,
+        cash: Decimal = Decimal(0),
+        costs: CostModel | None = None,
     ) -> None:
         self.market = market
         self.clock = clock
+        self.starting_cash = cash
+        self.costs = costs
         self._next_no = first_order_no
         self._orders: dict[str, _Order] = {}
         self._working: list[_Order] = []  # time priority: oldest first
@@ -205,6 +215,46 @@ class PaperBroker:
             and o.request.qty == qty
             and o.ordered_at >= since
         ]
+
+    async def account(self) -> AccountSnapshot:
+        await anyio.lowlevel.checkpoint()
+        now = self.clock.now()
+        self._advance(now)
+        # every execution in time order (ties: order placement, then execution order)
+        fills = sorted(
+            (e.at, n, i, o.request.side, o.request.symbol, e.qty, e.price)
+            for n, o in enumerate(self._orders.values())
+            for i, e in enumerate(o.executions)
+        )
+        cash = self.starting_cash
+        costs, day = self.costs, self.market.session.day
+        held: dict[str, tuple[int, Decimal]] = {}  # symbol -> (qty, cost of the shares held)
+        for _, _, _, side, symbol, qty, price in fills:
+            have, cost = held.get(symbol, (0, Decimal(0)))
+            amount = qty * price
+            fees = costs.commission(amount) if costs is not None else Decimal(0)
+            if side is Side.BUY:
+                cash -= amount + fees
+                held[symbol] = (have + qty, cost + amount)
+            else:
+                if costs is not None:
+                    board = self.market.instrument(symbol).board
+                    fees += costs.sell_taxes(amount, board, day).total
+                cash += amount - fees
+                left = have - qty
+                held[symbol] = (left, cost * left / have if have > 0 and left > 0 else Decimal(0))
+        selling: dict[str, int] = {}
+        for o in self._working:
+            if o.request.side is Side.SELL:
+                selling[o.request.symbol] = selling.get(o.request.symbol, 0) + o.remaining
+        holdings = {
+            symbol: Holding(symbol, qty, cost / qty, max(0, qty - selling.get(symbol, 0)))
+            for symbol, (qty, cost) in sorted(held.items())
+            if qty > 0
+        }
+        return AccountSnapshot(
+            cash=cash if costs is not None else None, holdings=holdings, as_of=now
+        )
 
     def executions(self, broker_order_id: BrokerOrderId) -> list[Execution]:
         """Every execution of one order so far (for tests and reports)."""

@@ -6,6 +6,8 @@ polling) so a KIS adapter fits without contortions:
 * No client order id travels to the broker. We keep our `ClientOrderId` in the ledger and the
   broker gives back a `BrokerOrderId` (KIS `ODNO`). A request whose outcome is unknown is
   reconciled with `find_orders` (symbol, side, qty, time window), never resent blindly.
+* The account (`account`: cash and holdings per symbol) is read for reconciliation against
+  the ledger; it covers the whole account, whoever placed the orders.
 * Fills are learned by polling `order_status`, which reports cumulative figures
   (`filled_qty`, `filled_amount`); the ledger applies them idempotently keyed by
   (broker order id, cumulative filled qty). Follow-up orders are sized from `remaining_qty`.
@@ -17,6 +19,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
+from market.account import AccountSnapshot, Holding
 from market.orders import (
     BrokerOrderId,
     ClientOrderId,
@@ -30,9 +33,11 @@ from market.orders import (
 from market.types import Instrument, Quote, Snapshot
 
 __all__ = [
+    "AccountSnapshot",
     "Broker",
     "BrokerOrderId",
     "ClientOrderId",
+    "Holding",
     "MarketData",
     "OrderAck",
     "OrderRequest",
@@ -72,6 +77,15 @@ class Broker(Protocol):
         """Today's orders for `symbol`/`side`/`qty` placed at or after `since`, oldest first.
 
         Used to resolve an `OrderOutcomeUnknown` before deciding whether to resend.
+        """
+        ...
+
+    async def account(self) -> AccountSnapshot:
+        """The account now: cash (settled as of today's executions) and every holding.
+
+        Read-only; executions up to the call are included. Whole-account figures: orders of
+        every process on the account (and any placed outside the fleet) count. Raises
+        `BrokerUnavailable` when the broker cannot be asked.
         """
         ...
 

@@ -44,6 +44,11 @@ key                            type        TTL       meaning
                                                      the reaper declared expired and whose symbol
                                                      no live worker has taken since; removed when
                                                      one does (``lock.recovered``).
+``fleet:singleton:{name}``     string      PX ttl    holder id of a fleet-wide singleton job's
+                                                     lease (``reconciler``: the account
+                                                     reconciliation); taken when free, renewed
+                                                     by its holder, deleted on release or by
+                                                     expiry (`coordination.singleton`).
 ``fleet:kis:*``                                      BROKER=kis and PAPER_VENUE: the shared KIS
                                                      rate limit and access tokens, named and
                                                      documented by `broker.kis` (not here).
@@ -124,6 +129,10 @@ class Keyspace:
     def reaped(self) -> str:
         """Hash symbol -> ``{worker_id}:{fence}`` of reaped leases not yet taken over."""
         return f"{self.prefix}:reaped"
+
+    def singleton(self, name: str) -> str:
+        """String holder id with a PX TTL: the lease of one fleet-wide singleton job."""
+        return f"{self.prefix}:singleton:{_check_part('name', name)}"
 
     @property
     def lease_pattern(self) -> str:

@@ -49,7 +49,9 @@ from market.clock import Clock
 
 class NoticeType(StrEnum):
     """Values of the ``type`` field. ``lock.lost`` is published by a holder that finds its lease
-    gone; the other lock types come from the lock scripts and the worker's recovery."""
+    gone; the other lock types come from the lock scripts and the worker's recovery.
+    ``account.drift`` / ``account.drift_cleared`` come from the account reconciliation
+    (`trading.reconcile`): the broker's account and the ledger disagree / agree again."""
 
     WORKER_STATE = "worker.state"
     LOCK_ACQUIRED = "lock.acquired"
@@ -59,6 +61,8 @@ class NoticeType(StrEnum):
     LOCK_LOST = "lock.lost"
     ORDER_FILLED = "order.filled"
     RISK_HALT = "risk.halt"
+    ACCOUNT_DRIFT = "account.drift"
+    ACCOUNT_DRIFT_CLEARED = "account.drift_cleared"
 
 
 @dataclass(frozen=True)

@@ -32,14 +32,16 @@ Python API (tests, the CLI)::
 
 Endpoints: ``POST /oauth2/tokenP``, ``POST /oauth2/Approval``, ``GET /__exchange/stats``
 (JSON counts per app key and tr_id, token issues, orders, fills, cash and holdings per
-account) and under ``/uapi/domestic-stock/v1``: quotations ``inquire-price``,
+account), ``POST /__exchange/admin/{sell,transfer,drop-notices}`` (`exchange.admin`: a sale
+or a transfer behind the account's back, lost fill notices) and under ``/uapi/domestic-stock/v1``: quotations ``inquire-price``,
 ``inquire-asking-price-exp-ccn``, ``inquire-time-itemchartprice``,
 ``inquire-daily-itemchartprice``, ``volume-rank`` (real only); trading ``order-cash``,
 ``order-rvsecncl`` (cancel all), ``inquire-psbl-rvsecncl`` (real only),
 ``inquire-daily-ccld``, ``inquire-balance``, ``inquire-psbl-order``. WebSocket: H0STCNT0,
 H0STASP0, H0STCNI0 (real) / H0STCNI9 (mock).
 
-Modules: `config` (settings and constants), `errors` (refusals and their codes), `auth`
+Modules: `config` (settings and constants), `errors` (refusals and their codes), `admin`
+(operator endpoints), `auth`
 (tokens, approval keys, rate limit), `venue` (accounts, orders, matching, notices, faults),
 `accounts`, `traits`, `wire` (request/reply, formatting, paging), `quotes` and `trading`
 (handlers), `rest`, `ws` and `frames` (the two servers), `server` (`serve_exchange`).

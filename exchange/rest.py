@@ -24,6 +24,7 @@ import orjson
 from aiohttp import web
 
 from exchange import errors, quotes, trading
+from exchange.admin import AdminApi
 from exchange.auth import RateLimiter, TokenBook, expiry_text
 from exchange.venue import Venue
 from exchange.wire import Call, Reply
@@ -99,6 +100,7 @@ class RestApi:
         app.router.add_post("/oauth2/tokenP", self.token)
         app.router.add_post("/oauth2/Approval", self.approval)
         app.router.add_get("/__exchange/stats", self.stats)
+        AdminApi(self.venue).add_routes(app)  # /__exchange/admin/*: behind the account's back
         app.router.add_route("*", "/uapi/{tail:.*}", self.api)
         return app
 
@@ -209,6 +211,8 @@ def stats(venue: Venue, tokens: TokenBook) -> dict[str, Any]:
         "rate_limited": venue.stats.rate_limited,
         "token_issues": dict(tokens.issues),
         "ambiguous_replies": venue.stats.ambiguous,
+        "dropped_notices": venue.stats.dropped_notices,
+        "transfers": venue.stats.transfers,
         "orders": total_orders,
         "fills": total_fills,
         "accounts": accounts,

@@ -15,6 +15,9 @@
     │   └── OrderWithdrawn          ... because the symbol's current owner withdrew it
     ├── LossLimitReached            the BUY was refused: the day's realized loss reached the daily
     │                               loss limit (Invariant 5); selling is still allowed
+    ├── SymbolDrifted               the BUY was refused: the account reconciliation found the
+    │                               symbol's holdings at the broker differ from the ledger's, and
+    │                               nothing has explained it yet; selling is still allowed
     ├── CapitalLimitExceeded        (also a ValueError) the BUY would cost more than the worker's
     │                               capital limit (Invariant 6); resize the order
     ├── InvalidOrderTransition      a status change the order state machine does not allow
@@ -63,6 +66,10 @@ class OrderWithdrawn(OrderNotNew):
 
 class LossLimitReached(LedgerError):
     """A BUY was refused because the day's realized loss reached the daily loss limit."""
+
+
+class SymbolDrifted(LedgerError):
+    """A BUY was refused because an unexplained account drift on its symbol is open."""
 
 
 class CapitalLimitExceeded(LedgerError, ValueError):

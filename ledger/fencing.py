@@ -4,8 +4,9 @@
 `stock_locks` holds (symbol, worker_id, fence), reading that row FOR SHARE: a concurrent
 takeover (an UPDATE of the row) either waits for the insert to commit or makes the insert see
 the new fence and produce nothing. For a BUY the same statement also requires that the day's
-loss-limit halt is not recorded and, under a daily loss limit, that the day's realized pnl has
-never reached −limit (`ledger.risk`: the limit latches). When no row comes back,
+loss-limit halt is not recorded, that no account drift on the symbol is open (`ledger.drift`)
+and, under a daily loss limit, that the day's realized pnl has never reached −limit
+(`ledger.risk`: the limit latches). When no row comes back,
 `explain_refusal` says why.
 """
 
@@ -33,7 +34,14 @@ from sqlalchemy.sql.dml import ReturningInsert
 from sqlalchemy.types import DateTime, TypeEngine
 
 from ledger.convert import order_record
-from ledger.errors import CapitalLimitExceeded, LedgerError, LossLimitReached, StaleFence
+from ledger.drift import drift_open
+from ledger.errors import (
+    CapitalLimitExceeded,
+    LedgerError,
+    LossLimitReached,
+    StaleFence,
+    SymbolDrifted,
+)
 from ledger.models import Order, StockLock
 from ledger.orders import OrderState
 from ledger.records import OrderIntent, OrderRecord
@@ -87,6 +95,7 @@ def fenced_insert(intent: OrderIntent) -> ReturningInsert[Order]:
     ]
     if intent.side is Side.BUY:
         conds.append(~halt_recorded(intent.trading_day))
+        conds.append(~drift_open(intent.symbol))
         if intent.daily_loss_limit is not None:
             conds.append(day_low_pnl(intent.trading_day) > -intent.daily_loss_limit)
     money, tstz = Numeric(), DateTime(timezone=True)
@@ -123,7 +132,7 @@ def fenced_insert(intent: OrderIntent) -> ReturningInsert[Order]:
 
 async def explain_refusal(s: AsyncSession, intent: OrderIntent) -> OrderRecord:
     """Why `fenced_insert` inserted nothing: return the order if this is a retry of an insert
-    that succeeded, else raise `StaleFence` or `LossLimitReached`.
+    that succeeded, else raise `StaleFence`, `LossLimitReached` or `SymbolDrifted`.
     """
     existing = (
         await s.execute(select(Order).where(Order.client_order_id == intent.client_order_id))
@@ -142,6 +151,11 @@ async def explain_refusal(s: AsyncSession, intent: OrderIntent) -> OrderRecord:
         why = await buy_refusal(s, intent.trading_day, intent.daily_loss_limit)
         if why is not None:
             raise LossLimitReached(why)
+        if await s.scalar(select(drift_open(intent.symbol))):
+            raise SymbolDrifted(
+                f"{intent.symbol}: an account drift is open (the broker's holdings differ from "
+                "the ledger's, unexplained): no new BUY on it until a reconciliation clears it"
+            )
     # The lock matched and no loss limit applied, yet nothing was inserted: the lock row
     # changed between the statement and this check. Report it as the fence race it is.
     raise StaleFence(f"{intent.symbol}: lock changed while inserting {intent.client_order_id}")

@@ -326,3 +326,51 @@ class RiskHalt(Base):
     reason: Mapped[str] = mapped_column(Text)
 
     __table_args__ = (CheckConstraint("loss_limit > 0", name="loss_limit_positive"),)
+
+
+DRIFT_KINDS = ("holding", "cash")
+
+
+class AccountDrift(Base):
+    """A difference between the broker's account and the ledger that nothing explains.
+
+    One row per episode: recorded by the account reconciliation when it finds the drift,
+    updated if the figures change while it lasts, and cleared (`cleared_at`, by whom, why) when
+    a later reconciliation finds the subject consistent again. While a `holding` row is open
+    (not cleared), no BUY on its symbol is admitted. `symbol` is '' for a `cash` drift.
+    """
+
+    __tablename__ = "account_drifts"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    kind: Mapped[str] = mapped_column(Text)
+    symbol: Mapped[str] = mapped_column(Text)
+    trading_day: Mapped[date] = mapped_column(Date)
+    detected_at: Mapped[datetime] = mapped_column(TSTZ)
+    seen_at: Mapped[datetime] = mapped_column(TSTZ)  # last reconciliation that saw it
+    broker_qty: Mapped[int | None] = mapped_column(Integer)
+    ledger_qty: Mapped[int | None] = mapped_column(Integer)
+    broker_avg_price: Mapped[Decimal | None] = mapped_column(PRICE4)
+    ledger_avg_price: Mapped[Decimal | None] = mapped_column(PRICE4)
+    broker_cash: Mapped[Decimal | None] = mapped_column(MONEY)
+    expected_cash: Mapped[Decimal | None] = mapped_column(MONEY)
+    detail: Mapped[str] = mapped_column(Text)
+    recorded_by: Mapped[str] = mapped_column(Text)
+    cleared_at: Mapped[datetime | None] = mapped_column(TSTZ)
+    cleared_by: Mapped[str | None] = mapped_column(Text)
+    clear_reason: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint(_in("kind", DRIFT_KINDS), name="kind_known"),
+        CheckConstraint("(kind = 'cash') = (symbol = '')", name="symbol_of_kind"),
+        CheckConstraint("(cleared_at IS NULL) = (cleared_by IS NULL)", name="cleared_by_whom"),
+        # at most one open episode per subject: recording it again is idempotent
+        Index(
+            "uq_account_drifts_open",
+            "kind",
+            "symbol",
+            unique=True,
+            postgresql_where=text("cleared_at IS NULL"),
+        ),
+        Index(None, "trading_day"),
+    )

@@ -168,14 +168,16 @@ class SummaryFigures:
 class ScanView:
     """What a scanning worker needs from the ledger, read in one round trip: who holds an open
     position on which symbol, who has unfinished orders where, the day's realized pnl, its low
-    point so far (`low_pnl`: the loss limit latches on it), and whether the day's loss-limit
-    halt is recorded (`halted`)."""
+    point so far (`low_pnl`: the loss limit latches on it), whether the day's loss-limit
+    halt is recorded (`halted`), and the symbols with an open account drift (`drifted`: no
+    new BUY on them)."""
 
     positions: Mapping[str, str]  # symbol -> worker_id
     unfinished: Mapping[str, str]  # symbol -> worker_id
     realized_pnl: Decimal
     low_pnl: Decimal = Decimal(0)
     halted: bool = False
+    drifted: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

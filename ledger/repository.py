@@ -8,7 +8,8 @@ this facade's per-call deadline, each surfacing as `LedgerUnavailable`.
 
 The statements live by topic: the lock mirror in `ledger.lock_mirror`, the fenced ownership
 writes in `ledger.ownership`, the fenced order insert in `ledger.fencing`, the loss limit in
-`ledger.risk`, fills and trades in `ledger.applying`, summaries in `ledger.summaries`.
+`ledger.risk`, fills and trades in `ledger.applying`, summaries in `ledger.summaries`, the
+account reconciliation's reads and drift records in `ledger.drift`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from ledger import lock_mirror, ownership, risk
+from ledger import drift, lock_mirror, ownership, risk
 from ledger.applying import apply_ack, apply_mark, apply_status
 from ledger.convert import order_record, position_record, worker_record
 from ledger.errors import LedgerUnavailable, translate_db_errors
@@ -397,6 +398,34 @@ class Ledger:
         """The stored summary of the day, or None if `summarize_day` never ran for it."""
         async with self._tx() as s:
             return await load_day_summary(s, trading_day)
+
+    # -- account reconciliation (statements in ledger.drift) --------------------------------
+
+    async def account_view(self, trading_day: date) -> drift.AccountView:
+        """Live positions per symbol (summed over workers), the day's activity per symbol,
+        the unfinished orders and the day's cash flow from the fills, in one transaction."""
+        async with self._tx() as s:
+            return await drift.account_view(s, trading_day)
+
+    async def record_drift(self, o: drift.DriftObservation) -> tuple[drift.DriftRecord, str]:
+        """Open the drift episode of (kind, symbol) or update the open one; returns the row and
+        "new", "changed" or "same". From its commit on, an open holding drift stops new BUYs on
+        its symbol (`create_order` raises `SymbolDrifted`)."""
+        async with self._tx() as s:
+            return await drift.record_drift(s, o)
+
+    async def clear_drift(
+        self, kind: str, symbol: str, at: datetime, by: str, reason: str
+    ) -> drift.DriftRecord | None:
+        """Close the open drift episode of (kind, symbol), recording who and why; None when
+        none was open."""
+        async with self._tx() as s:
+            return await drift.clear_drift(s, kind, symbol, at, by, reason)
+
+    async def open_drifts(self) -> list[drift.DriftRecord]:
+        """Drift episodes not cleared yet."""
+        async with self._tx() as s:
+            return await drift.open_drifts(s)
 
     async def recompute_from_fills(self, trading_day: date) -> Decimal:
         """Sell proceeds − buy cost − fees − taxes straight from the day's fills (Invariant 3:

@@ -1,5 +1,6 @@
-"""The scan's one read (`Ledger.scan_view`): open positions, unfinished orders and the day's
-loss-limit figures in a single statement, run outside a transaction on the scan's hot path."""
+"""The scan's one read (`Ledger.scan_view`): open positions, unfinished orders, the day's
+loss-limit figures and the symbols with an open account drift in a single statement, run
+outside a transaction on the scan's hot path."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from sqlalchemy import ColumnElement, literal_column, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.selectable import CompoundSelect
 
-from ledger.models import Order, Position
+from ledger.drift import HOLDING
+from ledger.models import AccountDrift, Order, Position
 from ledger.orders import UNFINISHED
 from ledger.records import ScanView
 from ledger.risk import day_low_pnl, day_pnl, halt_recorded
@@ -21,7 +23,8 @@ _UNFINISHED = [s.value for s in UNFINISHED]
 
 def scan_statement(trading_day: date) -> CompoundSelect[Any]:
     """Rows (kind, symbol, worker_id, value): P = open position, O = unfinished order,
-    R = the day's realized pnl, L = its low so far, H = 1 when the day's halt is recorded."""
+    R = the day's realized pnl, L = its low so far, H = 1 when the day's halt is recorded,
+    D = a symbol with an open holding drift."""
     none: ColumnElement[Any] = literal_column("NULL")
     no_value: ColumnElement[Any] = literal_column("NULL::numeric")
     return union_all(
@@ -36,6 +39,9 @@ def scan_statement(trading_day: date) -> CompoundSelect[Any]:
         select(literal_column("'H'"), none, none, literal_column("1::numeric")).where(
             halt_recorded(trading_day)
         ),
+        select(literal_column("'D'"), AccountDrift.symbol, none, no_value).where(
+            AccountDrift.kind == HOLDING, AccountDrift.cleared_at.is_(None)
+        ),
     )
 
 
@@ -45,6 +51,7 @@ async def read_scan_view(conn: AsyncConnection, trading_day: date) -> ScanView:
     unfinished: dict[str, str] = {}
     pnl = low = Decimal(0)
     halted = False
+    drifted: set[str] = set()
     for kind, symbol, worker_id, value in rows:
         if kind == "P":
             positions[symbol] = worker_id
@@ -54,6 +61,8 @@ async def read_scan_view(conn: AsyncConnection, trading_day: date) -> ScanView:
             pnl = Decimal(value)
         elif kind == "L":
             low = Decimal(value)
+        elif kind == "D":
+            drifted.add(symbol)
         else:
             halted = True
-    return ScanView(positions, unfinished, pnl, low, halted)
+    return ScanView(positions, unfinished, pnl, low, halted, frozenset(drifted))

@@ -1,5 +1,9 @@
 """SCAN: rank the universe, lock the best free candidate, buy within the capital limit; and the
-daily loss limit's halt, which stops new buys for the rest of the day."""
+daily loss limit's halt, which stops new buys for the rest of the day.
+
+A symbol with an open account drift (`trading.reconcile`: the broker's holdings differ from
+the ledger's, unexplained) is no candidate, and the ledger refuses a BUY on it anyway
+(`DriftRefused`), so a drift recorded between the scan and the order still stops the buy."""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from market.types import Tier
 from strategy.scan import Candidate
 from strategy.signals import buy_order, entry_signal
 from trading.deps import Deps
-from trading.orders import BuyRefused, LeaseInvalid, Placement
+from trading.orders import BuyRefused, DriftRefused, LeaseInvalid, Placement
 from trading.poller import poll_candidates
 from trading.tenure import Tenure
 
@@ -33,10 +37,11 @@ class Entries:
         self.halted = False
 
     async def candidates(self, view: ScanView) -> list[Candidate]:
-        """Ranked candidates the buy rule accepts that nobody holds, best first."""
+        """Ranked candidates the buy rule accepts that nobody holds and that no open account
+        drift blocks, best first."""
         c = self.d.config
         ranked = await poll_candidates(self.d.market, c.scan, c.n_bars, c.signals)
-        taken = set(view.positions) | set(view.unfinished)
+        taken = set(view.positions) | set(view.unfinished) | set(view.drifted)
         # thin names are liquidated earlier, so they stop being bought earlier too
         no_thin = self.d.clock.now() >= self.thin_liquidation_start
         return [
@@ -77,6 +82,8 @@ class Entries:
         try:
             with tenure.scope():
                 await tenure.place(placement, cancel_at, buy_cutoff=cutoff)
+        except DriftRefused as exc:  # this symbol only: no halt
+            self.log.warning("buy of {} refused: {}", symbol, exc)
         except BuyRefused as exc:
             if d.clock.now() < cutoff:
                 await self.halt(str(exc))

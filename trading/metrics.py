@@ -84,3 +84,34 @@ class NullWorkerMetrics:
 
 
 NULL_METRICS: WorkerMetrics = NullWorkerMetrics()
+
+
+class AccountMetrics(Protocol):
+    """Hooks the account reconciliation (`trading.reconcile`) calls; one per fleet process.
+    Implementations must be cheap and never raise."""
+
+    def account_drifted(self, kind: str, symbol: str) -> None:
+        """An unexplained drift was recorded (new, or its figures changed): `kind` is
+        "holding" or "cash", `symbol` '' for cash."""
+
+    def account_drifts_open(self, n: int) -> None:
+        """`n` drift episodes are open after the latest pass."""
+
+    def account_reconciled(self, outcome: str) -> None:
+        """A pass ended: "consistent", "drift" (some drift is open) or "failed"."""
+
+
+class NullAccountMetrics:
+    """Records nothing."""
+
+    def account_drifted(self, kind: str, symbol: str) -> None:
+        pass
+
+    def account_drifts_open(self, n: int) -> None:
+        pass
+
+    def account_reconciled(self, outcome: str) -> None:
+        pass
+
+
+NULL_ACCOUNT_METRICS: AccountMetrics = NullAccountMetrics()

@@ -27,7 +27,7 @@ import anyio
 
 from broker.errors import BrokerUnavailable, OrderOutcomeUnknown, OrderRejected
 from broker.port import Broker
-from ledger.errors import LedgerError, LossLimitReached, OrderNotNew, StaleFence
+from ledger.errors import LedgerError, LossLimitReached, OrderNotNew, StaleFence, SymbolDrifted
 from ledger.orders import OrderState
 from ledger.records import OrderIntent, OrderRecord
 from ledger.repository import Ledger
@@ -52,6 +52,10 @@ class LeaseExpired(LeaseInvalid):
 
 class BuyRefused(Exception):
     """The risk guard refused a BUY (daily loss limit, liquidation window)."""
+
+
+class DriftRefused(BuyRefused):
+    """The ledger refused a BUY on a symbol with an open account drift (that symbol only)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +115,8 @@ class OrderPlacer:
 
         `may_submit()` is asked just before the claim (the lease's local deadline). Raises
         `LeaseInvalid` when the ledger refuses the fence or the lease may not act any more,
-        `BuyRefused` on the loss limit or the liquidation window. Cancelling the caller leaves
+        `BuyRefused` on the loss limit or the liquidation window (`DriftRefused` when an
+        account drift on the symbol is open). Cancelling the caller leaves
         the order with the tracker, which follows it to its end.
         """
         cid = ClientOrderId(str(uuid.uuid4()))
@@ -148,6 +153,8 @@ class OrderPlacer:
                 raise LeaseInvalid(str(exc)) from exc
             except LossLimitReached as exc:
                 raise BuyRefused(str(exc)) from exc
+            except SymbolDrifted as exc:
+                raise DriftRefused(str(exc)) from exc
             if not may_submit():
                 raise LeaseExpired(f"lease on {p.symbol} past its local deadline: not submitted")
             try:

@@ -28,20 +28,22 @@ from coordination.locks import RedisSymbolLock
 from coordination.notices import Notices
 from coordination.reaper import LeaseReaper
 from coordination.registry import WorkerRegistry
+from coordination.singleton import RedisSingleton
 from ledger.db import create_engine, wait_ready
 from ledger.repository import Ledger
 from market.calendar import KrxCalendar, Session, default_calendar
 from market.clock import KST, Clock, RealClock, SimClock
 from market.costs import CostModel
 from market.sim import SimulatedMarket
-from market.types import Instrument
+from market.types import Board, Instrument
 from strategy.scan import ScanParams
 from strategy.signals import SignalParams
 from trading.config import TradingConfig
 from trading.deps import Deps
 from trading.loop import Worker
+from trading.reconcile import LEASE_NAME, AccountReconciler, ReconcileConfig, run_exclusive
 from worker.health import FleetHealth, HealthServer, stall_after_s
-from worker.metrics import FleetMetrics
+from worker.metrics import FleetMetrics, PrometheusAccountMetrics
 from worker.mirror import LockMirror
 from worker.reaper import run_reaper
 from worker.settings import ConfigError, Settings
@@ -189,6 +191,10 @@ async def run_fleet(
                 await tg.start(server.serve, settings.health_host, settings.health_port)
             # One reaper and one mirror per process; cancelled with tg once the workers finish.
             tg.start_soon(mirror.run)
+            # One account reconciler per fleet: every process stands by for its lease.
+            lease, reconciler = reconciliation(settings, redis, keys, broker, ledger, notices,
+                                               plan, boards, metrics)  # fmt: skip
+            tg.start_soon(run_exclusive, lease, reconciler)
             tg.start_soon(
                 partial(
                     run_reaper,
@@ -265,7 +271,9 @@ async def _venue(
         stack.push_async_callback(kis.client.aclose)
         return kis, kis, list(await kis.instruments())
     market = SimulatedMarket(settings.paper_seed, plan.session, settings.paper_symbols)
-    paper = PaperBroker(market, plan.clock)
+    # the account's cash moves with fees and taxes, so the reconciliation can check it
+    paper = PaperBroker(market, plan.clock, costs=cost_model(settings, default_calendar()),
+                        cash=settings.exchange_cash)  # fmt: skip
     if settings.paper_venue:
         # orders and fills through the fleet's one venue; market data from the local simulation
         # of the same seed and clock, which the venue runs too
@@ -313,6 +321,29 @@ def venue_broker(settings: Settings, redis: aioredis.Redis, clock: Clock) -> Kis
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return KisBroker(KisClient(config, redis, settings.fleet_prefix, clock=clock), clock)
+
+
+def reconciliation(
+    settings: Settings,
+    redis: aioredis.Redis,
+    keys: Keyspace,
+    broker: Broker,
+    ledger: Ledger,
+    notices: Notices,
+    plan: Plan,
+    boards: dict[str, Board],
+    metrics: FleetMetrics,
+) -> tuple[RedisSingleton, AccountReconciler]:
+    """The fleet's account reconciler and the lease it runs under (`trading.reconcile`)."""
+    lease = RedisSingleton(redis, keys, LEASE_NAME, settings.worker_id,
+                           ttl_ms=settings.lock_ttl_ms)  # fmt: skip
+    reconciler = AccountReconciler(
+        reconciler_id=settings.worker_id, broker=broker, ledger=ledger, notices=notices,
+        clock=plan.clock, session=plan.session, boards=boards,
+        config=ReconcileConfig(interval_s=settings.reconcile_interval_s),
+        metrics=PrometheusAccountMetrics.for_fleet(metrics),
+    )  # fmt: skip
+    return lease, reconciler
 
 
 #: the client-side request budget toward a paper venue (which normally has no limit)

@@ -132,6 +132,14 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     exchange.add_argument("--port", type=int, help="REST port (default 9443 real, 29443 mock)")
     exchange.add_argument("--ws-port", type=int, help="WebSocket port (21000 real, 31000 mock)")
     exchange.add_argument("--domain", choices=("real", "mock"), default="mock")
+    sub.add_parser(
+        "gateway",
+        help="the KIS gateway of one app key: token, request budget, relay (one active)",
+        description="Serve the KIS relay for BROKER=kis workers: one active gateway per app key "
+        "(a Redis lease), others stand by and take over. Holds the access token and the request "
+        "budget (priority lanes: orders, order status, market data). Needs REDIS_URL and "
+        "KIS_APP_KEY, KIS_APP_SECRET, KIS_ACCOUNT; listens on GATEWAY_HOST:GATEWAY_PORT.",
+    )
     return parser
 
 
@@ -205,4 +213,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return commands.exchange(
             settings, host=args.host, port=args.port, ws_port=args.ws_port, domain=args.domain
         )
+    if command == "gateway":
+        from worker.gateway import gateway
+
+        return gateway(settings)
     raise AssertionError(command)

@@ -176,11 +176,59 @@ class PrometheusWorkerMetrics:
         self._halts.inc()
 
 
+class PrometheusAccountMetrics:
+    """`trading.metrics.AccountMetrics` on a `FleetMetrics` registry (one per registry,
+    `for_fleet`). Series (`tradefleet_` prefix): ``account_drift_total{kind,symbol}``, a
+    counter of drifts the reconciliation recorded (symbol '' for cash; symbols appear only when
+    they drift, which is rare, so the label stays bounded); ``account_drifts_open``, a gauge of
+    the drift episodes open after the latest pass; ``reconciliations_total{outcome}``, a counter
+    of passes (consistent, drift, failed).
+    """
+
+    def __init__(self, fleet: FleetMetrics) -> None:
+        r = fleet.registry
+        self.drifts = Counter(
+            f"{PREFIX}_account_drift",
+            "Unexplained differences between the broker's account and the ledger, recorded",
+            ("kind", "symbol"),
+            registry=r,
+        )
+        self.open = Gauge(
+            f"{PREFIX}_account_drifts_open", "Account drift episodes open", registry=r
+        )
+        self.passes = Counter(
+            f"{PREFIX}_reconciliations", "Account reconciliation passes by outcome",
+            ("outcome",), registry=r,
+        )  # fmt: skip
+        for outcome in ("consistent", "drift", "failed"):
+            self.passes.labels(outcome)
+
+    @classmethod
+    def for_fleet(cls, fleet: FleetMetrics) -> PrometheusAccountMetrics:
+        """The one instance on `fleet`'s registry (created on first use)."""
+        existing = getattr(fleet, "_account_metrics", None)
+        if existing is None:
+            existing = cls(fleet)
+            fleet._account_metrics = existing  # type: ignore[attr-defined]
+        assert isinstance(existing, cls)
+        return existing
+
+    def account_drifted(self, kind: str, symbol: str) -> None:
+        self.drifts.labels(kind, symbol).inc()
+
+    def account_drifts_open(self, n: int) -> None:
+        self.open.set(n)
+
+    def account_reconciled(self, outcome: str) -> None:
+        self.passes.labels(outcome).inc()
+
+
 __all__ = [
     "NOT_PLACED",
     "NULL_METRICS",
     "FleetMetrics",
     "NullWorkerMetrics",
+    "PrometheusAccountMetrics",
     "PrometheusWorkerMetrics",
     "WorkerMetrics",
 ]

@@ -250,6 +250,8 @@ class Settings(BaseSettings):
     order_timeout_s: float = Field(60.0, ge=1, le=SESSION_S)
     # an unknown order outcome is not "not placed" before the broker had this long to list it
     listing_lag_s: float = Field(30.0, ge=0, le=3_600)
+    # the account (cash, holdings) against the ledger: at the start and then this often
+    reconcile_interval_s: float = Field(180.0, ge=1, le=3_600)
 
     # --- strategy ---
     n_bars: int = Field(60, ge=10, le=MAX_BARS)
@@ -284,6 +286,12 @@ class Settings(BaseSettings):
     kis_custtype: Literal["P", "B"] = "P"
     kis_rate_per_s: float | None = Field(None, gt=0, le=1_000)  # default: 20 real, 2 mock
 
+    # --- KIS gateway (`python -m worker gateway`; BROKER=kis workers find it through Redis) ---
+    gateway_host: Annotated[str, AfterValidator(_host)] = "127.0.0.1"  # the relay's address
+    gateway_port: int = Field(8443, ge=0, le=65_535)  # the relay's port (0: any free one)
+    gateway_url: HttpUrl = None  # the relay's URL workers use; default http://HOST:PORT
+    gateway_lease_ttl_ms: int = Field(3_000, ge=1_500, le=60_000)  # bounds the takeover
+
     # --- operations: /healthz and /metrics over HTTP (0 = no server) ---
     health_port: int = Field(0, ge=0, le=65_535)
     health_host: Annotated[str, AfterValidator(_host)] = "127.0.0.1"
@@ -309,7 +317,8 @@ class Settings(BaseSettings):
             raise ValueError("MIN_PRICE must not exceed MAX_PRICE")
         if self.broker == "kis":
             missing = [
-                n for n in ("kis_app_key", "kis_app_secret", "kis_account") if not getattr(self, n)
+                # no secret: a worker reaches KIS through the gateway, which holds it
+                n for n in ("kis_app_key", "kis_account") if not getattr(self, n)
             ]
             if missing:
                 raise ValueError(f"{missing[0].upper()} is required with BROKER=kis")

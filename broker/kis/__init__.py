@@ -5,6 +5,7 @@
     ratelimit.py  the fleet's one request budget in Redis (`RedisRateLimiter`)
     keys.py       the Redis key names below (`KisKeys`)
     adapter.py    `KisBroker`: orders (order-cash, order-rvsecncl, inquire-daily-ccld)
+    account.py    the account: holdings and deposit (inquire-balance), buying power
     market.py     `KisMarketData`: quotations (price, orderbook, minute bars, volume rank)
     notices.py    `KisNoticeFeed`: fill notices over the WebSocket, as hints to poll
     wire.py       paths, tr_ids and field parsing

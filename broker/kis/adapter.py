@@ -20,6 +20,8 @@ Orders (this module):
   then polls the inquiry a few times for the confirmed state. An order already done is returned
   as it is, with no cancel sent. The org number comes from this process's memory of the submit
   reply, or else from the inquiry row's ``ord_gno_brno`` (so another process can cancel it).
+* `account` -> GET ``trading/inquire-balance`` (every page) and ``trading/inquire-psbl-order``
+  (`broker.kis.account`): holdings, the settled deposit and the buying power.
 * Fill notices (optional, `follow_notices` with a `broker.kis.notices.KisNoticeFeed`): each
   notice makes the adapter ask the inquiry about that order at once (`hint`) and hand the
   answer to `on_status` listeners; a notice is never taken as a fill by itself.
@@ -47,11 +49,13 @@ from broker.errors import (
     UnknownOrder,
 )
 from broker.kis import wire
+from broker.kis.account import read_account
 from broker.kis.client import KisClient
 from broker.kis.errors import KisRefused
 from broker.kis.market import RANK_EXCLUSIONS, KisMarketData
 from broker.kis.notices import FillNotice, KisNoticeFeed
 from broker.port import (
+    AccountSnapshot,
     Broker,
     BrokerOrderId,
     MarketData,
@@ -191,6 +195,9 @@ class KisBroker(KisMarketData):
             if s.qty == qty and s.side is side and s.ordered_at >= floor
         ]
         return sorted(found, key=lambda s: (s.ordered_at, s.broker_order_id))
+
+    async def account(self) -> AccountSnapshot:
+        return await read_account(self.client, self.clock, self.universe or ())
 
     # ----- fill notices (optional) --------------------------------------------------------
 

@@ -1,0 +1,184 @@
+"""`python -m worker gateway`: the KIS gateway of one app key (`broker.kis.gateway.Gateway`).
+
+Start two (or more): one holds the lease and is active, the others stand by and take over
+within a few seconds when it dies. First stdout line, once the relay listens:
+``gateway relay=URL id=ID domain=D``. With HEALTH_PORT: /livez, /healthz, /readyz (200 on the
+active gateway and on a standby alike, the body says which) and /metrics.
+
+The gateway needs KIS_APP_KEY, KIS_APP_SECRET and KIS_ACCOUNT (KIS_BASE_URL / KIS_WS_URL point
+it at an exchange); workers with BROKER=kis need no secret: they reach KIS through it.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import anyio
+import orjson
+from aiohttp import web
+from anyio.abc import TaskStatus
+from loguru import logger
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from broker.kis.gateway import Gateway, Service
+from worker.settings import ConfigError, Settings
+
+
+def gateway_services(settings: Settings) -> list[Service]:
+    """The components the active gateway runs besides its relay (market-data fan-out, the
+    WebSocket notice router, account reconciliation). Each is started when this gateway
+    becomes active and cancelled when it stops being active."""
+    return []
+
+
+def kis_gateway_config(settings: Settings) -> Any:
+    """The gateway's `KisConfig`: the whole credentials (it alone holds the secret)."""
+    from broker.kis import KisConfig
+
+    for name in ("kis_app_key", "kis_app_secret", "kis_account"):
+        if not getattr(settings, name):
+            raise ConfigError(f"{name.upper()}: required for the gateway")
+    try:
+        return KisConfig(
+            app_key=settings.kis_app_key or "",
+            app_secret=settings.kis_app_secret or "",
+            account=settings.kis_account or "",
+            domain=settings.kis_domain,
+            base_url=settings.kis_base_url,
+            ws_url=settings.kis_ws_url,
+            hts_id=settings.kis_hts_id,
+            custtype=settings.kis_custtype,
+            rate_per_s=settings.kis_rate_per_s,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def gateway(settings: Settings) -> int:
+    """Run until SIGTERM / SIGINT; exit 0."""
+    if not settings.redis_url:
+        raise ConfigError("REDIS_URL: required for the gateway")
+    config = kis_gateway_config(settings)
+    anyio.run(_serve, settings, config)
+    return 0
+
+
+async def _serve(settings: Settings, config: Any) -> None:
+    from coordination.connection import connect
+
+    assert settings.redis_url
+    redis = await connect(settings.redis_url, attempts=settings.connect_attempts)
+    try:
+        gw = Gateway(
+            config,
+            redis,
+            settings.fleet_prefix,
+            gateway_id=settings.worker_id,
+            host=settings.gateway_host,
+            port=settings.gateway_port,
+            advertise_url=settings.gateway_url,
+            lease_ttl_s=settings.gateway_lease_ttl_ms / 1000,
+            services=gateway_services(settings),
+        )
+        async with anyio.create_task_group() as tg:
+            url = await tg.start(gw.run)
+            print(f"gateway relay={url} id={gw.id} domain={config.domain}", flush=True)
+            if settings.health_port > 0:
+                await tg.start(_health, gw, settings.health_host, settings.health_port)
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    logger.info("KIS gateway {}: {} received, stopping", gw.id,
+                                signal.Signals(signum).name)  # fmt: skip
+                    break
+            tg.cancel_scope.cancel()  # leaves the lease (compare-and-delete) on the way out
+    finally:
+        await redis.aclose()
+    sys.stdout.flush()
+
+
+async def _health(
+    gw: Gateway, host: str, port: int, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """/livez and /healthz (alive), /readyz (bound: a standby is ready too, it is what a rolling
+    update waits for; the body says which it is) and /metrics, until cancelled."""
+    metrics = _Metrics(gw)
+
+    async def live(request: web.Request) -> web.Response:
+        return _json({"status": "ok", "role": _role(gw), "id": gw.id})
+
+    async def ready(request: web.Request) -> web.Response:
+        ok = gw.bound.is_set()
+        body = {"status": "ready" if ok else "not_ready", "role": _role(gw), "id": gw.id}
+        return _json(body, 200 if ok else 503)
+
+    async def exposition(request: web.Request) -> web.Response:
+        return web.Response(
+            body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    app = web.Application()
+    for path, handler in (("/livez", live), ("/healthz", live), ("/readyz", ready),
+                          ("/metrics", exposition)):  # fmt: skip
+        app.router.add_get(path, handler)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        logger.info("KIS gateway health and metrics on http://{}:{}/", host, port)
+        task_status.started(port)
+        await anyio.sleep_forever()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await runner.cleanup()
+
+
+def _role(gw: Gateway) -> str:
+    return "active" if gw.active else "standby"
+
+
+def _json(body: dict[str, Any], status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body),
+                        headers={"Content-Type": "application/json"})  # fmt: skip
+
+
+class _Collector(Collector):
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+
+    def collect(self) -> Iterator[Any]:
+        stats = self.gw.stats()
+        yield GaugeMetricFamily("kis_gateway_active", "1 while this gateway holds the lease",
+                                value=1 if stats["active"] else 0)  # fmt: skip
+        yield CounterMetricFamily("kis_gateway_activations", "times this gateway became active",
+                                  value=stats["activations"])  # fmt: skip
+        yield CounterMetricFamily("kis_gateway_rate_refusals",
+                                  "EGW00201 answers from KIS (should stay 0)",
+                                  value=stats["rate_refusals"])  # fmt: skip
+        budget = stats["budget"]
+        granted = CounterMetricFamily("kis_gateway_granted", "slots granted", labels=["lane"])
+        waiting = GaugeMetricFamily("kis_gateway_waiting", "requests waiting", labels=["lane"])
+        wait = GaugeMetricFamily("kis_gateway_wait_p99_seconds", "p99 wait for a slot",
+                                 labels=["lane"])  # fmt: skip
+        for lane, row in budget["lanes"].items():
+            granted.add_metric([lane], row["granted"])
+            waiting.add_metric([lane], row["waiting"])
+            wait.add_metric([lane], row["wait_p99_ms"] / 1000)
+        yield from (granted, waiting, wait)
+
+    def describe(self) -> Sequence[Any]:
+        return []
+
+
+class _Metrics:
+    def __init__(self, gw: Gateway) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(gw))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
