@@ -3,16 +3,24 @@
 Every call holds a Postgres advisory lock for its transaction, so several processes running
 `migrate` at once apply each revision exactly once; the whole upgrade is one transaction
 (Postgres DDL is transactional), so a failure leaves the schema where it was.
+
+`schema_status` compares the database's revision with the code's head (the schema gate of
+`run` and the inspection commands): current, behind (an older revision, or none at all) or
+ahead (a revision these migrations do not know: a newer release migrated the database).
 """
 
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from typing import Literal
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, create_engine, pool, text
 
 from ledger.db import normalize_url
@@ -74,8 +82,77 @@ def current_revision(url: str) -> str | None:
 
 def head_revision() -> str | None:
     """The newest revision the installed migrations know."""
-    from alembic.script import ScriptDirectory
+    return _scripts().get_current_head()
 
+
+@cache
+def _scripts() -> ScriptDirectory:
     cfg = Config()
     cfg.set_main_option("script_location", _script_location())
-    return ScriptDirectory.from_config(cfg).get_current_head()
+    return ScriptDirectory.from_config(cfg)
+
+
+#: what `database` is called in messages when the database has no revision (unmigrated)
+UNMIGRATED = "base"
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaStatus:
+    """The database's revision against the code's head."""
+
+    database: str | None  # None: unmigrated (no alembic_version row)
+    head: str
+    state: Literal["current", "behind", "ahead"]
+
+    @property
+    def current(self) -> bool:
+        return self.state == "current"
+
+    @property
+    def problem(self) -> str | None:
+        """One line saying what is wrong and what to do; None when current."""
+        rev = self.database or UNMIGRATED
+        if self.state == "behind":
+            return f"database schema {rev} is behind {self.head}: run 'python -m worker migrate'"
+        if self.state == "ahead":
+            return (
+                f"database schema {rev} is ahead of {self.head} (a revision this release does "
+                "not know): run a release that knows it"
+            )
+        return None
+
+
+def status_of(database: str | None) -> SchemaStatus:
+    """Classify the revision `database` (None: unmigrated) against the installed head."""
+    head = head_revision()
+    if head is None:
+        raise RuntimeError("the `migrations` package has no revisions")
+    if database == head:
+        return SchemaStatus(database, head, "current")
+    if database is None:
+        return SchemaStatus(None, head, "behind")
+    known = database in _known_revisions()
+    return SchemaStatus(database, head, "behind" if known else "ahead")
+
+
+@cache
+def _known_revisions() -> frozenset[str]:
+    return frozenset(script.revision for script in _scripts().walk_revisions())
+
+
+def schema_status_on(connection: Connection) -> SchemaStatus:
+    """`SchemaStatus` over an open sync connection (with an async engine:
+    `await conn.run_sync(schema_status_on)`). Reads `alembic_version` only."""
+    return status_of(MigrationContext.configure(connection).get_current_revision())
+
+
+def schema_status(url: str) -> SchemaStatus:
+    """`SchemaStatus` of the database at `url` (one short connection).
+
+    Raises `LedgerUnavailable` when the database cannot be reached."""
+    engine = create_engine(normalize_url(url), poolclass=pool.NullPool)
+    try:
+        with translate_db_errors(), engine.connect() as conn:
+            return schema_status_on(conn)
+    finally:
+        engine.dispose()

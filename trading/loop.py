@@ -392,6 +392,7 @@ class Worker:
             return True
         now = d.clock.now()
         quote = await poll_position(d.market, tenure.symbol, d.config.short_ma_bars)
+        self.metrics.position_marked(position.qty, position.avg_price, quote.price)
         thin = d.tiers.get(tenure.symbol) is Tier.THIN
         liq = self.thin_liquidation_start if thin else self.liquidation_start
         if self._stop.is_set():

@@ -35,6 +35,10 @@ class WorkerMetrics(Protocol):
     def trade_closed(self, pnl: Decimal) -> None:
         """A fill applied by this worker closed a round trip with realized `pnl` (won)."""
 
+    def position_marked(self, qty: int, avg_price: Decimal, price: Decimal) -> None:
+        """A HOLD step priced the worker's position: `qty` shares bought at `avg_price` on
+        average, last traded at `price` (won)."""
+
     def order_done(self, side: Side, status: str, latency_s: float | None) -> None:
         """An order reached its final `status` (an `OrderState` value or `NOT_PLACED`);
         `latency_s` is submit -> done in clock seconds, None when it was never placed."""
@@ -62,6 +66,9 @@ class NullWorkerMetrics:
         pass
 
     def trade_closed(self, pnl: Decimal) -> None:
+        pass
+
+    def position_marked(self, qty: int, avg_price: Decimal, price: Decimal) -> None:
         pass
 
     def order_done(self, side: Side, status: str, latency_s: float | None) -> None:

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING
 
 import anyio
 import redis.asyncio as aioredis
+from anyio.abc import TaskGroup
 from loguru import logger
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.paper import PaperBroker
 from broker.port import Broker, MarketData
@@ -42,7 +44,14 @@ from trading.config import TradingConfig
 from trading.deps import Deps
 from trading.loop import Worker
 from trading.reconcile import LEASE_NAME, AccountReconciler, ReconcileConfig, run_exclusive
-from worker.health import FleetHealth, HealthServer, stall_after_s
+from worker.health import (
+    FleetHealth,
+    HealthServer,
+    Phase,
+    ProcessHealth,
+    probe_stall_s,
+    stall_after_s,
+)
 from worker.metrics import FleetMetrics, PrometheusAccountMetrics
 from worker.mirror import LockMirror
 from worker.reaper import run_reaper
@@ -107,6 +116,7 @@ async def run_fleet(
     signalled: anyio.Event | None = None,
     clock_factory: Callable[[Plan], Clock] | None = None,
     exclusive_paper: bool = False,
+    metrics: FleetMetrics | None = None,
 ) -> Plan:
     """Run `workers` workers in this process for one session; return the session plan.
 
@@ -115,6 +125,9 @@ async def run_fleet(
     `exclusive_paper` (`python -m worker run`): on the in-process paper broker, refuse to start
     while other workers are registered in the fleet, since adoption must never meet an order
     it cannot see (`PAPER_VENUE` is the shared venue for a fleet of processes).
+    `metrics`, if given, is the caller's registry, which the caller serves (`python -m worker
+    run` serves health and metrics for the whole process lifetime); otherwise the fleet has a
+    registry of its own and, with HEALTH_PORT, serves it while the session runs.
     """
     calendar = default_calendar()
     speed = settings.paper_speed if speed is None else speed
@@ -134,7 +147,8 @@ async def run_fleet(
         stack.push_async_callback(engine.dispose)
         ledger = Ledger(engine, costs)
         keys = Keyspace(settings.fleet_prefix)
-        metrics = FleetMetrics()
+        serve_health = metrics is None and settings.health_port > 0
+        metrics = FleetMetrics() if metrics is None else metrics
         bad_data = metrics.bad_redis_data
         notices = Notices(redis, keys, maxlen=settings.events_maxlen, on_bad_data=bad_data)
         # Fence counters lost in a Redis restart are reseeded from the ledger before anyone
@@ -167,7 +181,7 @@ async def run_fleet(
                 boards=boards,
                 tiers=tiers,
                 fences=seeder,
-                metrics=metrics.for_worker(ws.worker_id),
+                metrics=metrics.for_worker(ws.worker_id, plan.clock.speed),
             )
             fleet.append(Worker(deps))
         logger.info(
@@ -184,11 +198,9 @@ async def run_fleet(
         async with anyio.create_task_group() as tg:
             if handle_signals:
                 tg.start_soon(_stop_on_signal, fleet, tg.cancel_scope, signalled)
-            if settings.health_port > 0:
+            if serve_health:
                 # Bound before the workers start, closed with tg once they finish.
-                health = FleetHealth(fleet, stall_after_s(settings, plan.clock.speed))
-                server = HealthServer(health, metrics)
-                await tg.start(server.serve, settings.health_host, settings.health_port)
+                await _serve_health(tg, settings, fleet, plan, metrics, redis, engine)
             # One reaper and one mirror per process; cancelled with tg once the workers finish.
             tg.start_soon(mirror.run)
             # One account reconciler per fleet: every process stands by for its lease.
@@ -220,6 +232,28 @@ async def run_fleet(
         raise WorkerFailed(f"{len(crashed)} of {len(fleet)} worker(s) failed; {first.id}: "
                            f"{first.crashed!r}")  # fmt: skip
     return plan
+
+
+async def _serve_health(
+    tg: TaskGroup,
+    settings: Settings,
+    fleet: Sequence[Worker],
+    plan: Plan,
+    metrics: FleetMetrics,
+    redis: aioredis.Redis,
+    engine: AsyncEngine,
+) -> None:
+    """/livez, /readyz and /metrics for this session's fleet, probing its own servers."""
+    from worker.probe import ServerProbe
+
+    health = ProcessHealth(probe_stall_s())
+    health.fleet = FleetHealth(fleet, stall_after_s(settings, plan.clock.speed))
+    health.show_session(plan.session)
+    health.enter(Phase.TRADING, f"trading the session of {plan.session.day}")
+    probe = ServerProbe(health, metrics, redis, engine, settings.daily_loss_limit,
+                        trading_day=plan.session.day)  # fmt: skip
+    await tg.start(probe.run)
+    await tg.start(HealthServer(health, metrics).serve, settings.health_host, settings.health_port)
 
 
 def kis_broker(settings: Settings, redis: aioredis.Redis, clock: Clock) -> KisBroker:

@@ -11,8 +11,13 @@ no order ids). Exposed names (`tradefleet_` prefix):
     worker_state{worker,state}              gauge, 1 for the worker's current state, else 0
     trades_closed_total{worker}             counter of round trips closed by the worker's fills
     realized_pnl_won{worker}                gauge, sum of those trades' pnl (won, may be < 0)
+    open_exposure_won{worker}               gauge, qty x last price of the position it holds
+                                            (0 when flat), marked at every HOLD step
+    unrealized_pnl_won{worker}              gauge, qty x (last price - average price) of that
+                                            position, before the sell's fees and tax
     orders_total{worker,side,status}        counter of the worker's orders by final status
-    order_latency_seconds{worker,side}      histogram, submit -> done in clock seconds
+    order_latency_seconds{worker,side}      histogram, submit -> done in wall seconds (clock
+                                            seconds divided by PAPER_SPEED)
     lock_acquisitions_total{worker}         counter of locks taken (entries and adoptions)
     lock_contention_total{worker}           counter of scans whose first choice was owned
     leases_lost_total{worker}               counter of leases lost while holding
@@ -20,13 +25,34 @@ no order ids). Exposed names (`tradefleet_` prefix):
     risk_halts_total{worker}                counter of daily-loss-limit halts
     redis_bad_data_total{kind}              counter of garbage met in Redis (lock, lease, fence,
                                             event), each repaired or skipped alone
+
+Process-wide gauges (no labels), set by the server probe (`worker.probe.ServerProbe`) every
+couple of seconds over the whole life of the process:
+
+    redis_up                                1 when Redis answered the last PING, else 0
+    postgres_up                             1 when Postgres answered the last query, else 0
+    schema_current                          1 when the database is at the code's migration head
+    ready                                   1 when /readyz answers 200, else 0
+    loss_budget_left_won                    DAILY_LOSS_LIMIT + the trading day's lowest realized
+                                            pnl (the halt latches on it), 0 once halted; NaN
+                                            until first read
+
+No `_created` series: `disable_created_metrics()` (they double the series count and nothing
+here reads them).
 """
 
 from __future__ import annotations
 
 from decimal import Decimal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
 from broker.port import Side
 from trading.metrics import (
@@ -38,11 +64,16 @@ from trading.metrics import (
 )
 from trading.state import WorkerState
 
+# process-wide: this module is the process's metrics
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
 PREFIX = "tradefleet"
 
-# Clock seconds: a marketable order fills in one or two polls (ORDER_POLL_S = 2), a passive one
-# waits up to ORDER_TIMEOUT_S (60) before it is cancelled.
-_LATENCY_BUCKETS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 90.0, 120.0, 300.0)
+# Wall seconds: in real time a marketable order fills in one or two polls (ORDER_POLL_S = 2), a
+# passive one waits up to ORDER_TIMEOUT_S (60) before it is cancelled; a simulated session at
+# PAPER_SPEED N divides those by N.
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0,
+                    120.0, 300.0)  # fmt: skip
 # Wall seconds: a scan is one snapshot, one ranking and at most a few Redis/ledger round trips.
 _SCAN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -76,9 +107,22 @@ class FleetMetrics:
             (*w, "side", "status"),
             registry=r,
         )
+        self.exposure = Gauge(
+            f"{PREFIX}_open_exposure_won",
+            "Quantity x last price of the position the worker holds (0 when flat), in won",
+            w,
+            registry=r,
+        )
+        self.unrealized = Gauge(
+            f"{PREFIX}_unrealized_pnl_won",
+            "Quantity x (last price - average price) of the position the worker holds, in won "
+            "(before the sell's fees and tax)",
+            w,
+            registry=r,
+        )
         self.latency = Histogram(
             f"{PREFIX}_order_latency_seconds",
-            "Order submit -> done, in clock seconds (simulated seconds under PAPER_SPEED > 1)",
+            "Order submit -> done, in wall seconds",
             (*w, "side"),
             buckets=_LATENCY_BUCKETS,
             registry=r,
@@ -109,12 +153,32 @@ class FleetMetrics:
             registry=r,
         )
 
+        # process-wide, set by the health probe
+        self.redis_up = Gauge(f"{PREFIX}_redis_up", "1 when Redis answered the last PING",
+                              registry=r)  # fmt: skip
+        self.postgres_up = Gauge(
+            f"{PREFIX}_postgres_up", "1 when Postgres answered the last query", registry=r
+        )
+        self.schema_current = Gauge(
+            f"{PREFIX}_schema_current",
+            "1 when the database is at the code's migration head",
+            registry=r,
+        )
+        self.ready = Gauge(f"{PREFIX}_ready", "1 when /readyz answers 200", registry=r)
+        self.loss_budget = Gauge(
+            f"{PREFIX}_loss_budget_left_won",
+            "Daily loss limit + the trading day's lowest realized pnl (0 once halted), in won",
+            registry=r,
+        )
+        self.loss_budget.set(float("nan"))  # unknown until the probe has read the ledger
+
     def bad_redis_data(self, kind: str, key: str) -> None:
         """`coordination`'s on_bad_data hook: count by kind (keys are unbounded)."""
         self.bad_data.labels(kind).inc()
 
-    def for_worker(self, worker_id: str) -> PrometheusWorkerMetrics:
-        return PrometheusWorkerMetrics(self, worker_id)
+    def for_worker(self, worker_id: str, clock_speed: float = 1.0) -> PrometheusWorkerMetrics:
+        """The hooks of one worker whose clock runs `clock_speed` times real time."""
+        return PrometheusWorkerMetrics(self, worker_id, clock_speed)
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format (version 0.0.4)."""
@@ -125,12 +189,18 @@ class PrometheusWorkerMetrics:
     """`WorkerMetrics` writing into a `FleetMetrics` registry under one `worker` label.
 
     Every series is created up front with zero values, so a scrape shows all of them for
-    every worker from the start (rate() and absent() behave, dashboards are not empty)."""
+    every worker from the start (rate() and absent() behave, dashboards are not empty).
+    Latencies come in clock seconds and are kept in wall seconds (divided by `clock_speed`)."""
 
-    def __init__(self, fleet: FleetMetrics, worker_id: str) -> None:
+    def __init__(self, fleet: FleetMetrics, worker_id: str, clock_speed: float = 1.0) -> None:
+        if not clock_speed > 0:
+            raise ValueError(f"clock_speed must be positive, got {clock_speed}")
+        self._speed = clock_speed
         self._states = {s: fleet.state.labels(worker_id, s.value) for s in WorkerState}
         self._trades = fleet.trades.labels(worker_id)
         self._pnl = fleet.pnl.labels(worker_id)
+        self._exposure = fleet.exposure.labels(worker_id)
+        self._unrealized = fleet.unrealized.labels(worker_id)
         self._orders = {
             (side, status): fleet.orders.labels(worker_id, side.value, status)
             for side in Side
@@ -147,6 +217,13 @@ class PrometheusWorkerMetrics:
     def state_changed(self, state: WorkerState) -> None:
         for s, gauge in self._states.items():
             gauge.set(1 if s is state else 0)
+        if state is not WorkerState.HOLD:  # only a holding worker has a position
+            self._exposure.set(0)
+            self._unrealized.set(0)
+
+    def position_marked(self, qty: int, avg_price: Decimal, price: Decimal) -> None:
+        self._exposure.set(float(qty * price))
+        self._unrealized.set(float(qty * (price - avg_price)))
 
     def trade_closed(self, pnl: Decimal) -> None:
         self._trades.inc()
@@ -158,7 +235,7 @@ class PrometheusWorkerMetrics:
         if counter is not None:  # an unexpected status is dropped, not a new series
             counter.inc()
         if latency_s is not None:
-            self._latency[side].observe(max(0.0, latency_s))
+            self._latency[side].observe(max(0.0, latency_s) / self._speed)
 
     def lock_acquired(self) -> None:
         self._acquired.inc()

@@ -242,6 +242,7 @@ class Settings(BaseSettings):
     events_maxlen: int = Field(100_000, ge=1_000, le=10_000_000)
     connect_attempts: int = Field(6, ge=1, le=100)
     wait_for_session: bool = False  # `run` stays up: sleeps between sessions (k8s Deployment)
+    wait_for_schema: bool = False  # `run` waits (not ready) for a current schema instead of exit 1
 
     # --- pacing (clock seconds: simulated seconds under PAPER_SPEED > 1) ---
     scan_interval_s: float = Field(30.0, ge=0.1, le=3_600)
