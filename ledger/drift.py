@@ -187,6 +187,39 @@ async def record_drift(s: AsyncSession, o: DriftObservation) -> tuple[DriftRecor
         "broker_avg_price": o.broker_avg_price, "ledger_avg_price": o.ledger_avg_price,
         "broker_cash": o.broker_cash, "expected_cash": o.expected_cash,
     }  # fmt: skip
+    row = await _open_row(s, o.kind, o.symbol)
+    if row is None:  # (checked first: a conflicting insert would use up an identity value)
+        row = await _insert(s, o, figures)
+        if row is not None:
+            return _record(row), "new"
+        row = await _open_row(s, o.kind, o.symbol)  # opened meanwhile by another pass
+        assert row is not None
+    same = all(getattr(row, k) == v for k, v in figures.items())
+    row.seen_at = max(row.seen_at, o.at)
+    if not same:
+        for k, v in figures.items():
+            setattr(row, k, v)
+        row.detail = o.detail
+    await s.flush()
+    return _record(row), "same" if same else "changed"
+
+
+async def _open_row(s: AsyncSession, kind: str, symbol: str) -> AccountDrift | None:
+    stmt = (
+        select(AccountDrift)
+        .where(
+            AccountDrift.kind == kind,
+            AccountDrift.symbol == symbol,
+            AccountDrift.cleared_at.is_(None),
+        )
+        .with_for_update()
+    )
+    return (await s.execute(stmt)).scalar_one_or_none()
+
+
+async def _insert(
+    s: AsyncSession, o: DriftObservation, figures: dict[str, Any]
+) -> AccountDrift | None:
     stmt = (
         pg_insert(AccountDrift)
         .values(kind=o.kind, symbol=o.symbol, trading_day=o.trading_day, detected_at=o.at,
@@ -196,28 +229,7 @@ async def record_drift(s: AsyncSession, o: DriftObservation) -> tuple[DriftRecor
         )
         .returning(AccountDrift)
     )  # fmt: skip
-    row = (await s.execute(stmt)).scalar_one_or_none()
-    if row is not None:
-        return _record(row), "new"
-    row = (
-        await s.execute(
-            select(AccountDrift)
-            .where(
-                AccountDrift.kind == o.kind,
-                AccountDrift.symbol == o.symbol,
-                AccountDrift.cleared_at.is_(None),
-            )
-            .with_for_update()
-        )
-    ).scalar_one()
-    same = all(getattr(row, k) == v for k, v in figures.items())
-    row.seen_at = max(row.seen_at, o.at)
-    if not same:
-        for k, v in figures.items():
-            setattr(row, k, v)
-        row.detail = o.detail
-    await s.flush()
-    return _record(row), "same" if same else "changed"
+    return (await s.execute(stmt)).scalar_one_or_none()
 
 
 async def clear_drift(

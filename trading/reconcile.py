@@ -5,11 +5,12 @@ start of the day and every `ReconcileConfig.interval_s`, by one `AccountReconcil
 One pass (`reconcile_once`):
 
 1. **Fills the ledger lacks, on orders it knows.** Every unfinished order the broker
-   acknowledged (SENT, PARTIALLY_FILLED) is asked about (`order_status`) and the answer applied
-   through the tracker's path (`OrderTracker.apply` -> `Ledger.apply_order_status`): idempotent
-   by cumulative filled quantity, so a fill the owner's tracker applies at the same time, or a
-   second pass, is applied exactly once. This catches a ledger left behind (a dropped fill
-   notice, a stalled owner).
+   acknowledged (SENT, PARTIALLY_FILLED) and the ledger has not updated for `catch_up_after_s`
+   (its owner's tracker polls every few seconds: fresher orders are left to it) is asked about
+   (`order_status`) and the answer applied through the tracker's path (`OrderTracker.apply`
+   -> `Ledger.apply_order_status`): idempotent by cumulative filled quantity, so a fill the
+   owner's tracker applies at the same time, or a second pass, is applied exactly once. This
+   catches a ledger left behind (a dropped fill notice, a stalled owner).
 2. **The account, bracketed.** The ledger's view is read, then the broker's account, then the
    ledger's view again. A symbol is *busy*, and skipped this pass, when either read shows an
    unfinished order on it (in flight: sent, claimed, looked up or not yet sent, so the broker
@@ -51,7 +52,7 @@ the next interval.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, NoReturn
 
@@ -85,6 +86,7 @@ class ReconcileConfig:
     """How often, and how much cash difference is tolerated (see the module docstring)."""
 
     interval_s: float = 180.0  # clock seconds between passes
+    catch_up_after_s: float = 30.0  # an order not updated this long (clock s) is caught up
     cash_tolerance_won: Decimal = Decimal(1_000)
     cash_tolerance_rate: Decimal = Decimal("0.0005")  # of the won traded since the baseline
 
@@ -217,9 +219,12 @@ class AccountReconciler:
 
     async def _catch_up(self, p: _Pass, view: AccountView) -> None:
         """Apply what the broker reports on the unfinished orders it acknowledged."""
+        stale = p.at - timedelta(seconds=self.config.catch_up_after_s)
         for order in view.unfinished:
             if order.broker_order_id is None or order.status not in _AT_BROKER:
                 continue
+            if order.updated_at > stale:
+                continue  # its owner's tracker is on it
             try:
                 status = await self.broker.order_status(order.broker_order_id)
             except UnknownOrder:
