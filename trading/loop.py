@@ -18,6 +18,7 @@ import socket
 import time
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from typing import Any
 
 import anyio
 from loguru import logger
@@ -61,7 +62,8 @@ class Worker:
         self.last_tick_at: float | None = None
         self.crashed: BaseException | None = None
         self.metrics = deps.metrics
-        self.log = logger.bind(worker=self.id if len(self.id) <= 16 else self.id[:8])
+        # every line of this worker: its id, state and, while it owns one, symbol and fence
+        self.log = logger.bind(worker=self.id).patch(self._log_context)
         self.keeper = LeaseKeeper(deps.lock, interval_s=c.heartbeat_s, on_lost=self._on_lost)
         self.tracker = OrderTracker(
             worker_id=self.id, broker=deps.broker, ledger=deps.ledger, notices=deps.notices,
@@ -92,6 +94,13 @@ class Worker:
     @property
     def symbol(self) -> str | None:
         return self.tenure.symbol if self.tenure is not None else None
+
+    def _log_context(self, record: Any) -> None:
+        extra = record["extra"]
+        extra.setdefault("state", self.state.value)
+        if self.tenure is not None:
+            extra.setdefault("symbol", self.tenure.symbol)
+            extra.setdefault("fence", self.tenure.fence)
 
     # ----- lifecycle -------------------------------------------------------------------------
 

@@ -81,6 +81,11 @@ class Tenure:
     def fence(self) -> int:
         return self.lease.fence
 
+    @property
+    def log(self) -> Any:
+        """The worker's logger bound to this tenure's symbol and (current) fence."""
+        return self.ctx.log.bind(symbol=self.symbol, fence=self.fence)
+
     # -- life ---------------------------------------------------------------------------------
 
     @classmethod
@@ -100,8 +105,8 @@ class Tenure:
                 lease.symbol, ctx.worker_id, lease.fence, lease.ttl_ms, datetime.now(UTC)
             )
             if not mirrored:
-                ctx.log.error("fence {} on {} is behind the ledger; giving it back",
-                              lease.fence, lease.symbol)  # fmt: skip
+                tenure.log.error("fence {} on {} is behind the ledger; giving it back",
+                                 lease.fence, lease.symbol)  # fmt: skip
                 raise TenureRefused(f"{lease.symbol}: fence {lease.fence} behind the ledger")
             ctx.metrics.lock_acquired()
             with ctx.keeper.scope(lease.symbol) as scope:
@@ -124,11 +129,12 @@ class Tenure:
         except StaleFence as exc:
             raise LeaseInvalid(str(exc)) from exc
         for order in withdrawn:
-            ctx.log.warning("withdrew never-sent order {} of {} on {}",
-                            order.client_order_id, order.worker_id, self.symbol)  # fmt: skip
+            self.log.bind(client_order_id=order.client_order_id).warning(
+                "withdrew never-sent order {} of {} on {}",
+                order.client_order_id, order.worker_id, self.symbol)  # fmt: skip
         settled = await ctx.tracker.resolve(self.symbol, until)
         if adopted:
-            ctx.log.warning("adopted the position on {} (fence {})", self.symbol, self.fence)
+            self.log.warning("adopted the position on {} (fence {})", self.symbol, self.fence)
         if not settled:
             raise LeaseInvalid(f"orders on {self.symbol} still unresolved at the deadline")
 
@@ -144,14 +150,14 @@ class Tenure:
                     and position.qty > 0
                     and await ctx.ledger.mark_position_orphaned(symbol, ctx.worker_id, fence)
                 ):
-                    ctx.log.warning("handing off {} x{} for adoption", symbol, position.qty)
+                    self.log.warning("handing off {} x{} for adoption", symbol, position.qty)
             except LedgerError as exc:
-                ctx.log.error("could not hand off {}: {}", symbol, exc)
+                self.log.error("could not hand off {}: {}", symbol, exc)
         ctx.keeper.remove(symbol)
         try:
             released = await ctx.lock.release(self.lease)
         except CoordinationError as exc:
-            ctx.log.error("release of {} failed, it will expire: {}", symbol, exc)
+            self.log.error("release of {} failed, it will expire: {}", symbol, exc)
             released = False
         if not mirrored:
             return
@@ -159,7 +165,7 @@ class Tenure:
             await ctx.ledger.lock_released(symbol, ctx.worker_id, fence, datetime.now(UTC),
                                            event="released" if released else "lost")  # fmt: skip
         except LedgerError as exc:
-            ctx.log.error("mirror of {} not released (the reaper will): {}", symbol, exc)
+            self.log.error("mirror of {} not released (the reaper will): {}", symbol, exc)
 
     # -- acting -------------------------------------------------------------------------------
 
@@ -220,7 +226,7 @@ class Tenure:
                 await ctx.ensure_fences()
             fresh = renewed or await ctx.lock.acquire(self.symbol)
         except CoordinationError as exc:
-            ctx.log.warning("cannot re-verify {} ({}): Redis unreachable", self.symbol, exc)
+            self.log.warning("cannot re-verify {} ({}): Redis unreachable", self.symbol, exc)
             self.degraded = True
             return "away"
         if fresh is None:
@@ -239,5 +245,5 @@ class Tenure:
         ctx.keeper.add(fresh)
         self.degraded = False
         self.lost = None
-        ctx.log.warning("ownership of {} re-verified (fence {})", fresh.symbol, fresh.fence)
+        self.log.warning("ownership of {} re-verified (fence {})", fresh.symbol, fresh.fence)
         return "ok"

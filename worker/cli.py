@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
         return 2
     from worker.logs import setup_logging
 
-    setup_logging(settings.log_level, settings.log_json)
+    setup_logging(settings.log_level, settings.log_json, worker=settings.worker_id)
     try:
         return _dispatch(args, settings)
     except ConfigError as exc:
