@@ -17,11 +17,12 @@ from typing import Any
 import anyio
 import pytest
 import redis.asyncio as aioredis
-from support import free_port
+from support import RedisProcess, free_port
 
 from coordination.keys import Keyspace
 from coordination.locks import RedisSymbolLock
 from coordination.registry import WorkerRegistry
+from ledger.migrate import head_revision
 from ledger.repository import Ledger
 from market.calendar import default_calendar
 from market.clock import KST, ManualClock
@@ -157,6 +158,21 @@ async def test_inspection_honours_connect_attempts(command: str) -> None:
     assert "Traceback" not in err
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("command", [["locks"], ["summary", "--json"]])
+async def test_inspection_refuses_a_schema_behind_the_code(
+    command: list[str], empty_database_url: str, redis_url: str, prefix: str
+) -> None:
+    env = _env(DATABASE_URL=empty_database_url, REDIS_URL=redis_url, FLEET_PREFIX=prefix)
+    result = await _cli(command, env)
+    assert result.returncode == 1
+    assert result.stdout == b""
+    assert result.stderr.decode().splitlines() == [
+        f"python -m worker: error: database schema base is behind {head_revision()}: "
+        "run 'python -m worker migrate'"
+    ]
+
+
 # --- --watch -----------------------------------------------------------------------------------
 
 
@@ -230,6 +246,30 @@ def test_watch_text_frames_carry_a_header(redis_url: str, prefix: str) -> None:
         assert code == 0, err
     finally:
         watch.close()
+
+
+@pytest.mark.slow
+def test_watch_reports_a_redis_outage_and_carries_on(prefix: str) -> None:
+    redis = RedisProcess(free_port())
+    redis.start()
+    watch = _Watch(
+        ["workers", "--watch", "0.2", "--json"],
+        _env(REDIS_URL=f"redis://127.0.0.1:{redis.port}/0", FLEET_PREFIX=prefix),
+    )
+    try:
+        assert json.loads(watch.line())["workers"] == []
+        redis.kill()
+        while "error" not in (doc := json.loads(watch.line())):
+            assert doc["workers"] == []  # frames read before the kill
+        assert f"127.0.0.1:{redis.port}" in doc["error"]
+        redis.start()
+        while "workers" not in (doc := json.loads(watch.line())):
+            assert "error" in doc
+        code, err = watch.stop(signal.SIGINT)
+        assert code == 0, err
+    finally:
+        watch.close()
+        redis.kill()
 
 
 # --- summary -----------------------------------------------------------------------------------

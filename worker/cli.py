@@ -175,6 +175,10 @@ def _describe(exc: BaseException) -> str:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     text = str(exc).splitlines()[0] if str(exc) else ""
+    from worker.schema import SchemaNotCurrent
+
+    if isinstance(exc, SchemaNotCurrent):  # already the operator's line, with what to do
+        return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

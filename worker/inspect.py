@@ -31,7 +31,7 @@ from anyio.abc import TaskStatus
 from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordination.connection import connect
+from coordination.connection import connect, redact
 from coordination.errors import CoordinationError
 from coordination.keys import Keyspace
 from coordination.lease import LockInfo
@@ -45,17 +45,17 @@ from market.calendar import KrxCalendar, default_calendar
 from market.clock import KST, Clock, RealClock
 from market.costs import CostModel
 from worker.report import summary_dict, summary_table
+from worker.schema import check_schema
 from worker.settings import Settings
 
 # --- connections -----------------------------------------------------------------------------
 
 
-async def _check_schema(settings: Settings, engine: AsyncEngine) -> None:
-    """The schema gate for the commands that read Postgres; called before the first query.
-
-    Placeholder until the gate lands (a database behind or ahead of the code's head: exit 1
-    naming both revisions).
-    """
+async def _check_schema(engine: AsyncEngine) -> None:
+    """The schema gate for the commands that read Postgres, before the first query: a database
+    behind or ahead of the code's head raises `SchemaNotCurrent` (exit 1 naming both revisions).
+    The inspection commands never wait for it (WAIT_FOR_SCHEMA is for `run`)."""
+    await check_schema(engine)
 
 
 @asynccontextmanager
@@ -71,7 +71,7 @@ async def _servers(
             await wait_ready(settings.database_url, attempts=settings.connect_attempts)
             engine = create_engine(settings.database_url)
             stack.push_async_callback(engine.dispose)
-            await _check_schema(settings, engine)
+            await _check_schema(engine)
         if redis and settings.redis_url:
             client = await connect(settings.redis_url, attempts=settings.connect_attempts)
             stack.push_async_callback(client.aclose)
@@ -258,6 +258,21 @@ class _Frame:
     data: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class _Servers:
+    settings: Settings
+    redis: aioredis.Redis | None
+    engine: AsyncEngine | None
+
+    def describe(self, exc: CoordinationError | LedgerError) -> str:
+        """`exc` in one line naming the server (URL with any password hidden)."""
+        if isinstance(exc, CoordinationError):
+            where = f"Redis at {redact(self.settings.redis_url or '')}"
+        else:
+            where = f"Postgres at {redact(self.settings.database_url or '')}"
+        return f"{where}: {exc}"
+
+
 _Read = Callable[[aioredis.Redis | None, AsyncEngine | None], Awaitable[_Frame]]
 _CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen
 
@@ -279,7 +294,8 @@ def _show(
                 data = {"at": clock.now().isoformat(), **frame.data}
                 print(_dumps(data, indent=True) if as_json else frame.text)
                 return
-            await _watch(lambda: _watch_frame(what, read, redis, engine, as_json, watch_s, clock),
+            servers = _Servers(settings, redis, engine)
+            await _watch(lambda: _watch_frame(what, read, servers, as_json, watch_s, clock),
                          watch_s)  # fmt: skip
 
     anyio.run(main)
@@ -289,20 +305,20 @@ def _show(
 async def _watch_frame(
     what: str,
     read: _Read,
-    redis: aioredis.Redis | None,
-    engine: AsyncEngine | None,
+    servers: _Servers,
     as_json: bool,
     every_s: float,
     clock: Clock,
 ) -> str:
     at = clock.now()
     try:
-        frame = await read(redis, engine)
+        frame = await read(servers.redis, servers.engine)
     except (CoordinationError, LedgerError) as exc:  # keep watching: it may come back
-        logger.warning("{}: {}", what, exc)
+        error = servers.describe(exc)
+        logger.warning("{}: {}", what, error)
         if as_json:
-            return _dumps({"at": at.isoformat(), "error": str(exc)})
-        return f"{what} at {at:%Y-%m-%d %H:%M:%S %Z}: {exc}"
+            return _dumps({"at": at.isoformat(), "error": error})
+        return f"{what} at {at:%Y-%m-%d %H:%M:%S %Z}: {error}"
     if as_json:
         return _dumps({"at": at.isoformat(), **frame.data})
     header = f"{what} at {at:%Y-%m-%d %H:%M:%S %Z}, every {every_s:g} s (Ctrl-C to stop)"
