@@ -5,12 +5,16 @@ start of the day and every `ReconcileConfig.interval_s`, by one `AccountReconcil
 One pass (`reconcile_once`):
 
 1. **Fills the ledger lacks, on orders it knows.** Every unfinished order the broker
-   acknowledged (SENT, PARTIALLY_FILLED) and the ledger has not updated for `catch_up_after_s`
-   (its owner's tracker polls every few seconds: fresher orders are left to it) is asked about
-   (`order_status`) and the answer applied through the tracker's path (`OrderTracker.apply`
+   acknowledged (SENT, PARTIALLY_FILLED) is asked about (`order_status`). When the broker
+   reports more than the ledger holds (more fills, or the order done) and its report last
+   changed at least `catch_up_after_s` ago, the ledger has fallen behind: the owner's tracker
+   polls every few seconds and an adopter takes over a dead owner's orders within a lock TTL,
+   so a report that old that nobody applied means the owner is stuck or gone (or a notice was
+   lost and nothing polled). It is applied through the tracker's path (`OrderTracker.apply`
    -> `Ledger.apply_order_status`): idempotent by cumulative filled quantity, so a fill the
-   owner's tracker applies at the same time, or a second pass, is applied exactly once. This
-   catches a ledger left behind (a dropped fill notice, a stalled owner).
+   owner's tracker applies at the same time, or a second pass, is applied exactly once.
+   Fresher reports are left to the owner (applying them here would take the order, and with
+   it the position, out of the adoption path).
 2. **The account, bracketed.** The ledger's view is read, then the broker's account, then the
    ledger's view again. A symbol is *busy*, and skipped this pass, when either read shows an
    unfinished order on it (in flight: sent, claimed, looked up or not yet sent, so the broker
@@ -86,7 +90,8 @@ class ReconcileConfig:
     """How often, and how much cash difference is tolerated (see the module docstring)."""
 
     interval_s: float = 180.0  # clock seconds between passes
-    catch_up_after_s: float = 30.0  # an order not updated this long (clock s) is caught up
+    #: a broker report the ledger has lacked this long (clock s) is applied here
+    catch_up_after_s: float = 600.0
     cash_tolerance_won: Decimal = Decimal(1_000)
     cash_tolerance_rate: Decimal = Decimal("0.0005")  # of the won traded since the baseline
 
@@ -223,14 +228,14 @@ class AccountReconciler:
         for order in view.unfinished:
             if order.broker_order_id is None or order.status not in _AT_BROKER:
                 continue
-            if order.updated_at > stale:
-                continue  # its owner's tracker is on it
             try:
                 status = await self.broker.order_status(order.broker_order_id)
             except UnknownOrder:
                 continue  # not listed yet: its owner's tracker asks again
             if status.filled_qty <= order.filled_qty and not status.done:
-                continue
+                continue  # nothing the ledger lacks
+            if status.updated_at > stale:
+                continue  # fresh: its owner's tracker (or its adopter) applies it
             record = await self._applier.apply(order.client_order_id, status)
             if record.filled_qty > order.filled_qty:
                 p.applied += 1

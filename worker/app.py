@@ -374,7 +374,12 @@ def reconciliation(
     reconciler = AccountReconciler(
         reconciler_id=settings.worker_id, broker=broker, ledger=ledger, notices=notices,
         clock=plan.clock, session=plan.session, boards=boards,
-        config=ReconcileConfig(interval_s=settings.reconcile_interval_s),
+        # a report the ledger lacks is the owner's, or its adopter's (within a lock TTL of
+        # wall time), well past the point where either would have applied it
+        config=ReconcileConfig(
+            interval_s=settings.reconcile_interval_s,
+            catch_up_after_s=max(600.0, 10 * settings.lock_ttl_ms / 1000 * plan.clock.speed),
+        ),
         metrics=PrometheusAccountMetrics.for_fleet(metrics),
     )  # fmt: skip
     return lease, reconciler

@@ -51,3 +51,37 @@ class KisKeys:
         """String: the lease of the active gateway of this domain and app key (JSON: its id
         and relay URL), with a PX TTL renewed while it lives (`broker.kis.gateway`)."""
         return f"{self.prefix}:kis:gateway:{self.domain}:{self.app_key_hash}"
+
+    # ----- the gateway's fan-out (broker.kis.fanout writes, broker.kis.feed reads) ----------
+    # Market data is the same for every app key of a domain: named by domain only.
+
+    @property
+    def md_universe(self) -> str:
+        """String: JSON ``{"day", "at", "n_bars", "instruments": [...]}``, the day's universe as
+        the active gateway described it (PX one day)."""
+        return f"{self.prefix}:kis:md:{self.domain}:universe"
+
+    @property
+    def md_rows(self) -> str:
+        """Hash symbol -> JSON ``{"at", "instrument", "price", "book", "bars"}``: the symbol's
+        latest REST quotation (inquire-price, asking price, completed minute bars), ``at`` the
+        gateway's clock when it was read (PX one day, renewed on each write)."""
+        return f"{self.prefix}:kis:md:{self.domain}:rows"
+
+    @property
+    def md_trades(self) -> str:
+        """Hash symbol -> JSON of the symbol's latest real-time trade (H0STCNT0: price,
+        cumulative volume and value, day high/low, best bid/ask and sizes, ``at``), for the
+        symbols the fleet holds (PX one day, renewed on each write)."""
+        return f"{self.prefix}:kis:md:{self.domain}:trades"
+
+    @property
+    def md_state(self) -> str:
+        """Hash: the publisher's last cycle (``at``, ``cycle_s``, ``requests``, ``symbols``,
+        ``held``, ``gateway``), for operators and the health of the feed."""
+        return f"{self.prefix}:kis:md:{self.domain}:state"
+
+    def fills(self, worker_id: str) -> str:
+        """Stream (MAXLEN ~ 1,000, PX one day): the fill notices of orders on symbols
+        `worker_id` holds, routed by the gateway (hints: the worker asks the broker)."""
+        return f"{self.prefix}:kis:fills:{self.app_key_hash}:{worker_id}"

@@ -9,10 +9,14 @@
   `RANK_EXCLUSIONS`) unless a fixed `universe` is given, each described once per day from
   ``inquire-price`` and ``inquire-daily-itemchartprice`` (previous session's high/low, and the
   average traded value of the last sessions, which sets the liquidity tier).
-* `snapshot` -> for each instrument: price, orderbook and ``ceil(n_bars / 30)`` minute-bar
-  calls, so about 4 requests per name (120 for 30 names: 6 s at 20 req/s, a minute at the mock
-  domain's 2 req/s). A snapshot is reused for `snapshot_ttl_s` clock seconds by every worker of
-  this process.
+* `snapshot` -> for each instrument: price, orderbook and ``ceil(n_bars / 30) + 1`` minute-bar
+  calls (the bar still forming is left out, so 60 bars take 3 calls): 5 requests per name (150
+  for 30 names: 7.5 s at 20 req/s, 75 s at the mock domain's 2 req/s). A snapshot is reused for
+  `snapshot_ttl_s` clock seconds by every worker of this process.
+
+The requests themselves are module functions over any `Quotations` (`fetch_price`,
+`fetch_book`, `fetch_bars`, `describe`, `ranked`), so the gateway's market-data publisher
+(`broker.kis.fanout`) asks KIS exactly as this class does, through its own request budget.
 
 Limits: the scan over the whole KRX universe (~2,500 names, one WebSocket session of about 40
 subscriptions per app key) needs one gateway process that owns the real-time feed and fans out
@@ -25,17 +29,17 @@ when built from settings). Minute bars are taken to be labelled with the minute 
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import numpy as np
 
 from broker.kis import wire
-from broker.kis.client import KisClient
+from broker.kis.client import KisClient, KisReply, TrId
 from market.clock import KST, Clock
 from market.ticks import tick_size
 from market.types import Board, Instrument, Quote, Snapshot, Tier
@@ -63,6 +67,12 @@ T = TypeVar("T")
 _CONCURRENCY = 8  # requests in flight per process; the fleet-wide limiter paces them anyway
 
 
+class Quotations(Protocol):
+    """What asks KIS a quotation: `KisClient.get`, or the gateway's market-data lane."""
+
+    async def __call__(self, path: str, tr: TrId, params: dict[str, str], /) -> KisReply: ...
+
+
 def tier_of(avg_traded_value: Decimal) -> Tier:
     for tier, floor in TIER_FLOORS:
         if avg_traded_value >= floor:
@@ -86,8 +96,9 @@ class Bar:
 
 
 @dataclass(frozen=True, slots=True)
-class _Row:
-    """What a snapshot needs of one symbol."""
+class Row:
+    """What a snapshot needs of one symbol: ``inquire-price`` and ``inquire-asking-price``
+    outputs (or the fields of them a snapshot and a quote read) and the completed bars."""
 
     price: dict[str, Any]
     book: dict[str, Any]
@@ -133,31 +144,7 @@ class KisMarketData:
         price = await self._price(symbol)
         book = await self._book(symbol)
         bars = await self._bars(symbol, short_ma_bars) if short_ma_bars > 0 else []
-        short_ma = (
-            sum((b.close for b in bars), Decimal(0)) / len(bars)
-            if len(bars) >= short_ma_bars > 0
-            else None
-        )
-        return Quote(
-            symbol=symbol,
-            at=self.clock.now(),
-            price=wire.num(price, "stck_prpr"),
-            bid=wire.num(book, "bidp1"),
-            ask=wire.num(book, "askp1"),
-            bid_qty=wire.qty(book, "bidp_rsqn1"),
-            ask_qty=wire.qty(book, "askp_rsqn1"),
-            volume=wire.qty(price, "acml_vol"),
-            traded_value=wire.num(price, "acml_tr_pbmn"),
-            day_high=wire.num(price, "stck_hgpr"),
-            day_low=wire.num(price, "stck_lwpr"),
-            prev_close=wire.num(price, "stck_sdpr"),
-            prev_high=inst.prev_high,
-            prev_low=inst.prev_low,
-            upper_limit=wire.num(price, "stck_mxpr"),
-            lower_limit=wire.num(price, "stck_llam"),
-            tier=inst.tier,
-            short_ma=short_ma,
-        )
+        return quote_of(inst, self.clock.now(), price, book, bars, short_ma_bars)
 
     async def snapshot(self, n_bars: int) -> Snapshot:
         cached = self._snapshot
@@ -173,106 +160,29 @@ class KisMarketData:
             [i.symbol for i in instruments],
             lambda s: self._snapshot_row(s, n_bars),
         )
-        snap = _assemble(self.clock.now(), instruments, fetched, n_bars)
+        snap = assemble(self.clock.now(), instruments, fetched, n_bars)
         self._snapshot = (n_bars, snap)
         return snap
 
     # ----- requests -----------------------------------------------------------------------
 
     async def _ranked(self) -> dict[str, str]:
-        """symbol -> name of today's volume ranking (all of KRX, common and preferred)."""
-        params = {
-            "FID_COND_MRKT_DIV_CODE": "J",
-            "FID_COND_SCR_DIV_CODE": "20171",
-            "FID_INPUT_ISCD": "0000",
-            "FID_DIV_CLS_CODE": "0",
-            "FID_BLNG_CLS_CODE": "0",  # by average volume
-            "FID_TRGT_CLS_CODE": "111111111",
-            "FID_TRGT_EXLS_CLS_CODE": self.rank_exclusions,
-            "FID_INPUT_PRICE_1": "",
-            "FID_INPUT_PRICE_2": "",
-            "FID_VOL_CNT": "",
-            "FID_INPUT_DATE_1": "",
-        }
-        reply = await self.client.get(wire.VOLUME_RANK, wire.TR_VOLUME_RANK, params)
-        ranked = {
-            wire.field(r, "mksc_shrn_iscd"): wire.field(r, "hts_kor_isnm")
-            for r in wire.rows(reply.body, "output")
-        }
-        return {s: n for s, n in ranked.items() if s}
+        return await ranked(self.client.get, self.rank_exclusions)
 
     async def _price(self, symbol: str) -> dict[str, Any]:
-        params = {"FID_COND_MRKT_DIV_CODE": "J", "FID_INPUT_ISCD": symbol}
-        return wire.output((await self.client.get(wire.PRICE, wire.TR_PRICE, params)).body)
+        return await fetch_price(self.client.get, symbol)
 
     async def _book(self, symbol: str) -> dict[str, Any]:
-        params = {"FID_COND_MRKT_DIV_CODE": "J", "FID_INPUT_ISCD": symbol}
-        reply = await self.client.get(wire.ASKING_PRICE, wire.TR_ASKING_PRICE, params)
-        return wire.output(reply.body, "output1")
+        return await fetch_book(self.client.get, symbol)
 
     async def _bars(self, symbol: str, n: int) -> list[Bar]:
-        """The last `n` completed one-minute bars of today, oldest first (fewer early on)."""
-        now = self.clock.now().astimezone(KST)
-        today = now.date()
-        bars: dict[datetime, Bar] = {}
-        cursor = now
-        for _ in range(math.ceil(n / wire.BARS_PER_CALL) + 1):
-            params = {
-                "FID_ETC_CLS_CODE": "",
-                "FID_COND_MRKT_DIV_CODE": "J",
-                "FID_INPUT_ISCD": symbol,
-                "FID_INPUT_HOUR_1": cursor.strftime("%H%M%S"),
-                "FID_PW_DATA_INCU_YN": "Y",
-            }
-            reply = await self.client.get(wire.MINUTE_BARS, wire.TR_MINUTE_BARS, params)
-            page = [
-                Bar(wire.at(today, wire.field(r, "stck_cntg_hour")), wire.num(r, "stck_prpr"),
-                    wire.qty(r, "cntg_vol"))
-                for r in wire.rows(reply.body, "output2")
-                if wire.field(r, "stck_bsop_date") == wire.ymd(today)
-            ]  # fmt: skip
-            if not page:
-                break
-            bars.update((b.start, b) for b in page if b.start + _MINUTE <= now)
-            if len(bars) >= n:
-                break
-            cursor = min(b.start for b in page) - _MINUTE
-            if cursor.date() != today:
-                break
-        return sorted(bars.values(), key=lambda b: b.start)[-n:]
+        return await fetch_bars(self.client.get, symbol, n, self.clock.now())
 
     async def _describe(self, symbol: str, name: str | None) -> Instrument:
         if symbol in self._described:
             return self._described[symbol]
-        price = await self._price(symbol)
         today = self.clock.now().astimezone(KST).date()
-        params = {
-            "FID_COND_MRKT_DIV_CODE": "J",
-            "FID_INPUT_ISCD": symbol,
-            "FID_INPUT_DATE_1": wire.ymd(today - timedelta(days=14)),
-            "FID_INPUT_DATE_2": wire.ymd(today),
-            "FID_PERIOD_DIV_CODE": "D",
-            "FID_ORG_ADJ_PRC": "0",
-        }
-        reply = await self.client.get(wire.DAILY_BARS, wire.TR_DAILY_BARS, params)
-        before = [r for r in wire.rows(reply.body, "output2") if wire.field(r, "stck_bsop_date")
-                  and wire.parse_day(wire.field(r, "stck_bsop_date")) < today]  # fmt: skip
-        before.sort(key=lambda r: wire.field(r, "stck_bsop_date"), reverse=True)
-        prev_close = wire.num(price, "stck_sdpr")
-        prev = before[0] if before else {}
-        recent = [wire.num(r, "acml_tr_pbmn") for r in before[:5]]
-        avg_value = sum(recent, Decimal(0)) / len(recent) if recent else Decimal(0)
-        board, kospi200 = board_of(wire.field(price, "rprs_mrkt_kor_name"))
-        inst = Instrument(
-            symbol=symbol,
-            name=name or wire.field(wire.output(reply.body, "output1"), "hts_kor_isnm") or symbol,
-            board=board,
-            tier=tier_of(avg_value),
-            prev_close=prev_close,
-            prev_high=wire.num(prev, "stck_hgpr") if prev else prev_close,
-            prev_low=wire.num(prev, "stck_lwpr") if prev else prev_close,
-            kospi200=kospi200,
-        )
+        inst = await describe(self.client.get, symbol, name, today)
         self._described[symbol] = inst
         return inst
 
@@ -281,9 +191,9 @@ class KisMarketData:
             return self._instruments[symbol]
         return await self._describe(symbol, None)  # e.g. a position adopted from elsewhere
 
-    async def _snapshot_row(self, symbol: str, n_bars: int) -> _Row:
+    async def _snapshot_row(self, symbol: str, n_bars: int) -> Row:
         price = await self._price(symbol)
-        return _Row(price, await self._book(symbol), await self._bars(symbol, n_bars))
+        return Row(price, await self._book(symbol), await self._bars(symbol, n_bars))
 
     async def _each(self, symbols: Sequence[str], fetch: Callable[[str], Awaitable[T]]) -> list[T]:
         results: dict[int, T] = {}
@@ -298,8 +208,173 @@ class KisMarketData:
         return [results[i] for i in range(len(symbols))]
 
 
-def _assemble(
-    at: datetime, instruments: Sequence[Instrument], rows: Sequence[_Row], n: int
+# ----- the requests, over any `Quotations` ----------------------------------------------------
+
+
+async def ranked(get: Quotations, exclusions: str = RANK_EXCLUSIONS) -> dict[str, str]:
+    """symbol -> name of today's volume ranking (one request; real domain only)."""
+    params = {
+        "FID_COND_MRKT_DIV_CODE": "J",
+        "FID_COND_SCR_DIV_CODE": "20171",
+        "FID_INPUT_ISCD": "0000",
+        "FID_DIV_CLS_CODE": "0",
+        "FID_BLNG_CLS_CODE": "0",  # by average volume
+        "FID_TRGT_CLS_CODE": "111111111",
+        "FID_TRGT_EXLS_CLS_CODE": exclusions,
+        "FID_INPUT_PRICE_1": "",
+        "FID_INPUT_PRICE_2": "",
+        "FID_VOL_CNT": "",
+        "FID_INPUT_DATE_1": "",
+    }
+    reply = await get(wire.VOLUME_RANK, wire.TR_VOLUME_RANK, params)
+    found = {
+        wire.field(r, "mksc_shrn_iscd"): wire.field(r, "hts_kor_isnm")
+        for r in wire.rows(reply.body, "output")
+    }
+    return {s: n for s, n in found.items() if s}
+
+
+async def fetch_price(get: Quotations, symbol: str) -> dict[str, Any]:
+    """``inquire-price``'s output (one request)."""
+    params = {"FID_COND_MRKT_DIV_CODE": "J", "FID_INPUT_ISCD": symbol}
+    return wire.output((await get(wire.PRICE, wire.TR_PRICE, params)).body)
+
+
+async def fetch_book(get: Quotations, symbol: str) -> dict[str, Any]:
+    """``inquire-asking-price-exp-ccn``'s output1, the ten levels a side (one request)."""
+    params = {"FID_COND_MRKT_DIV_CODE": "J", "FID_INPUT_ISCD": symbol}
+    reply = await get(wire.ASKING_PRICE, wire.TR_ASKING_PRICE, params)
+    return wire.output(reply.body, "output1")
+
+
+async def fetch_bars(
+    get: Quotations, symbol: str, n: int, now: datetime, known: Sequence[Bar] = ()
+) -> list[Bar]:
+    """The last `n` completed one-minute bars of today, oldest first (fewer early on).
+
+    Pages of 30 are asked from `now` backwards (``ceil(n / 30) + 1`` requests at most), each
+    from the start of the previous page's oldest bar: the bar a page's hour falls in is still
+    forming as of that hour and is left out (asking from a minute's first second would give
+    that minute a zero-length bar, read as complete). With
+    `known`, completed bars read earlier (a completed bar never changes), paging stops as soon
+    as a page reaches the newest known bar: a caller that asks every few minutes spends one
+    request. Known bars that no page joined up with are dropped, never left beside a gap.
+    """
+    now = now.astimezone(KST)
+    today = now.date()
+    earlier = {b.start: b for b in known if b.start.date() == today and b.start + _MINUTE <= now}
+    newest_known = max(earlier) if earlier else None
+    bars: dict[datetime, Bar] = {}
+    joined = False
+    cursor = now
+    for _ in range(math.ceil(n / wire.BARS_PER_CALL) + 1):
+        params = {
+            "FID_ETC_CLS_CODE": "",
+            "FID_COND_MRKT_DIV_CODE": "J",
+            "FID_INPUT_ISCD": symbol,
+            "FID_INPUT_HOUR_1": cursor.strftime("%H%M%S"),
+            "FID_PW_DATA_INCU_YN": "Y",
+        }
+        reply = await get(wire.MINUTE_BARS, wire.TR_MINUTE_BARS, params)
+        page = [
+            Bar(wire.at(today, wire.field(r, "stck_cntg_hour")), wire.num(r, "stck_prpr"),
+                wire.qty(r, "cntg_vol"))
+            for r in wire.rows(reply.body, "output2")
+            if wire.field(r, "stck_bsop_date") == wire.ymd(today)
+        ]  # fmt: skip
+        if not page:
+            break
+        # a bar is complete once its minute ended before the cursor: the page's newest bar is
+        # the one still forming at the cursor (cut off there), never kept
+        bars.update((b.start, b) for b in page if b.start + _MINUTE <= cursor)
+        oldest = min(b.start for b in page)
+        if newest_known is not None and oldest <= newest_known:
+            joined = True
+            break
+        if len(bars) >= n or oldest >= cursor:
+            break
+        cursor = oldest  # the next page: up to the start of this page's oldest bar
+        if cursor.date() != today:
+            break
+    if joined:
+        bars = {**earlier, **bars}
+    return sorted(bars.values(), key=lambda b: b.start)[-n:]
+
+
+async def describe(get: Quotations, symbol: str, name: str | None, today: date) -> Instrument:
+    """One instrument as of `today`: board and prior close from ``inquire-price``, the previous
+    session's high/low and the tier (average traded value of the last five sessions) from
+    ``inquire-daily-itemchartprice`` (two requests)."""
+    price = await fetch_price(get, symbol)
+    params = {
+        "FID_COND_MRKT_DIV_CODE": "J",
+        "FID_INPUT_ISCD": symbol,
+        "FID_INPUT_DATE_1": wire.ymd(today - timedelta(days=14)),
+        "FID_INPUT_DATE_2": wire.ymd(today),
+        "FID_PERIOD_DIV_CODE": "D",
+        "FID_ORG_ADJ_PRC": "0",
+    }
+    reply = await get(wire.DAILY_BARS, wire.TR_DAILY_BARS, params)
+    before = [r for r in wire.rows(reply.body, "output2") if wire.field(r, "stck_bsop_date")
+              and wire.parse_day(wire.field(r, "stck_bsop_date")) < today]  # fmt: skip
+    before.sort(key=lambda r: wire.field(r, "stck_bsop_date"), reverse=True)
+    prev_close = wire.num(price, "stck_sdpr")
+    prev = before[0] if before else {}
+    recent = [wire.num(r, "acml_tr_pbmn") for r in before[:5]]
+    avg_value = sum(recent, Decimal(0)) / len(recent) if recent else Decimal(0)
+    board, kospi200 = board_of(wire.field(price, "rprs_mrkt_kor_name"))
+    return Instrument(
+        symbol=symbol,
+        name=name or wire.field(wire.output(reply.body, "output1"), "hts_kor_isnm") or symbol,
+        board=board,
+        tier=tier_of(avg_value),
+        prev_close=prev_close,
+        prev_high=wire.num(prev, "stck_hgpr") if prev else prev_close,
+        prev_low=wire.num(prev, "stck_lwpr") if prev else prev_close,
+        kospi200=kospi200,
+    )
+
+
+def quote_of(
+    inst: Instrument,
+    at: datetime,
+    price: Mapping[str, Any],
+    book: Mapping[str, Any],
+    bars: Sequence[Bar],
+    short_ma_bars: int,
+) -> Quote:
+    """A `Quote` from ``inquire-price`` and ``inquire-asking-price`` fields and completed bars
+    (the short moving average over the last `short_ma_bars` of them, None with fewer)."""
+    last = list(bars)[-short_ma_bars:] if short_ma_bars > 0 else []
+    short_ma = (
+        sum((b.close for b in last), Decimal(0)) / len(last)
+        if len(last) >= short_ma_bars > 0
+        else None
+    )
+    return Quote(
+        symbol=inst.symbol,
+        at=at,
+        price=wire.num(price, "stck_prpr"),
+        bid=wire.num(book, "bidp1"),
+        ask=wire.num(book, "askp1"),
+        bid_qty=wire.qty(book, "bidp_rsqn1"),
+        ask_qty=wire.qty(book, "askp_rsqn1"),
+        volume=wire.qty(price, "acml_vol"),
+        traded_value=wire.num(price, "acml_tr_pbmn"),
+        day_high=wire.num(price, "stck_hgpr"),
+        day_low=wire.num(price, "stck_lwpr"),
+        prev_close=wire.num(price, "stck_sdpr"),
+        prev_high=inst.prev_high,
+        prev_low=inst.prev_low,
+        upper_limit=wire.num(price, "stck_mxpr"),
+        lower_limit=wire.num(price, "stck_llam"),
+        tier=inst.tier,
+        short_ma=short_ma,
+    )
+
+
+def assemble(
+    at: datetime, instruments: Sequence[Instrument], rows: Sequence[Row], n: int
 ) -> Snapshot:
     count = len(instruments)
     closes = np.full((count, n), np.nan)
