@@ -189,7 +189,9 @@ def _require(settings: Settings, *names: str) -> None:
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
-    from worker import commands, inspect
+    # the inspection commands' imports (coordination, the ledger) only for them: `run` binds
+    # its health port before it imports the trading code
+    from worker import commands
 
     command = args.command
     if command is None:
@@ -204,6 +206,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if command == "migrate":
         _require(settings, "database_url")
         return commands.migrate(settings)
+    if command in ("locks", "workers", "summary"):
+        from worker import inspect
     if command == "locks":
         _require(settings, "redis_url")
         return inspect.locks(settings, as_json=args.json, watch_s=args.watch)

@@ -69,6 +69,9 @@ async def _with_probe(
     """Build the registry and the server probe (own connections, short deadlines), then live."""
     assert settings.database_url
     assert settings.redis_url
+    # The trading code takes a second or so to import; in a thread, so that the event loop
+    # answers /livez meanwhile (the imports below then find the modules loaded).
+    await anyio.to_thread.run_sync(_import_trading_code)
     import redis.asyncio as aioredis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
@@ -98,6 +101,13 @@ async def _with_probe(
             finally:
                 tg.cancel_scope.cancel()
     return code
+
+
+def _import_trading_code() -> None:
+    import importlib
+
+    for name in ("worker.metrics", "worker.probe", "worker.schema", "worker.app"):
+        importlib.import_module(name)
 
 
 async def _live(
