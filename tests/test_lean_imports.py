@@ -1,0 +1,99 @@
+"""A `run` worker loads only what it uses: no pandas or exchange-calendars (the calendar is a
+compiled table), no HTTP client or server, KIS adapter, exchange or test library on the paper
+broker. Each is megabytes of resident memory per worker (bench/footprint.py measures it)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from support import eventually, free_port
+
+#: Packages a paper `run` worker never needs.
+HEAVY = (
+    "pandas",
+    "exchange_calendars",
+    "aiohttp",
+    "httpx",
+    "hypothesis",
+    "fakeredis",
+    "pytest",
+    "broker.kis",
+    "exchange",
+)
+
+
+def _heavy(modules: list[str]) -> list[str]:
+    return sorted(m for m in modules if m in HEAVY)
+
+
+def test_the_command_line_imports_nothing_heavy() -> None:
+    code = "import sys, worker.cli, worker.commands, worker.app; print(*sorted(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60)  # fmt: skip
+    assert _heavy(out.stdout.split()) == []
+
+
+# Runs `python -m worker run` and writes every module it loaded, at its exit, to argv[1].
+_DRIVER = """
+import atexit, runpy, sys
+out = sys.argv[1]
+atexit.register(lambda: open(out, "w").write("\\n".join(sorted(sys.modules))))
+sys.argv = ["worker", "run"]
+runpy.run_module("worker", run_name="__main__")
+"""
+
+
+def _scans(port: int) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
+            text = reply.read().decode()
+    except (urllib.error.URLError, OSError):
+        return 0.0
+    found = re.findall(r"^\w*scan_duration_seconds_count(?:\{[^}]*\})?\s+(\S+)", text, re.M)
+    return sum(float(n) for n in found)
+
+
+@pytest.mark.slow
+def test_a_paper_worker_loads_nothing_heavy(
+    database_url: str, redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "FLEET_PREFIX": prefix,
+        "HEALTH_PORT": str(port),
+        "PAPER_DAY": "2026-03-10",
+        "PAPER_SPEED": "10",
+        "PAPER_EPOCH": str(time.time()),  # the session opens now: it scans at once
+    }
+    out = tmp_path / "modules.txt"
+    proc = subprocess.Popen([sys.executable, "-c", _DRIVER, str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+
+        def scanned() -> bool:
+            assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+            return _scans(port) >= 1
+
+        eventually(scanned, timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    loaded = out.read_text().split()
+    assert "numpy" in loaded  # the scan ran
+    assert _heavy(loaded) == []
