@@ -385,3 +385,40 @@ async def test_one_reconciler_per_fleet(redis_client: aioredis.Redis, prefix: st
             await started[other].wait()
         assert running == [other]
         tg.cancel_scope.cancel()
+
+
+async def test_paper_broker_account_follows_its_executions() -> None:
+    """The in-process paper account: holdings on an average-cost basis, sellable less what a
+    working SELL covers, and with a cost model cash moved by fees and taxes per execution."""
+    from broker.paper import PaperBroker
+    from market.clock import ManualClock
+    from market.costs import CostModel
+    from market.sim import SimulatedMarket
+
+    clock = ManualClock(SESSION.open + timedelta(hours=1))
+    market = SimulatedMarket(seed=7, session=SESSION, n_symbols=20)
+    costs = CostModel()
+    paper = PaperBroker(market, clock, cash=Decimal(10_000_000), costs=costs)
+    assert (await PaperBroker(market, clock).account()).cash is None  # no cost model: no cash
+    symbol = max(market.symbols, key=lambda s: market.quote(s, clock.now(), 0).ask_qty)
+    buy = await paper.submit_order(OrderRequest(symbol, Side.BUY, 10, OrderType.MARKET))
+    sell = await paper.submit_order(OrderRequest(symbol, Side.SELL, 4, OrderType.MARKET))
+    upper = market.limits(symbol)[1]
+    await paper.submit_order(OrderRequest(symbol, Side.SELL, 2, OrderType.LIMIT, upper))  # rests
+    bought = paper.executions(buy.broker_order_id)
+    sold = paper.executions(sell.broker_order_id)
+    assert sum(e.qty for e in bought) == 10
+    assert sum(e.qty for e in sold) == 4
+    account = await paper.account()
+    held = account.holdings[symbol]
+    assert (held.qty, held.sellable_qty) == (6, 4)
+    buy_amount = sum((e.qty * e.price for e in bought), Decimal(0))
+    assert held.avg_price == buy_amount / 10
+    board = market.instrument(symbol).board
+    cash = Decimal(10_000_000)
+    for e in bought:
+        cash -= e.qty * e.price + costs.commission(e.qty * e.price)
+    for e in sold:
+        amount = e.qty * e.price
+        cash += amount - costs.commission(amount) - costs.sell_taxes(amount, board, DAY).total
+    assert account.cash == cash

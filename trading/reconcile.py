@@ -69,7 +69,7 @@ from coordination.errors import CoordinationError
 from coordination.notices import Notices, NoticeType
 from coordination.singleton import RedisSingleton
 from ledger.drift import CASH, HOLDING, AccountView, DriftObservation
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, LedgerUnavailable
 from ledger.orders import OrderState
 from ledger.repository import Ledger
 from market.account import AccountSnapshot
@@ -236,7 +236,15 @@ class AccountReconciler:
                 continue  # nothing the ledger lacks
             if status.updated_at > stale:
                 continue  # fresh: its owner's tracker (or its adopter) applies it
-            record = await self._applier.apply(order.client_order_id, status)
+            try:
+                record = await self._applier.apply(order.client_order_id, status)
+            except LedgerUnavailable:
+                raise
+            except LedgerError as exc:
+                # the report contradicts the ledger: an alarm for this order, not the pass's end
+                self.log.error("order {}: broker report refused by the ledger: {}",
+                               order.client_order_id, exc)  # fmt: skip
+                continue
             if record.filled_qty > order.filled_qty:
                 p.applied += 1
                 self.log.warning(
