@@ -338,3 +338,43 @@ async def test_probe_reports_servers_schema_and_loss_budget(
         await good.aclose()
         await dead.aclose()
         await engine.dispose()
+
+
+@pytest.mark.anyio
+async def test_probe_follows_a_postgres_outage_and_recovery(
+    database_url: str, redis_url: str
+) -> None:
+    from decimal import Decimal
+
+    import redis.asyncio as aioredis
+    from support import ServerProxy
+
+    from ledger.db import create_engine
+
+    metrics = FleetMetrics()
+    health = ProcessHealth(probe_stall_s=18.0)
+    redis = aioredis.Redis.from_url(redis_url)
+    async with anyio.create_task_group() as tg:
+        proxy = ServerProxy(database_url)
+        await tg.start(proxy.serve)
+        engine = create_engine(proxy.url_for(database_url), connect_timeout_s=1)
+        probe = ServerProbe(health, metrics, redis, engine, Decimal(1), timeout_s=1.0)
+        try:
+            await probe.probe_once()
+            assert health.postgres.up is True
+            for outage in (proxy.cut, proxy.stall):
+                outage()
+                await probe.probe_once()
+                assert health.postgres.up is False, outage
+                assert health.postgres.error
+                assert "Postgres unreachable" in health.ready()[1]["reason"]
+                samples = _samples(metrics.exposition().decode())
+                assert samples[("tradefleet_postgres_up", frozenset())] == 0
+                proxy.resume()
+                await probe.probe_once()
+                assert health.postgres.up is True, health.postgres.error
+                assert health.postgres.error is None
+        finally:
+            await engine.dispose()
+            await redis.aclose()
+            tg.cancel_scope.cancel()
