@@ -1,6 +1,7 @@
 """A `run` worker loads only what it uses: no pandas or exchange-calendars (the calendar is a
-compiled table), no HTTP client or server, KIS adapter, exchange or test library on the paper
-broker. Each is megabytes of resident memory per worker (bench/footprint.py measures it)."""
+compiled table), no alembic (the schema gate parses the migrations' revisions), no HTTP client
+or server, KIS adapter, exchange or test library on the paper broker. Each is megabytes of
+resident memory per worker (bench/footprint.py measures it)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, pool
 from support import eventually, free_port
+
+from ledger.db import normalize_url
+from ledger.migrate import _known_revisions, head_revision, schema_status_on
 
 #: Packages a paper `run` worker never needs.
 HEAVY = (
@@ -28,6 +33,7 @@ HEAVY = (
     "pytest",
     "broker.kis",
     "exchange",
+    "alembic",  # the schema gate reads the revisions without it (ledger.migrate)
 )
 
 
@@ -97,3 +103,28 @@ def test_a_paper_worker_loads_nothing_heavy(
     loaded = out.read_text().split()
     assert "numpy" in loaded  # the scan ran
     assert _heavy(loaded) == []
+
+
+def test_the_schema_gate_reads_the_revisions_alembic_reads(
+    database_url: str, empty_database_url: str
+) -> None:
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from ledger.migrate import _script_location
+
+    cfg = Config()
+    cfg.set_main_option("script_location", _script_location())
+    scripts = ScriptDirectory.from_config(cfg)
+    assert head_revision() == scripts.get_current_head()
+    assert _known_revisions() == {s.revision for s in scripts.walk_revisions()}
+    for url, expected in ((database_url, "current"), (empty_database_url, "behind")):
+        engine = create_engine(normalize_url(url), poolclass=pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                status = schema_status_on(conn)
+                assert status.database == MigrationContext.configure(conn).get_current_revision()
+                assert status.state == expected
+        finally:
+            engine.dispose()
