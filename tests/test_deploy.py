@@ -145,8 +145,8 @@ def test_pods_run_least_privileged(name: str) -> None:
         assert ctx["capabilities"] == {"drop": ["ALL"]}
         assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}
         assert container["image"] == f"tradefleet:{VERSION}"
-        mounts = {m["mountPath"] for m in container["volumeMounts"]}
-        assert mounts == {"/tmp"}, "only /tmp is writable"
+        writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
+        assert writable == {"/tmp"}, "only /tmp is writable"
         limits, requests = container["resources"]["limits"], container["resources"]["requests"]
         assert requests["memory"] == "96Mi"
         assert limits["memory"] == "192Mi"
@@ -185,7 +185,18 @@ def test_gateway_runs_two_replicas_with_the_kis_secret() -> None:
     refs = {ref["secretRef"]["name"] for ref in container["envFrom"]}
     assert {"tradefleet-kis", "tradefleet-redis"} <= refs
     relay = {p["name"]: p["containerPort"] for p in container["ports"]}["relay"]
-    assert _env(container)["GATEWAY_PORT"] == str(relay)
+    env = _env(container)
+    assert env["GATEWAY_PORT"] == str(relay)
+    assert env["GATEWAY_URL"] == f"http://$(POD_IP):{relay}"  # its own address, in the lease
+    assert env["GATEWAY_HOST"] == "0.0.0.0"
+
+
+def test_workers_never_get_the_kis_app_secret() -> None:
+    (worker,) = _deployments()["tradefleet-worker"]["spec"]["template"]["spec"]["containers"]
+    assert "tradefleet-kis" not in {r["secretRef"]["name"] for r in worker["envFrom"]}
+    env = _env(worker)
+    assert "KIS_APP_SECRET" not in env
+    assert env["KIS_APP_KEY"]["secretKeyRef"]["name"] == "tradefleet-kis"
 
 
 def test_every_deployment_has_a_disruption_budget() -> None:
@@ -203,6 +214,7 @@ def test_example_secrets_hold_placeholders_for_every_credential() -> None:
         d["metadata"]["name"]: d["stringData"] for d in _manifests() if d["kind"] == "Secret"
     }
     assert set(secrets["tradefleet-kis"]) == {"KIS_APP_KEY", "KIS_APP_SECRET", "KIS_ACCOUNT"}
+    assert set(secrets["tradefleet-tls"]) == {"postgres-ca.pem", "redis-ca.pem"}
     assert secrets["tradefleet-db"]["DATABASE_URL"].startswith("postgresql+psycopg://")
     assert "sslmode=verify-full" in secrets["tradefleet-db"]["DATABASE_URL"]
     assert secrets["tradefleet-redis"]["REDIS_URL"].startswith("rediss://")
