@@ -12,13 +12,19 @@ the ledger as unfinished and the tracker keeps following it until the broker say
 An order whose outcome is unknown stays UNKNOWN and is looked up again; it is never called "not
 placed" after one empty lookup, and never sent again. Errors of the broker or the ledger are
 transient here: logged, retried on the next pass, never fatal.
+
+Fill hints: a broker that hears of its orders' fills (KIS's fill notices, routed by the gateway:
+`broker.kis.feed.HintedBroker`) offers `FillHints`; the tracker then follows them beside its
+loop, and each hint (`refresh_order`) makes it ask the broker about that order at once instead
+of at the next poll. A hint is never a fill: the broker's answer is applied, as on a poll.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol, runtime_checkable
 
 import anyio
 
@@ -39,6 +45,15 @@ from trading.metrics import NOT_PLACED, NULL_METRICS, WorkerMetrics
 _LOOKUP = frozenset({OrderState.SUBMITTING, OrderState.UNKNOWN})
 #: how often the tracker re-reads the ledger for orders it does not know yet (clock seconds)
 _REFRESH_S = 300.0
+
+
+@runtime_checkable
+class FillHints(Protocol):
+    """A broker that tells a worker which of its orders just changed (a hint to ask now)."""
+
+    def fill_hints(self, worker_id: str) -> AsyncIterator[str]:
+        """Broker order ids, as the broker hears of them, forever."""
+        ...
 
 
 @dataclass
@@ -83,6 +98,10 @@ class OrderTracker:
         self._in_hand: dict[str, str] = {}
         self._wake = anyio.Event()
         self._refreshed_at: datetime | None = None
+        # broker order ids hinted and not asked about yet -> when the hint came (clock)
+        self._hinted: dict[str, datetime] = {}
+        self._hint = anyio.Event()
+        self.hinted_passes = 0  # orders asked about because of a hint
 
     # -- the placer's side ----------------------------------------------------------------
 
@@ -99,6 +118,14 @@ class OrderTracker:
         else:
             known.order, known.cancel_at = order, cancel_at
         self._wake.set()
+        if order.broker_order_id in self._hinted:  # its notice came before the hand-over
+            self._hint.set()
+
+    def refresh_order(self, broker_order_id: str) -> None:
+        """The broker hinted that this order changed: ask about it now (if it is followed
+        here, or handed over within the next poll interval), not at the next poll."""
+        self._hinted[broker_order_id] = self.clock.now()
+        self._hint.set()
 
     def release_claim(self, cid: str) -> None:
         """The placer never got the order into the ledger: nothing to follow."""
@@ -120,6 +147,18 @@ class OrderTracker:
     # -- the loop ---------------------------------------------------------------------------
 
     async def run(self) -> NoReturn:
+        if not isinstance(self.broker, FillHints):
+            await self._loop()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._follow_hints, self.broker)
+            await self._loop()
+        raise AssertionError("the tracker loop never ends")  # pragma: no cover
+
+    async def _follow_hints(self, source: FillHints) -> None:
+        async for broker_order_id in source.fill_hints(self.worker_id):
+            self.refresh_order(broker_order_id)
+
+    async def _loop(self) -> NoReturn:
         while True:
             try:
                 await self.refresh_if_due()
@@ -127,7 +166,7 @@ class OrderTracker:
             except (LedgerError, BrokerError) as exc:
                 self.log.warning("order tracker pass failed, retrying: {!r}", exc)
             if self._followed:
-                await self.clock.sleep(self.poll_s)
+                await self._sleep_answering_hints(self.poll_s)
             else:
                 # nothing to follow: sleep until a placer hands an order over (or a refresh
                 # is due, in wall seconds of the clock's pace)
@@ -152,21 +191,56 @@ class OrderTracker:
                 continue  # never submitted: its symbol's next tenure withdraws it
             self._followed[cid] = _Followed(order, None)
 
+    async def _sleep_answering_hints(self, seconds: float) -> None:
+        """Sleep `seconds` (clock), asking the broker at once about each hinted order."""
+        slept = anyio.Event()
+
+        async def sleeper() -> None:
+            await self.clock.sleep(seconds)
+            slept.set()
+            self._hint.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sleeper)
+            while True:
+                await self._hint.wait()
+                self._hint = anyio.Event()
+                if slept.is_set():
+                    break
+                await self._answer_hints()
+
+    async def _answer_hints(self) -> None:
+        now = self.clock.now()
+        for followed in list(self._followed.values()):
+            bid = followed.order.broker_order_id
+            hinted = bid is not None and self._hinted.pop(bid, None) is not None
+            if hinted and not followed.done.is_set():
+                self.hinted_passes += 1
+                await self._drive_logged(followed.order.client_order_id, followed)
+        # hints of orders not handed over yet wait one poll interval for their hand-over
+        for oid, at in list(self._hinted.items()):
+            if (now - at).total_seconds() > self.poll_s:
+                del self._hinted[oid]
+
     async def pass_once(self) -> None:
         for cid in list(self._followed):
             followed = self._followed.get(cid)
             if followed is None or followed.done.is_set():
                 continue
-            try:
-                await self.drive(followed)
-            except LedgerUnavailable as exc:
-                self.log.warning("order {}: ledger unavailable, retrying: {}", cid, exc)
-            except LedgerError as exc:
-                # the broker's report contradicts the ledger: an alarm, never applied, asked
-                # again next pass (the tenure gives the symbol up if it stays unresolved)
-                self.log.error("order {}: broker report refused by the ledger: {}", cid, exc)
-            except BrokerError as exc:
-                self.log.warning("order {}: broker error, retrying: {!r}", cid, exc)
+            await self._drive_logged(cid, followed)
+
+    async def _drive_logged(self, cid: str, followed: _Followed) -> None:
+        """`drive` with the broker's and the ledger's errors logged (asked again later)."""
+        try:
+            await self.drive(followed)
+        except LedgerUnavailable as exc:
+            self.log.warning("order {}: ledger unavailable, retrying: {}", cid, exc)
+        except LedgerError as exc:
+            # the broker's report contradicts the ledger: an alarm, never applied, asked
+            # again next pass (the tenure gives the symbol up if it stays unresolved)
+            self.log.error("order {}: broker report refused by the ledger: {}", cid, exc)
+        except BrokerError as exc:
+            self.log.warning("order {}: broker error, retrying: {!r}", cid, exc)
 
     async def resolve(self, symbol: str, deadline: datetime | None = None) -> bool:
         """Drive every followed order on `symbol` until final (cancelling what works), or

@@ -261,9 +261,8 @@ def kis_broker(settings: Settings, redis: aioredis.Redis, clock: Clock) -> KisBr
     (`python -m worker gateway`, found through the lease key in `redis`), which holds the
     token, the secret and the request budget; this worker holds neither.
 
-    Market data comes from KIS REST quotations: the universe is the volume ranking (at most
-    30 names) on the real domain and `DEFAULT_UNIVERSE` on the mock domain, which has no
-    ranking; boards and tiers are read from KIS once per day (see `broker.kis.market`).
+    Only its orders are used (`_venue`): market data and fill notices come from what the
+    gateway publishes in Redis (`broker.kis.fanout`, read by `broker.kis.feed`).
     """
     from broker.kis import KisBroker, KisClient, KisConfig
     from broker.kis.client import GatewayRoute
@@ -301,9 +300,20 @@ async def _venue(
 ) -> tuple[Broker, MarketData, list[Instrument]]:
     """Where orders go, where market data comes from, and the day's universe."""
     if settings.broker == "kis":
+        # orders through the gateway's relay; market data and fill notices from what the
+        # gateway publishes in Redis: no quotation request, no WebSocket, no snapshot cache here
+        from broker.kis.feed import GatewayFills, GatewayMarketData, HintedBroker
+        from broker.kis.keys import KisKeys
+
         kis = kis_broker(settings, redis, plan.clock)
         stack.push_async_callback(kis.client.aclose)
-        return kis, kis, list(await kis.instruments())
+        kis_keys = KisKeys(settings.fleet_prefix, settings.kis_domain, kis.client.config.app_key)
+        feed = GatewayMarketData(redis, kis_keys, plan.clock)
+        instruments = list(await feed.instruments())
+        if feed.n_bars < settings.n_bars:
+            raise ConfigError(f"N_BARS: the KIS gateway publishes {feed.n_bars} minute bars, "
+                              f"this worker wants {settings.n_bars}")  # fmt: skip
+        return HintedBroker(kis, GatewayFills(redis, kis_keys)), feed, instruments
     market = SimulatedMarket(settings.paper_seed, plan.session, settings.paper_symbols)
     # the account's cash moves with fees and taxes, so the reconciliation can check it
     paper = PaperBroker(market, plan.clock, costs=cost_model(settings, default_calendar()),

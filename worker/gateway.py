@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import anyio
@@ -25,7 +26,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from broker.kis.gateway import Gateway, Service
+from broker.kis.fanout import Holders
+from broker.kis.gateway import Gateway, GatewayContext, Service
 from worker.settings import ConfigError, Settings
 
 
@@ -33,7 +35,28 @@ def gateway_services(settings: Settings) -> list[Service]:
     """The components the active gateway runs besides its relay (market-data fan-out, the
     WebSocket notice router, account reconciliation). Each is started when this gateway
     becomes active and cancelled when it stops being active."""
-    return []
+    from broker.kis.fanout import publish_market_data, realtime
+
+    return [
+        # the universe's quotations for every BROKER=kis worker, N_BARS minute bars a symbol
+        partial(publish_market_data, holders_of=lock_holders, n_bars=settings.n_bars),
+        # the app key's WebSocket: fill notices to their owners, held symbols' trades
+        partial(realtime, holders_of=lock_holders),
+    ]
+
+
+def lock_holders(ctx: GatewayContext) -> Holders:
+    """Who holds which symbol, read from the fleet's symbol locks (`broker` never reads the
+    coordination keys itself): routes fill notices and picks the symbols to watch live."""
+    from coordination.keys import Keyspace
+    from coordination.locks import RedisSymbolLock
+
+    locks = RedisSymbolLock(ctx.redis, Keyspace(ctx.prefix), f"gateway-{ctx.gateway_id}")
+
+    async def holders() -> Mapping[str, str]:
+        return {info.symbol: info.worker_id for info in await locks.live_locks()}
+
+    return holders
 
 
 def kis_gateway_config(settings: Settings) -> Any:
