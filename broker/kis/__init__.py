@@ -7,7 +7,10 @@
     adapter.py    `KisBroker`: orders (order-cash, order-rvsecncl, inquire-daily-ccld)
     account.py    the account: holdings and deposit (inquire-balance), buying power
     market.py     `KisMarketData`: quotations (price, orderbook, minute bars, volume rank)
-    notices.py    `KisNoticeFeed`: fill notices over the WebSocket, as hints to poll
+    notices.py    `KisNoticeFeed`: fill notices (and real-time trades) over the WebSocket
+    fanout.py     the gateway's services: market data published once for the fleet, fill
+                  notices routed to the worker holding the symbol
+    feed.py       the worker's side: `GatewayMarketData`, fill hints (`HintedBroker`)
     wire.py       paths, tr_ids and field parsing
     errors.py     KIS message codes and the KIS branch of the error tree
 
@@ -26,6 +29,15 @@ key                               type    TTL                     meaning
 ``fleet:kis:token:issue:{d}:{h}`` string  PX one issue interval   held by the process whose turn
                                                                   it is to ask KIS for a token;
                                                                   ``wait`` after a refusal
+``fleet:kis:md:{d}:universe``     string  PX one day              JSON: the day's instruments
+                                                                  and the bars kept (fanout.py)
+``fleet:kis:md:{d}:rows``         hash    PX one day, renewed     symbol -> JSON: its latest
+                                                                  quotation, bars, read time
+``fleet:kis:md:{d}:trades``       hash    PX one day, renewed     symbol -> JSON: latest
+                                                                  real-time trade (held symbols)
+``fleet:kis:md:{d}:state``        hash    PX one day, renewed     the publisher's last cycle
+``fleet:kis:fills:{h}:{worker}``  stream  PX one day, MAXLEN~1k   fill notices routed to the
+                                                                  worker (hints, feed.py)
 ================================  ======  ======================  ==============================
 """
 
