@@ -72,7 +72,7 @@ class Rig:
 
         return holders
 
-    def publisher(self, universe: list[str], **options: Any) -> MarketDataPublisher:
+    def publisher(self, universe: list[str] | None, **options: Any) -> MarketDataPublisher:
         client = self.ctx.client("market-data")
         self.venue.stack.push_async_callback(client.aclose)
         return MarketDataPublisher(client.get, self.venue.redis, self.keys, self.venue.clock,
@@ -411,3 +411,18 @@ async def test_a_fill_notice_makes_the_tracker_apply_the_fill_before_its_poll(
               f"order_poll_ms={1000 * poll_s:.0f} took_s={took:.1f}")  # fmt: skip
         assert len(noticed) >= 2  # filled in parts: the later ones reached the ledger by notice
         assert max(latencies) < poll_s / 4
+
+
+async def test_a_gateway_taking_over_reuses_the_days_universe(
+    redis_client: aioredis.Redis, prefix: str
+) -> None:
+    async with fanout_rig(redis_client, prefix, "real") as rig:
+        first = rig.publisher(None)  # no fixed universe: today's volume ranking, described
+        await first.cycle()
+        ranked = [i.symbol for i in await rig.reader().instruments()]
+        assert len(ranked) == 30
+        asked = rig.quotations()
+        second = rig.publisher(None)  # the standby, active now: no ranking, no description
+        cycle = await second.cycle()
+        assert cycle.requests == rig.quotations() - asked == 30 * requests_per_symbol(N_BARS, True)
+        assert [i.symbol for i in await rig.reader().instruments()] == ranked
