@@ -24,6 +24,7 @@ from kis_rig import ACCOUNT, APP_KEY, HTS_ID, SESSION, START, KisVenue, Recorder
 from trading_rig import Rig as TradingRig
 from trading_rig import running
 
+from broker.errors import BrokerUnavailable
 from broker.kis import KisBroker, KisClient
 from broker.kis.client import GatewayRoute
 from broker.kis.fanout import (
@@ -426,3 +427,13 @@ async def test_a_gateway_taking_over_reuses_the_days_universe(
         cycle = await second.cycle()
         assert cycle.requests == rig.quotations() - asked == 30 * requests_per_symbol(N_BARS, True)
         assert [i.symbol for i in await rig.reader().instruments()] == ranked
+
+
+async def test_no_universe_is_published_when_none_of_it_can_be_described(
+    redis_client: aioredis.Redis, prefix: str
+) -> None:
+    async with fanout_rig(redis_client, prefix, "mock") as rig:
+        publisher = rig.publisher(["999990", "999991"])  # not listed at the exchange
+        with pytest.raises(BrokerUnavailable, match="none of 2 symbols"):
+            await publisher.cycle()
+        assert await redis_client.get(rig.keys.md_universe) is None  # the service retries

@@ -62,7 +62,7 @@ import redis.asyncio as aioredis
 from anyio.streams.memory import MemoryObjectReceiveStream
 from loguru import logger
 
-from broker.errors import BrokerError
+from broker.errors import BrokerError, BrokerUnavailable
 from broker.kis import wire
 from broker.kis.client import KisReply, TrId
 from broker.kis.keys import KisKeys
@@ -295,7 +295,8 @@ class MarketDataPublisher:
             data = orjson.loads(raw)
             if data.get("day") == today.isoformat() and data.get("n_bars") == self.n_bars:
                 found = [decode_instrument(i) for i in data["instruments"]]
-                if self.universe is None or [i.symbol for i in found] == list(self.universe):
+                fixed = self.universe is None or [i.symbol for i in found] == list(self.universe)
+                if found and fixed:
                     self._instruments = {i.symbol: i for i in found}
                     self._described.update(self._instruments)
                     logger.info("market data: today's universe of {} reused", len(found))
@@ -304,6 +305,8 @@ class MarketDataPublisher:
         symbols = list(names) if self.universe is None else list(self.universe)
         described = await self._each(symbols, lambda s: self._describe(s, names.get(s)))
         self._instruments = {i.symbol: i for i in described if i is not None}
+        if not self._instruments:  # never a day with an empty universe: the service retries
+            raise BrokerUnavailable(f"none of {len(symbols)} symbols of the universe described")
         doc = {
             "day": today.isoformat(),
             "at": self.clock.now().isoformat(),
