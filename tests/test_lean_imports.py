@@ -48,6 +48,23 @@ def test_the_command_line_imports_nothing_heavy() -> None:
     assert _heavy(out.stdout.split()) == []
 
 
+def test_the_kis_worker_side_holds_no_websocket_client() -> None:
+    """A BROKER=kis worker talks HTTP to the gateway and reads what it publishes; the WebSocket
+    client and the notice decryption (aiohttp, cryptography) are the gateway's."""
+    code = (
+        "import sys, worker.app\n"
+        "from broker.kis import KisBroker, KisClient, KisConfig\n"
+        "import broker.kis.client, broker.kis.feed, broker.kis.market\n"
+        "print(*sorted(sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60)  # fmt: skip
+    loaded = out.stdout.split()
+    assert "broker.kis.feed" in loaded
+    assert [m for m in ("aiohttp", "cryptography.hazmat.primitives.ciphers") if m in loaded] == []
+    assert _heavy(loaded) == ["broker.kis", "httpx"]  # HTTP to the gateway
+
+
 # Runs `python -m worker run` and writes every module it loaded, at its exit, to argv[1].
 _DRIVER = """
 import atexit, runpy, sys

@@ -41,19 +41,21 @@ import binascii
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
-import aiohttp
 import anyio
 import orjson
 from anyio.abc import ObjectSendStream
-from cryptography.hazmat.primitives import padding
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from loguru import logger
 
 from broker.errors import BrokerError
 from broker.kis.client import KisConfig
 from market.orders import BrokerOrderId, Side, canonical_broker_order_id
+
+if TYPE_CHECKING:
+    # aiohttp and cryptography (~10 MB) load only in the process that holds the WebSocket (the
+    # gateway); a worker decodes what it publishes (FillNotice, Trade) without them.
+    import aiohttp
 
 #: Fill-notice transaction ids per domain.
 NOTICE_TR = {"real": "H0STCNI0", "mock": "H0STCNI9"}
@@ -126,6 +128,9 @@ class FillNotice:
 
 def decrypt(key: str, iv: str, payload: str) -> str:
     """AES-256-CBC with PKCS#7 padding, as the notice feed encrypts (key and iv as text)."""
+    from cryptography.hazmat.primitives import padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
     try:
         data = base64.b64decode(payload, validate=True)
         decryptor = Cipher(algorithms.AES(key.encode()), modes.CBC(iv.encode())).decryptor()
@@ -291,6 +296,8 @@ class KisNoticeFeed:
 
     async def run(self, send: ObjectSendStream[FillNotice]) -> NoReturn:
         """Keep a session open and send each notice to `send`; reconnects with backoff."""
+        import aiohttp
+
         pause = self.reconnect_s
         async with send:
             while True:
@@ -303,6 +310,8 @@ class KisNoticeFeed:
                 pause = min(pause * 2, self.max_reconnect_s)
 
     async def _session(self, send: ObjectSendStream[FillNotice]) -> None:
+        import aiohttp
+
         if self._approval is None:
             self._approval = await self.client.approval_key()
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s)
@@ -338,6 +347,8 @@ class KisNoticeFeed:
     async def _keep_subscriptions(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         """Subscribe the wanted symbols' trades and unsubscribe the others, whenever the wanted
         set changes. A send that fails ends here; the reader sees the session close."""
+        import aiohttp
+
         try:
             while True:
                 self._changed = anyio.Event()
