@@ -480,7 +480,12 @@ class NoticeRouter:
                         batch.append(receive.receive_nowait())
                     except anyio.WouldBlock:
                         break
-                await self.route(batch)
+                try:
+                    await self.route(batch)
+                except Exception as exc:  # Redis or the holders' store away (their own errors)
+                    self.unrouted += len(batch)
+                    logger.warning("{} fill notice(s) not routed, left to polling: {!r}",
+                                   len(batch), exc)  # fmt: skip
         raise AssertionError("the notice feed never ends")  # pragma: no cover
 
 
@@ -550,5 +555,8 @@ async def realtime(ctx: GatewayContext, *, holders_of: HoldersOf, held_poll_s: f
         tg.start_soon(feed.run, send)
         tg.start_soon(router.run, receive)
         while True:
-            feed.watch_trades(list(await holders()))
+            try:
+                feed.watch_trades(list(await holders()))
+            except Exception as exc:  # the holders' store away: keep watching what we watch
+                logger.warning("held symbols unreadable, trades watched as before: {!r}", exc)
             await anyio.sleep(held_poll_s)
