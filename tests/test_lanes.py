@@ -7,6 +7,7 @@ is forced rather than raced.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import AsyncIterator, Callable
 
@@ -79,7 +80,7 @@ def test_a_withdrawn_ticket_is_never_granted() -> None:
 
 
 def test_budget_frees_a_slot_one_window_after_the_answer() -> None:
-    b = ArrivalBudget(2, margin_s=0.01)
+    b = ArrivalBudget(2, margin_s=0.01, pace=False)
     first, second = b.send(0.0), b.send(0.0)
     assert b.wait(0.0) == math.inf  # both in flight: only an answer can free a slot
     b.answered(first, 0.2)
@@ -90,11 +91,17 @@ def test_budget_frees_a_slot_one_window_after_the_answer() -> None:
     assert b.wait(1.3) == pytest.approx(0.5 + 1.01 - 1.3)
 
 
-def _simulate(limit: int, latencies: list[tuple[float, float]]) -> tuple[list[float], float]:
+def _simulate(
+    limit: int,
+    latencies: list[tuple[float, float]],
+    *,
+    pace: bool = True,
+    jitter_s: float | None = None,
+) -> tuple[list[float], float]:
     """Every request queued at 0 and sent as soon as the budget allows; request i reaches the
     server `up` seconds after its send and its answer comes back `down` seconds later. The
     arrival times, and the span from the first send to the last answer."""
-    budget = ArrivalBudget(limit, margin_s=0.0)
+    budget = ArrivalBudget(limit, margin_s=0.0, pace=pace, jitter_s=jitter_s)
     now = 0.0
     pending: list[tuple[float, object]] = []  # (answer time, record)
     arrivals: list[float] = []
@@ -122,13 +129,18 @@ def _simulate(limit: int, latencies: list[tuple[float, float]]) -> tuple[list[fl
     latencies=st.lists(
         st.tuples(st.floats(0.0, 0.8), st.floats(0.0, 0.8)), min_size=1, max_size=120
     ),
+    pace=st.booleans(),
+    jitter=st.sampled_from([None, 0.03, 0.2]),
 )
 def test_no_one_second_window_at_the_server_exceeds_the_limit(
-    limit: int, latencies: list[tuple[float, float]]
+    limit: int, latencies: list[tuple[float, float]], pace: bool, jitter: float | None
 ) -> None:
-    """Whatever the network does to each request (any delay out, any delay back), the server
-    never sees more than `limit` arrivals in a one-second window (KIS's EGW00201 rule)."""
-    arrivals, _ = _simulate(limit, latencies)
+    """Whatever the network does to each request (any delay out, any delay back; with a
+    jitter bound J, any delay out up to J), the server never sees more than `limit` arrivals in
+    a one-second window (KIS's EGW00201 rule)."""
+    if jitter is not None:
+        latencies = [(min(up, jitter), down) for up, down in latencies]
+    arrivals, _ = _simulate(limit, latencies, pace=pace, jitter_s=jitter)
     arrivals.sort()
     for i, start in enumerate(arrivals):
         inside = sum(1 for a in arrivals[i:] if a < start + 1.0)
@@ -139,8 +151,27 @@ def test_budget_use_is_about_one_over_one_plus_the_round_trip() -> None:
     """The price of counting on arrival without knowing it: a slot is held a round trip
     longer than a second. At 20/s and a 20 ms round trip, ~98% of the limit is used."""
     arrivals, _ = _simulate(20, [(0.01, 0.01)] * 400)
-    rate = len(arrivals) / (max(arrivals) - min(arrivals) + 1.0)
+    rate = (len(arrivals) - 1) / (max(arrivals) - min(arrivals))
     assert rate / 20 > 0.95
+
+
+def test_with_a_jitter_bound_a_slow_answer_holds_its_slot_only_for_the_bound() -> None:
+    """A server that takes 200 ms to answer: without a bound the slot is held 1.2 s (83% of
+    the budget), with J = 30 ms 1.03 s (97%)."""
+    slow = [(0.002, 0.2)] * 300
+    for jitter, floor, ceiling in ((None, 0.80, 0.85), (0.03, 0.95, 1.0)):
+        arrivals, _ = _simulate(20, slow, jitter_s=jitter)
+        use = (len(arrivals) - 1) / (max(arrivals) - min(arrivals)) / 20
+        assert floor < use <= ceiling, (jitter, use)
+
+
+def test_paced_grants_free_their_slots_one_at_a_time() -> None:
+    """Saturated, the grants stay about window / limit apart: a request arriving at any moment
+    waits about one spacing for a slot, not for the next batch a second later."""
+    arrivals, _ = _simulate(20, [(0.01, 0.01)] * 200)
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    assert max(gaps) < 0.05 + 0.03  # the round trip and margin, once a window
+    assert min(gaps) >= 0.05 - 1e-9
 
 
 @pytest.fixture
@@ -148,7 +179,7 @@ async def scheduler() -> AsyncIterator[Callable[[int], LaneScheduler]]:
     async with anyio.create_task_group() as tg:
 
         def make(limit: int) -> LaneScheduler:
-            s = LaneScheduler(limit, margin_s=0.0)
+            s = LaneScheduler(limit, margin_s=0.0, pace=False)
             tg.start_soon(s.run)
             return s
 

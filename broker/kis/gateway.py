@@ -54,7 +54,7 @@ from redis.exceptions import RedisError
 from broker.errors import BrokerError
 from broker.kis.client import FixedRoute, GatewayLease, KisClient, KisConfig
 from broker.kis.keys import KisKeys
-from broker.kis.lanes import Lane, LaneScheduler
+from broker.kis.lanes import DEFAULT_JITTER_S, Lane, LaneScheduler
 from broker.kis.relay import Relay, RelayReply, RelayServer
 from market.clock import Clock, RealClock
 
@@ -149,7 +149,8 @@ class Gateway:
         lease_ttl_s: float = 3.0,
         poll_s: float | None = None,
         services: Sequence[Service] = (),
-        margin_s: float = 0.01,
+        margin_s: float = 0.005,
+        jitter_s: float | None = DEFAULT_JITTER_S,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if lease_ttl_s < 1.5:
@@ -168,7 +169,8 @@ class Gateway:
         self.keys = KisKeys(prefix, config.domain, config.app_key)
         self.kis = KisClient(config, redis, prefix, clock=self.clock, transport=transport)
         limit = max(1, math.ceil(config.rate))
-        self.scheduler = LaneScheduler(limit, window_s=limit / config.rate, margin_s=margin_s)
+        self.scheduler = LaneScheduler(limit, window_s=limit / config.rate, margin_s=margin_s,
+                                       jitter_s=jitter_s)  # fmt: skip
         self.relay = Relay(self.kis, self.scheduler)
         self.url = ""  # the advertised relay URL, once bound
         self.local_url = ""  # the relay over loopback (this process's services)
@@ -202,8 +204,19 @@ class Gateway:
             "budget": self.scheduler.snapshot(),
         }
 
+    def grants(self, since: float) -> list[dict[str, Any]]:
+        """The slots granted after `since` (`time.monotonic`, the machine's clock)."""
+        return [
+            {"lane": t.lane.label, "worker": t.worker, "enqueued_at": t.enqueued_at,
+             "granted_at": t.granted_at,
+             "sent_at": t.record.sent_at if t.record else None,
+             "answered_at": t.record.answered_at if t.record else None}
+            for t in list(self.scheduler.granted)
+            if t.granted_at is not None and t.granted_at > since
+        ]  # fmt: skip
+
     async def run(self, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
-        server = RelayServer(self.relay, lambda: self.active, self.stats)
+        server = RelayServer(self.relay, lambda: self.active, self.stats, self.grants)
         runner = web.AppRunner(server.app(), access_log=None, handle_signals=False,
                                handler_cancellation=True)  # fmt: skip
         await runner.setup()

@@ -25,6 +25,13 @@ Every request the gateway sends to KIS for one app key takes a slot from one `La
   trip: a request occupies its slot for one second after its answer, not after its send, so the
   budget used is about ``1 / (1 + rtt)`` of the limit (bench/kis.py measures it). `margin_s`
   covers the clock granularity of both ends.
+* **Paced grants**: besides the window, grants follow a schedule ``(window + margin + hold) /
+  limit`` apart, ``hold`` a moving average of how long a slot is held past its send (about
+  51 ms at 20/s; a wake-up late by under half a spacing keeps the schedule). Without it a burst
+  of `limit` requests frees its slots all together a second later, and an order arriving just
+  after such a batch waits for the next one, up to a second; paced, slots free one at a time,
+  so an order waits about one spacing. It costs nothing in budget: the window allows no more
+  than `limit` per ``window + margin + hold`` anyway.
 
 The scheduler is pure bookkeeping (`LaneQueue`, `ArrivalBudget`, driven with explicit times so
 tests can force any interleaving) plus one dispatcher task (`LaneScheduler.run`).
@@ -35,7 +42,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -139,56 +146,109 @@ class LaneQueue:
 
 @dataclass(eq=False)
 class Sent:
-    """One request sent: when it left, and when its answer came back (None: in flight).
-    `hold_s`: set by the sender when the request may still arrive after it gave up on it (a
-    read timeout): the slot is kept that much longer."""
+    """One request: when its slot was granted, when it actually left (`mark_sent`, just before
+    the bytes go out), and when its answer came back (None: in flight). `hold_s`: set by the
+    sender when the request may still arrive after it gave up on it (a read timeout): the slot
+    is kept that much longer and the jitter bound is not trusted for it."""
 
     sent_at: float
     answered_at: float | None = None
     hold_s: float = 0.0
 
+    def mark_sent(self, now: float) -> None:
+        self.sent_at = max(self.sent_at, now)
+
+    def arrived_by(self, jitter_s: float | None) -> float:
+        """The latest moment KIS can have counted it: its answer, or with a jitter bound J
+        (every request arrives within J of leaving) ``sent_at + J`` if that is sooner."""
+        answered = math.inf if self.answered_at is None else self.answered_at
+        if jitter_s is None or self.hold_s:
+            return answered
+        return min(answered, self.sent_at + jitter_s)
+
+
+#: J, the assumed bound on the time from a request leaving the gateway to KIS counting it. A
+#: request answered sooner is bounded by its answer; one that takes longer holds its slot only
+#: for J (the server may be slow to answer, the wire is not slow to deliver). A request that
+#: took longer than J to arrive could make an EGW00201: the relay retries it and doubles J
+#: (`ArrivalBudget.widen`), so a host or network slower than assumed costs a few refusals, then
+#: budget instead. bench/kis.py counts both.
+DEFAULT_JITTER_S = 0.03
+
 
 class ArrivalBudget:
-    """At most `limit` arrivals at KIS in any one-second window (see the module docstring)."""
+    """At most `limit` arrivals at KIS in any one-second window (see the module docstring).
 
-    def __init__(self, limit: int, *, window_s: float = 1.0, margin_s: float = 0.01) -> None:
+    `jitter_s` None: each request's slot is held until its answer plus the window (no
+    assumption at all); a number J: until ``min(answer, sent + J)`` plus the window."""
+
+    def __init__(
+        self,
+        limit: int,
+        *,
+        window_s: float = 1.0,
+        margin_s: float = 0.01,
+        pace: bool = True,
+        jitter_s: float | None = None,
+    ) -> None:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit!r}")
         self.limit = limit
         self.span_s = window_s + margin_s
+        self.jitter_s = jitter_s
+        self.pace = pace
+        self._hold_s = 0.0  # moving average of arrived_by - sent_at
         self._log: deque[Sent] = deque()
+        self._tat = -math.inf  # paced: the theoretical time of the next grant (GCRA)
 
-    def _live(self, now: float) -> Iterator[Sent]:
+    @property
+    def spacing_s(self) -> float:
+        return (self.span_s + self._hold_s) / self.limit if self.pace else 0.0
+
+    def _live(self, now: float) -> list[float]:
+        """When each request that may still share a window with one sent now arrived at the
+        latest."""
         horizon = now - self.span_s
-        while self._log and self._log[0].answered_at is not None:
-            if self._log[0].answered_at > horizon:
-                break
-            self._log.popleft()  # answered long enough ago: it can no longer share a window
-        return (s for s in self._log if s.answered_at is None or s.answered_at > horizon)
+        while self._log and self._log[0].arrived_by(self.jitter_s) <= horizon:
+            self._log.popleft()  # arrived long enough ago: it can no longer share a window
+        bounds = (s.arrived_by(self.jitter_s) for s in self._log)
+        return sorted(b for b in bounds if b > horizon)
 
     def wait(self, now: float) -> float:
         """0 if a request may be sent at `now`; else seconds until one may (``inf``: not
         before an answer comes back)."""
-        live = list(self._live(now))
+        paced = max(0.0, self._tat - now)
+        live = self._live(now)
         if len(live) < self.limit:
-            return 0.0
-        answered = sorted(s.answered_at for s in live if s.answered_at is not None)
+            return paced
         need = len(live) - self.limit + 1  # slots that must free up
-        if len(answered) < need:
-            return math.inf
-        return max(0.0, answered[need - 1] + self.span_s - now)
+        return max(paced, live[need - 1] + self.span_s - now)
 
     def send(self, now: float) -> Sent:
         record = Sent(now)
         self._log.append(record)
+        # on schedule, or late by under half a spacing (a dispatcher that woke a little late):
+        # the schedule stands, so lateness does not push every later grant back; later than
+        # that (idle, or held by the window): the schedule starts again from now
+        spacing = self.spacing_s
+        late = now - self._tat
+        self._tat = (self._tat if late <= spacing / 2 else now) + spacing
         return record
 
-    @staticmethod
-    def answered(record: Sent, now: float) -> None:
+    def answered(self, record: Sent, now: float) -> None:
         record.answered_at = now + record.hold_s
+        held = max(0.0, record.arrived_by(self.jitter_s) - record.sent_at)
+        self._hold_s += 0.2 * (min(held, 1.0) - self._hold_s)
 
     def in_flight(self) -> int:
         return sum(1 for s in self._log if s.answered_at is None)
+
+    def widen(self) -> float | None:
+        """KIS refused a request for rate: some request took longer than J to arrive. J
+        doubles (at most a second, past which every slot is held until its answer anyway)."""
+        if self.jitter_s is not None:
+            self.jitter_s = min(1.0, self.jitter_s * 2)
+        return self.jitter_s
 
 
 # ----- the dispatcher ------------------------------------------------------------------------
@@ -219,9 +279,13 @@ class LaneScheduler:
         *,
         window_s: float = 1.0,
         margin_s: float = 0.01,
+        pace: bool = True,
+        jitter_s: float | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.budget = ArrivalBudget(limit, window_s=window_s, margin_s=margin_s)
+        self.budget = ArrivalBudget(
+            limit, window_s=window_s, margin_s=margin_s, pace=pace, jitter_s=jitter_s
+        )
         self.queue = LaneQueue()
         self.monotonic = monotonic
         self.stats = {lane: LaneStats() for lane in Lane}
@@ -317,6 +381,7 @@ class LaneScheduler:
         """Counts for /__gateway/stats."""
         return {
             "limit": self.limit,
+            "jitter_ms": None if self.budget.jitter_s is None else self.budget.jitter_s * 1000,
             "sent": self.sent,
             "in_flight": self.budget.in_flight(),
             "lanes": {

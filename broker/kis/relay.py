@@ -15,7 +15,9 @@ or ``authorization`` (ignored if present); ``X-Fleet-Worker`` names the worker f
 The relay's own refusals are HTTP 503 with a KIS-shaped body and a ``FLEET…`` ``msg_cd``
 (`broker.kis.client.RELAY_CODES`): no slot in time, a standby, no token, KIS unreachable (all:
 nothing was sent) and `RELAY_LOST` (sent, answer lost). Also served: ``/__gateway/stats``
-(JSON counts), ``/livez`` and ``/readyz`` (200 only on the active gateway).
+(JSON counts), ``/__gateway/grants?since=T`` (the slots granted after monotonic time T:
+lane, worker, enqueued_at, granted_at; for benchmarks), ``/livez`` and ``/readyz`` (200 only on
+the active gateway).
 """
 
 from __future__ import annotations
@@ -137,6 +139,7 @@ class Relay:
             async with self.scheduler.slot(lane, worker, wait_s=left) as sent:
                 # once granted, a worker hanging up does not cut the request off mid-flight
                 with anyio.CancelScope(shield=True):
+                    sent.mark_sent(self.scheduler.monotonic())
                     try:
                         resp = await self._send(method, path, payload, headers)
                     except httpx.TransportError as exc:
@@ -148,12 +151,15 @@ class Relay:
                         self.counts.lost += 1
                         raise RelayFailed(RELAY_LOST, what) from exc
             code = _msg_cd(resp)
-            if code == RATE_LIMITED and rate_hits < self.rate_retries:
-                rate_hits += 1
+            if code == RATE_LIMITED:
                 self.counts.rate_refusals += 1
-                logger.warning("KIS answered {} to {} ({} lane); sending it again",
-                               RATE_LIMITED, path, lane.label)  # fmt: skip
-                continue
+                jitter = self.scheduler.budget.widen()
+                logger.warning("KIS answered {} to {} ({} lane); jitter bound now {}",
+                               RATE_LIMITED, path, lane.label,
+                               "none" if jitter is None else f"{jitter * 1000:.0f} ms")  # fmt: skip
+                if rate_hits < self.rate_retries:
+                    rate_hits += 1
+                    continue
             if code in TOKEN_REFUSALS and not refreshed:
                 refreshed = True
                 self.counts.token_refusals += 1
@@ -198,14 +204,17 @@ class RelayServer:
         relay: Relay,
         is_active: Callable[[], bool],
         stats: Callable[[], dict[str, Any]],
+        grants: Callable[[float], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.relay = relay
         self.is_active = is_active
         self.stats = stats
+        self.grants = grants
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/__gateway/stats", self._stats)
+        app.router.add_get("/__gateway/grants", self._grants)
         app.router.add_get("/livez", self._live)
         app.router.add_get("/readyz", self._ready)
         app.router.add_route("*", "/uapi/{tail:.*}", self._relay)
@@ -213,6 +222,14 @@ class RelayServer:
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps(self.stats()), headers={"Content-Type": JSON_TYPE})
+
+    async def _grants(self, request: web.Request) -> web.Response:
+        try:
+            since = float(request.query.get("since", "0"))
+        except ValueError:
+            since = 0.0
+        rows = self.grants(since) if self.grants is not None else []
+        return web.Response(body=orjson.dumps(rows), headers={"Content-Type": JSON_TYPE})
 
     async def _live(self, request: web.Request) -> web.Response:
         return web.Response(text="alive\n")
