@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from kis_rig import APP_KEY, ORDER_CASH, KisVenue, Recorder, kis_venue
 from support import eventually, start_exchange, venue_env
 
+from broker.errors import OrderOutcomeUnknown, RateLimited
 from broker.kis import KisBroker, KisClient, KisConfig, wire
 from broker.kis.client import GatewayLease, GatewayRoute
 from broker.kis.gateway import Gateway, GatewayContext
@@ -111,6 +112,44 @@ async def test_relay_forwards_orders_and_quotes_without_the_workers_credentials(
         assert len(bearers) == 1
         assert venue.token_issues == 1
         assert venue.rate_limited() == 0
+
+
+async def test_an_order_whose_reply_is_lost_on_the_way_back_is_unknown_and_never_resent(
+    redis_client: aioredis.Redis, prefix: str
+) -> None:
+    async with gateway_rig(redis_client, prefix, "mock", rate_limit=False) as rig:
+        venue = rig.venue
+        broker = await rig.worker("w1")
+        symbol = venue.symbols[0]
+        lower = venue.running.venue.market.limits(symbol)[0]
+        venue.recorders[-1].lose_next_order_reply = True  # after the gateway sent it on
+        with pytest.raises(OrderOutcomeUnknown):
+            await broker.submit_order(OrderRequest(symbol, Side.BUY, 2, OrderType.LIMIT, lower))
+        assert len(venue.placed()) == 1
+        assert len(rig.upstream.to(ORDER_CASH)) == 1  # sent to KIS once, never again
+        assert len(venue.recorders[-1].to(ORDER_CASH)) == 1
+
+
+async def test_no_slot_within_the_workers_wait_is_rate_limited_and_nothing_is_sent(
+    redis_client: aioredis.Redis, prefix: str
+) -> None:
+    async with gateway_rig(redis_client, prefix, "mock", rate=2) as rig:
+        venue, sched = rig.venue, rig.gateway.scheduler
+        reader, trader = await rig.worker("reader"), await rig.worker("trader", wait_s=0.3)
+        await price(reader, venue.symbols[0])
+        symbol = venue.symbols[1]
+        lower = venue.running.venue.market.limits(symbol)[0]
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):  # keeps the budget (2/s) busy past the trader's wait
+                tg.start_soon(price, reader, symbol)
+            with anyio.fail_after(10):
+                while sched.budget.wait(sched.monotonic()) == 0:
+                    await anyio.sleep(0.005)
+            sched.hold_until(sched.monotonic() + 2.0)
+            with pytest.raises(RateLimited):
+                await trader.submit_order(OrderRequest(symbol, Side.BUY, 1, OrderType.LIMIT, lower))
+        assert venue.placed() == []
+        assert sched.stats[Lane.ORDER].timed_out == 1
 
 
 async def test_a_queued_order_overtakes_queued_market_data(
