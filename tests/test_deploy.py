@@ -148,7 +148,7 @@ def test_pods_run_least_privileged(name: str) -> None:
         writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
         assert writable == {"/tmp"}, "only /tmp is writable"
         limits, requests = container["resources"]["limits"], container["resources"]["requests"]
-        assert requests["memory"] == "96Mi"
+        assert requests["memory"] == "128Mi"  # measured: ~112 MiB paper, ~98 MiB kis
         assert limits["memory"] == "192Mi"
         assert "cpu" in requests
 
