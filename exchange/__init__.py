@@ -33,7 +33,8 @@ Python API (tests, the CLI)::
 Endpoints: ``POST /oauth2/tokenP``, ``POST /oauth2/Approval``, ``GET /__exchange/stats``
 (JSON counts per app key and tr_id, token issues, orders, fills, cash and holdings per
 account), ``POST /__exchange/admin/{sell,transfer,drop-notices}`` (`exchange.admin`: a sale
-or a transfer behind the account's back, lost fill notices) and under ``/uapi/domestic-stock/v1``: quotations ``inquire-price``,
+or a transfer behind the account's back, lost fill notices) and under
+``/uapi/domestic-stock/v1``: quotations ``inquire-price``,
 ``inquire-asking-price-exp-ccn``, ``inquire-time-itemchartprice``,
 ``inquire-daily-itemchartprice``, ``volume-rank`` (real only); trading ``order-cash``,
 ``order-rvsecncl`` (cancel all), ``inquire-psbl-rvsecncl`` (real only),

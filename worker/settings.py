@@ -319,7 +319,9 @@ class Settings(BaseSettings):
         if self.broker == "kis":
             missing = [
                 # no secret: a worker reaches KIS through the gateway, which holds it
-                n for n in ("kis_app_key", "kis_account") if not getattr(self, n)
+                n
+                for n in ("kis_app_key", "kis_account")
+                if not getattr(self, n)
             ]
             if missing:
                 raise ValueError(f"{missing[0].upper()} is required with BROKER=kis")
