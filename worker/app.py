@@ -55,7 +55,7 @@ from worker.health import (
 from worker.metrics import FleetMetrics, PrometheusAccountMetrics
 from worker.mirror import LockMirror
 from worker.reaper import run_reaper
-from worker.settings import ConfigError, Settings
+from worker.settings import ConfigError, Settings, kis_config
 
 if TYPE_CHECKING:  # imported lazily: the in-process paper path needs nothing of broker.kis
     from broker.kis import KisBroker
@@ -264,25 +264,12 @@ def kis_broker(settings: Settings, redis: aioredis.Redis, clock: Clock) -> KisBr
     Only its orders are used (`_venue`): market data and fill notices come from what the
     gateway publishes in Redis (`broker.kis.fanout`, read by `broker.kis.feed`).
     """
-    from broker.kis import KisBroker, KisClient, KisConfig
+    from broker.kis import KisBroker, KisClient
     from broker.kis.client import GatewayRoute
     from broker.kis.keys import KisKeys
     from broker.kis.market import DEFAULT_UNIVERSE
 
-    try:
-        config = KisConfig(
-            app_key=settings.kis_app_key or "",
-            app_secret="",  # the gateway's alone
-            account=settings.kis_account or "",
-            domain=settings.kis_domain,
-            base_url=settings.kis_base_url,
-            ws_url=settings.kis_ws_url,
-            hts_id=settings.kis_hts_id,
-            custtype=settings.kis_custtype,
-            rate_per_s=settings.kis_rate_per_s,
-        )
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    config = kis_config(settings)  # no secret: the gateway's alone
     keys = KisKeys(settings.fleet_prefix, config.domain, config.app_key)
     route = GatewayRoute(redis, keys, settings.worker_id)
     client = KisClient(config, redis, settings.fleet_prefix, clock=clock, route=route)

@@ -26,9 +26,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from broker.kis import KisConfig
 from broker.kis.fanout import Holders
 from broker.kis.gateway import Gateway, GatewayContext, Service
-from worker.settings import ConfigError, Settings
+from worker.settings import ConfigError, Settings, kis_config
 
 
 def gateway_services(settings: Settings) -> list[Service]:
@@ -59,27 +60,12 @@ def lock_holders(ctx: GatewayContext) -> Holders:
     return holders
 
 
-def kis_gateway_config(settings: Settings) -> Any:
+def kis_gateway_config(settings: Settings) -> KisConfig:
     """The gateway's `KisConfig`: the whole credentials (it alone holds the secret)."""
-    from broker.kis import KisConfig
-
     for name in ("kis_app_key", "kis_app_secret", "kis_account"):
         if not getattr(settings, name):
             raise ConfigError(f"{name.upper()}: required for the gateway")
-    try:
-        return KisConfig(
-            app_key=settings.kis_app_key or "",
-            app_secret=settings.kis_app_secret or "",
-            account=settings.kis_account or "",
-            domain=settings.kis_domain,
-            base_url=settings.kis_base_url,
-            ws_url=settings.kis_ws_url,
-            hts_id=settings.kis_hts_id,
-            custtype=settings.kis_custtype,
-            rate_per_s=settings.kis_rate_per_s,
-        )
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    return kis_config(settings, app_secret=settings.kis_app_secret or "")
 
 
 def gateway(settings: Settings) -> int:

@@ -20,13 +20,16 @@ import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import SplitResult, urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from market.calendar import CALENDAR_END, CALENDAR_START
+
+if TYPE_CHECKING:  # imported lazily: a paper worker needs nothing of broker.kis
+    from broker.kis import KisConfig
 
 
 class ConfigError(ValueError):
@@ -448,6 +451,26 @@ def mask_account(account: str | None) -> str:
     """`12345678-01` -> `****5678`: enough to tell accounts apart, never the whole number."""
     digits = (account or "").replace("-", "")[:8]
     return "****" + digits[-4:] if len(digits) >= 4 else "****"
+
+
+def kis_config(settings: Settings, *, app_secret: str = "") -> KisConfig:
+    """The `KisConfig` of `KIS_*`; the secret only for the gateway, which alone holds it."""
+    from broker.kis import KisConfig
+
+    try:
+        return KisConfig(
+            app_key=settings.kis_app_key or "",
+            app_secret=app_secret,
+            account=settings.kis_account or "",
+            domain=settings.kis_domain,
+            base_url=settings.kis_base_url,
+            ws_url=settings.kis_ws_url,
+            hts_id=settings.kis_hts_id,
+            custtype=settings.kis_custtype,
+            rate_per_s=settings.kis_rate_per_s,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def describe_venue(settings: Settings) -> str:
