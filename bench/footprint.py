@@ -27,7 +27,8 @@ set for it (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`, ...), nothing else of 
 
 Prints ``name=value`` lines: worker_rss_mb, first_scan_s, kis_worker_rss_mb (the figures with
 goals: <= 80, <= 1.5 and <= 60) and informative ones (time to the SCAN state, import-only RSS
-of `worker.app` in a bare interpreter, the KIS phase). Exit 1 if a worker fails to get there.
+of `worker.app` in a bare interpreter, the KIS phase, and each worker's USS: its private memory,
+what one more worker adds on a node where the image's files are already in the page cache). Exit 1 if a worker fails to get there.
 Run it alone on the machine (`flock`): the times depend on the CPU being free.
 """
 
@@ -117,6 +118,7 @@ def fresh_prefix(redis_url: str) -> Iterator[str]:
 @dataclass
 class Footprint:
     rss_mb: float  # the largest RSS seen up to SETTLE_S after `reached_s`
+    uss_mb: float  # its private memory (USS) at the end of SETTLE_S: what a second copy adds
     reached_s: float  # process start -> the point measured (first scan done, or waiting)
     scan_state_s: float | None  # process start -> the "-> SCAN" transition in its log
     phase: str  # "scanned", "waiting" (for the open) or "sleeping" (until the next session)
@@ -130,6 +132,7 @@ class WorkerProcess:
         self.proc = Proc("worker", [sys.executable, "-m", "worker", "run"], env, log)
         self.ps = psutil.Process(self.proc.pid)
         self.peak = 0
+        self.uss = 0
         self.scan_state_s: float | None = None  # start -> the first "-> SCAN" in its log
 
     def sample(self) -> None:
@@ -175,6 +178,8 @@ class WorkerProcess:
             self.sample()
             time.sleep(0.02)
         self.check_alive()
+        with contextlib.suppress(psutil.Error):
+            self.uss = self.ps.memory_full_info().uss
 
     def watch_scan_state(self) -> bool:
         """True once its log shows the SCAN state (the time it was first seen is kept)."""
@@ -219,7 +224,8 @@ def paper_footprint(database_url: str, redis_url: str, symbols: int, logs: Path)
                 lambda: worker.watch_scan_state() and worker.scans() >= 1, "paper worker's scan"
             )
             worker.settle()
-            return Footprint(worker.peak / _MB, first_scan, worker.scan_state_s, "scanned")
+            return Footprint(worker.peak / _MB, worker.uss / _MB, first_scan, worker.scan_state_s,
+                             "scanned")  # fmt: skip
         finally:
             worker.stop()
 
@@ -305,10 +311,11 @@ def _measure_kis_worker(env: Mapping[str, str], logs: Path) -> Footprint:
             at = worker.wait(reached, "KIS worker's scan (or wait for the open)", every=0.02)
         except TimeoutError as exc:  # still starting: what it holds so far, for the record
             print(f"footprint: {exc}", file=sys.stderr)
-            return Footprint(worker.peak / _MB, worker.elapsed(), worker.scan_state_s, "timeout")
+            return Footprint(worker.peak / _MB, worker.uss / _MB, worker.elapsed(),
+                             worker.scan_state_s, "timeout")  # fmt: skip
         if phase != "closed":
             worker.settle()
-        return Footprint(worker.peak / _MB, at, worker.scan_state_s, phase)
+        return Footprint(worker.peak / _MB, worker.uss / _MB, at, worker.scan_state_s, phase)
     finally:
         worker.stop()
 
@@ -334,12 +341,14 @@ def main() -> int:
         print(f"import_rss_mb={import_rss_mb():.1f}", flush=True)
         paper = paper_footprint(database_url, redis_url, args.symbols, logs)
         print(f"worker_rss_mb={paper.rss_mb:.1f}", flush=True)
+        print(f"worker_uss_mb={paper.uss_mb:.1f}", flush=True)
         print(f"first_scan_s={paper.reached_s:.2f}", flush=True)
         if paper.scan_state_s is not None:
             print(f"scan_state_s={paper.scan_state_s:.2f}", flush=True)
         if not args.no_kis:
             kis = kis_footprint(database_url, redis_url, logs)
             print(f"kis_worker_rss_mb={kis.rss_mb:.1f}", flush=True)
+            print(f"kis_worker_uss_mb={kis.uss_mb:.1f}", flush=True)
             print(f"kis_worker_phase={kis.phase}", flush=True)
             print(f"kis_worker_ready_s={kis.reached_s:.2f}", flush=True)
             if kis.phase == "timeout":
