@@ -28,7 +28,8 @@ set for it (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`, ...), nothing else of 
 Prints ``name=value`` lines: worker_rss_mb, first_scan_s, kis_worker_rss_mb (the figures with
 goals: <= 80, <= 1.5 and <= 60) and informative ones (time to the SCAN state, import-only RSS
 of `worker.app` in a bare interpreter, the KIS phase, and each worker's USS: its private memory,
-what one more worker adds on a node where the image's files are already in the page cache). Exit 1 if a worker fails to get there.
+what one more worker adds on a node where the image's files are already in the page cache).
+Exit 1 if a worker fails to get there.
 Run it alone on the machine (`flock`): the times depend on the CPU being free.
 """
 
