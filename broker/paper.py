@@ -275,6 +275,20 @@ class PaperBroker:
         await anyio.lowlevel.checkpoint()
         return self.market.quote(symbol, self.clock.now(), short_ma_bars)
 
+    async def wait_price(
+        self,
+        symbol: str,
+        below: Decimal | None,
+        above: Decimal | None,
+        timeout_s: float,
+    ) -> bool:
+        """`PriceWatch`: sleeps (on the clock) to the first print through a level, exactly."""
+        now = self.clock.now()
+        deadline = now + timedelta(seconds=max(0.0, timeout_s))
+        hit = self.market.first_touch(symbol, below, above, now, deadline)
+        await self.clock.sleep(((hit or deadline) - now).total_seconds())
+        return hit is not None
+
     # ----- internals ----------------------------------------------------------------------
 
     def _get(self, broker_order_id: str) -> _Order:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Protocol
+from decimal import Decimal
+from typing import Protocol, runtime_checkable
 
 from market.account import AccountSnapshot, Holding
 from market.orders import (
@@ -103,4 +104,25 @@ class MarketData(Protocol):
 
     async def quote(self, symbol: str, short_ma_bars: int = 5) -> Quote:
         """One symbol now, with the short moving average of its last `short_ma_bars` bars."""
+        ...
+
+
+@runtime_checkable
+class PriceWatch(Protocol):
+    """Optional: market data that can wake a holder on the trade that reaches a price.
+
+    A HOLD loop that would otherwise check its sell rules every few seconds waits here instead,
+    so a stop is acted on at the trade that crosses it, not at the next poll.
+    """
+
+    async def wait_price(
+        self,
+        symbol: str,
+        below: Decimal | None,
+        above: Decimal | None,
+        timeout_s: float,
+    ) -> bool:
+        """Return True as soon as a trade of `symbol` prints at or below `below` or at or above
+        `above` (None: no level on that side), False after `timeout_s` clock seconds without
+        one. A trade already through a level when called counts at once."""
         ...

@@ -64,6 +64,7 @@ from market.types import (
     Tier,
     ViKind,
     VolatilityInterruption,
+    range_ratio,
 )
 
 Level = tuple[Decimal, int]
@@ -296,6 +297,46 @@ class SimulatedMarket:
             points.append(v[3][0])
         return _won(min(points)), _won(max(points))
 
+    def first_touch(
+        self,
+        symbol: str,
+        below: Decimal | None,
+        above: Decimal | None,
+        start: datetime,
+        end: datetime,
+    ) -> datetime | None:
+        """The first instant in [start, end] of continuous trading at which the printed price is
+        at or below `below` or at or above `above` (either may be None); None if it is not.
+
+        Exact to a millisecond: the path is searched minute by minute with `traded_range`
+        (which sees every print, extremes included), then bisected inside the minute that
+        touches, so the instant returned is at or just after the first print through a level.
+        """
+        s = self.session
+        start, end = max(start, s.open), min(end, s.continuous_close)
+
+        def touched(low_high: tuple[Decimal, Decimal]) -> bool:
+            low, high = low_high
+            return (below is not None and low <= below) or (above is not None and high >= above)
+
+        t = start
+        while t < end:
+            m, _ = self.minute_of(t)
+            minute_end = min(s.open + timedelta(minutes=m + 1), end)
+            if touched(self.traded_range(symbol, t, t)):
+                return t
+            if touched(self.traded_range(symbol, t, minute_end)):
+                lo, hi = 0, (minute_end - t) // _US  # untouched at lo, touched by hi
+                while hi - lo > 1000:
+                    mid = (lo + hi) // 2
+                    if touched(self.traded_range(symbol, t, t + mid * _US)):
+                        hi = mid
+                    else:
+                        lo = mid
+                return t + hi * _US
+            t = minute_end
+        return None
+
     # ----- public views -------------------------------------------------------------------
 
     def quote(self, symbol: str, at: datetime, short_ma_bars: int = 5) -> Quote:
@@ -311,6 +352,8 @@ class SimulatedMarket:
             short_ma = (_won(closes.sum()) / short_ma_bars).quantize(Decimal("0.01"))
         inst = self.instruments[i]
         vi = self.interruption_at(symbol, at)
+        n = st.completed
+        ranges = self._p.high[i, :n] - self._p.low[i, :n]
         return Quote(
             symbol=symbol,
             at=at,
@@ -331,6 +374,7 @@ class SimulatedMarket:
             tier=inst.tier,
             short_ma=short_ma,
             halted_until=None if vi is None else vi.end,
+            range_ratio=range_ratio(ranges),
         )
 
     def snapshot(self, at: datetime, n_bars: int) -> Snapshot:

@@ -61,6 +61,10 @@ class Quote:
     short_ma: Decimal | None = None  # short moving average of minute closes, for the sell rules
     # In a volatility interruption: when its single-price auction executes; None otherwise.
     halted_until: datetime | None = None
+    # Short-term volatility: the last completed minute's range (high - low) over the mean
+    # range of the minutes before it that the source has (the day's, or the bars it holds);
+    # None with fewer than two bars or a flat history. 1 is an ordinary minute.
+    range_ratio: float | None = None
 
 
 FloatArray = npt.NDArray[np.float64]
@@ -118,3 +122,16 @@ class Snapshot:
     closes: FloatArray  # shape (n_symbols, n_bars)
     volumes: FloatArray  # shape (n_symbols, n_bars)
     halted: BoolArray | None = None  # in a volatility interruption (None: source does not say)
+
+
+def range_ratio(ranges: npt.ArrayLike) -> float | None:
+    """`Quote.range_ratio` from minute ranges (high - low), oldest first: the last one over the
+    mean of those before it. None with fewer than two, or when those before it are all flat."""
+    r = np.asarray(ranges, dtype=np.float64)
+    r = r[~np.isnan(r)]
+    if r.size < 2:
+        return None
+    base = float(r[:-1].mean())
+    if base <= 0:
+        return None
+    return round(float(r[-1]) / base, 4)

@@ -96,6 +96,7 @@ PRICE_FIELDS = ("stck_prpr", "acml_vol", "acml_tr_pbmn", "stck_hgpr", "stck_lwpr
 BOOK_FIELDS = ("askp1", "bidp1", "askp_rsqn1", "bidp_rsqn1")
 #: Time to live of the published keys (renewed on every write): a dead fleet's data goes.
 DAY_MS = 24 * 3_600_000
+TICKS_MAXLEN = 100  # a held symbol's trades kept for its holder's price watch
 #: Notices kept per worker stream (approximate trim).
 FILLS_MAXLEN = 1_000
 #: Requests in flight per cycle (the gateway's lanes pace them anyway).
@@ -407,7 +408,8 @@ class MarketDataPublisher:
 
 
 class TradeWriter:
-    """Writes each real-time trade to ``md_trades`` (the latest per symbol)."""
+    """Writes each real-time trade to ``md_trades`` (the latest per symbol) and appends it to
+    the symbol's ``md_ticks`` stream (every trade, for the holder's price watch)."""
 
     def __init__(self, redis: aioredis.Redis, keys: KisKeys, clock: Clock) -> None:
         self.redis = redis
@@ -416,9 +418,13 @@ class TradeWriter:
         self.written = 0
 
     async def __call__(self, trade: Trade) -> None:
+        raw = encode_trade(self.clock.now(), trade)
+        ticks = self.keys.md_ticks(trade.symbol)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(self.keys.md_trades, trade.symbol, encode_trade(self.clock.now(), trade))
+            pipe.hset(self.keys.md_trades, trade.symbol, raw)
             pipe.pexpire(self.keys.md_trades, DAY_MS)
+            pipe.xadd(ticks, {"trade": raw}, maxlen=TICKS_MAXLEN, approximate=True)
+            pipe.pexpire(ticks, DAY_MS)
             await pipe.execute()
         self.written += 1
 

@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 import anyio
@@ -43,6 +44,7 @@ from market.types import Instrument, Quote, Snapshot
 DEFAULT_MAX_AGE_S = {"real": 30.0, "mock": 90.0}
 #: How long `instruments` waits for the gateway to publish the day's universe.
 UNIVERSE_WAIT_S = 120.0
+WATCH_BLOCK_S = 5.0  # a price watch blocks on the tick stream at most this long per read
 
 
 class MarketDataStale(BrokerUnavailable):
@@ -168,6 +170,44 @@ class GatewayMarketData:
                 at = published.at
         return quote_of(row.instrument, at, price, book, row.bars, short_ma_bars)
 
+    async def wait_price(
+        self,
+        symbol: str,
+        below: Decimal | None,
+        above: Decimal | None,
+        timeout_s: float,
+    ) -> bool:
+        """`PriceWatch` over the gateway's stream of `symbol`'s real-time trades (``md_ticks``,
+        written for the symbols the fleet holds): each trade is checked against the levels as
+        it arrives; the latest one already through a level counts at once. A symbol the
+        gateway does not stream (yet) just times out, and HOLD checks its rules as usual."""
+
+        def through(raw: Any) -> bool:
+            price = decode_trade(raw).trade.price
+            return (below is not None and price <= below) or (above is not None and price >= above)
+
+        stream = self.keys.md_ticks(symbol)
+        deadline = time.monotonic() + max(0.0, timeout_s) / self.clock.speed
+        latest = await self._read(f"trades of {symbol}", self.redis.xrevrange(stream, count=1))
+        if latest:
+            last_id, fields = latest[0]
+            if through(_field(fields, "trade")):
+                return True
+        else:
+            last_id = "0-0"
+        while (remaining := deadline - time.monotonic()) > 0:
+            block_ms = max(1, int(min(remaining, WATCH_BLOCK_S) * 1000))
+            reply: Any = await self._read(
+                f"trades of {symbol}",
+                self.redis.xread({stream: last_id}, count=100, block=block_ms),
+            )
+            for _stream, entries in reply or ():
+                for entry_id, fields in entries:
+                    last_id = entry_id
+                    if through(_field(fields, "trade")):
+                        return True
+        return False
+
     async def _read(self, what: str, call: Any) -> Any:
         try:
             return await call
@@ -229,6 +269,10 @@ class GatewayFills:
                     if hint is not None:
                         self.read += 1
                         yield hint
+
+
+def _field(fields: dict[Any, Any], name: str) -> Any:
+    return fields.get(name.encode(), fields.get(name))
 
 
 def _text(value: bytes | str) -> str:

@@ -75,6 +75,12 @@ class KisKeys:
         symbols the fleet holds (PX one day, renewed on each write)."""
         return f"{self.prefix}:kis:md:{self.domain}:trades"
 
+    def md_ticks(self, symbol: str) -> str:
+        """Stream (MAXLEN ~ 100, PX one day): every real-time trade of a held `symbol`, as in
+        `md_trades` (field ``trade``), for the holder that waits on the trade that reaches a sell
+        level (`GatewayMarketData.wait_price`)."""
+        return f"{self.prefix}:kis:md:{self.domain}:ticks:{symbol}"
+
     @property
     def md_state(self) -> str:
         """Hash: the publisher's last cycle (``at``, ``cycle_s``, ``requests``, ``symbols``,
