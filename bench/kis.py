@@ -26,7 +26,13 @@ Prints one ``name=value`` line per figure:
 Informative: requests, burst_s, orders, order_wait_max_ms, market_wait_p50_ms, limit, the
 gateway's send-to-answer times (rtt_p50_ms, rtt_p99_ms: what a slot is held past one second
 without a jitter bound), grant_to_send_p99_ms, and jitter_bound_ms: the gateway's J at the
-end (`broker.kis.lanes.DEFAULT_JITTER_S`, doubled on each EGW00201). Exit 0
+end (`broker.kis.lanes.DEFAULT_JITTER_S`, doubled on each EGW00201). From the exchange's
+arrival log (`/__exchange/arrivals`: the kernel's receive time of each request and when the
+exchange's loop handled it): send_to_arrival_p50_ms / _p99_ms (the gateway's send mark to the
+request's arrival, the quantity J bounds), arrival_to_handling_p99_ms / _max_ms (how late the
+exchange's loop got to a request: counting then instead of on arrival bunches requests the
+gateway spaced), and max_sends_in_1s / max_arrivals_in_1s (the most in any one second at
+either end; the limit is the goal). Exit 0
 when every goal is met, else 1. A run takes about 20 s on the real domain (320 requests at
 20/s) plus start-up; on mock use fewer workers (``--workers 4 --symbols 1``: ~10 s).
 """
@@ -34,6 +40,7 @@ when every goal is met, else 1. A run takes about 20 s on the real domain (320 r
 from __future__ import annotations
 
 import argparse
+import bisect
 import math
 import os
 import secrets
@@ -153,11 +160,21 @@ async def _burst(
                                      params={"since": str(started)})).json()  # fmt: skip
             gw_stats = (await http.get(f"{gateway_url}/__gateway/stats")).json()
         return {"grants": grants, "stats": gw_stats, "burst_s": ended - started,
-                "orders": placed}  # fmt: skip
+                "orders": placed, "started": started}  # fmt: skip
     finally:
         for c in clients:
             await c.aclose()
         await redis.aclose()
+
+
+def _max_in_window(times: list[float], window_s: float) -> int:
+    """The most of `times` (sorted) inside any half-open window of `window_s`."""
+    best = lo = 0
+    for hi, t in enumerate(times):
+        while times[lo] <= t - window_s:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
 
 
 def run(args: argparse.Namespace) -> int:
@@ -183,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
         os.nice(args.worker_nice)
         out = anyio.run(_burst, args, redis.url, app_key, gateway_url)
         stats = exchange.stats()
+        arrivals = httpx.get(f"{exchange.rest_url}/__exchange/arrivals",
+                             params={"since": str(out["started"])}, timeout=10).json()  # fmt: skip
 
     limit = out["stats"]["budget"]["limit"]
     grants = out["grants"]
@@ -196,6 +215,13 @@ def run(args: argparse.Namespace) -> int:
     answered = [g for g in grants if g.get("answered_at") is not None]
     rtts = [(g["answered_at"] - g["sent_at"]) * 1000 for g in answered]
     late_sends = [(g["sent_at"] - g["granted_at"]) * 1000 for g in answered]
+    # the gateway's sends against the exchange's arrivals (one machine, one monotonic clock):
+    # each send's transit is the wait until the first arrival after it
+    sends = sorted(g["sent_at"] for g in answered)
+    arrived = sorted(a for a, _handled in arrivals)
+    transit = [(arrived[i] - s) * 1000 for s in sends
+               if (i := bisect.bisect_left(arrived, s)) < len(arrived)]  # fmt: skip
+    handling_lag = [(h - a) * 1000 for a, h in arrivals]
     refusals = sum(sum(v.values()) for v in stats["rate_limited"].values())
     tokens = sum(stats["token_issues"].values())
     wait_p99 = percentile(order_waits, 0.99)
@@ -215,6 +241,12 @@ def run(args: argparse.Namespace) -> int:
         "rtt_p50_ms": round(percentile(rtts, 0.5), 1),
         "rtt_p99_ms": round(percentile(rtts, 0.99), 1),
         "grant_to_send_p99_ms": round(percentile(late_sends, 0.99), 1),
+        "send_to_arrival_p50_ms": round(percentile(transit, 0.5), 2),
+        "send_to_arrival_p99_ms": round(percentile(transit, 0.99), 2),
+        "arrival_to_handling_p99_ms": round(percentile(handling_lag, 0.99), 1),
+        "arrival_to_handling_max_ms": round(max(handling_lag, default=0.0), 1),
+        "max_sends_in_1s": _max_in_window(sends, 1.0),
+        "max_arrivals_in_1s": _max_in_window(arrived, 1.0),
     }
     for name, value in figures.items():
         print(f"{name}={value}")

@@ -32,7 +32,8 @@ Python API (tests, the CLI)::
 
 Endpoints: ``POST /oauth2/tokenP``, ``POST /oauth2/Approval``, ``GET /__exchange/stats``
 (JSON counts per app key and tr_id, token issues, orders, fills, cash and holdings per
-account), ``POST /__exchange/admin/{sell,transfer,drop-notices}`` (`exchange.admin`: a sale
+account), ``GET /__exchange/arrivals?since=T`` (``[arrived, handled]`` of each API request,
+monotonic seconds of the machine: the rate limit counts the arrival), ``POST /__exchange/admin/{sell,transfer,drop-notices}`` (`exchange.admin`: a sale
 or a transfer behind the account's back, lost fill notices) and under
 ``/uapi/domestic-stock/v1``: quotations ``inquire-price``,
 ``inquire-asking-price-exp-ccn``, ``inquire-time-itemchartprice``,
@@ -42,7 +43,7 @@ or a transfer behind the account's back, lost fill notices) and under
 H0STASP0, H0STCNI0 (real) / H0STCNI9 (mock).
 
 Modules: `config` (settings and constants), `errors` (refusals and their codes), `admin`
-(operator endpoints), `auth`
+(operator endpoints), `arrival` (each request's arrival: the kernel's receive time), `auth`
 (tokens, approval keys, rate limit), `venue` (accounts, orders, matching, notices, faults),
 `accounts`, `traits`, `wire` (request/reply, formatting, paging), `quotes` and `trading`
 (handlers), `rest`, `ws` and `frames` (the two servers), `server` (`serve_exchange`).

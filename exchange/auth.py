@@ -6,12 +6,15 @@ a minute per app key (else HTTP 403 EGW00133). A token nobody issued answers EGW
 expired one EGW00123. Earlier tokens stay valid until their own expiry.
 
 The rate limit is counted on arrival over a sliding wall-clock second per app key (KIS's limit
-is real time, whatever the simulated clock does): a request beyond `rate` admitted ones in the
-last second is refused with EGW00201 and does not count.
+is real time, whatever the simulated clock does): a request that would make any one-second
+window hold more than `rate` admitted arrivals is refused with EGW00201 and does not count.
+The arrival is the kernel's receive time of the request's first byte (`exchange.arrival`),
+not the moment the exchange's event loop got to it.
 """
 
 from __future__ import annotations
 
+import bisect
 import secrets
 import time
 from collections import deque
@@ -122,7 +125,8 @@ def expiry_text(token: Token) -> str:
 
 
 class RateLimiter:
-    """A sliding one-second window of admitted requests per app key (wall time)."""
+    """A sliding one-second window of admitted requests per app key (wall time), counted at
+    each request's arrival (`exchange.arrival`), whatever order they are handled in."""
 
     def __init__(
         self, rate: int, *, enabled: bool = True, monotonic: Callable[[], float] = time.monotonic
@@ -130,17 +134,28 @@ class RateLimiter:
         self.rate = rate
         self.enabled = enabled
         self.monotonic = monotonic
-        self._windows: dict[str, deque[float]] = {}
+        self._windows: dict[str, list[float]] = {}
+        #: (arrival, handled) of the latest requests, every app key (`/__exchange/arrivals`)
+        self.log: deque[tuple[float, float]] = deque(maxlen=20_000)
 
-    def admit(self, app_key: str) -> bool:
-        """Count one arrival; False when it exceeds the budget (and it then does not count)."""
+    def admit(self, app_key: str, arrived_at: float | None = None) -> bool:
+        """Count one arrival (default: now); False when some one-second window holding it
+        would then hold more than `rate` admitted requests (it then does not count)."""
+        now = self.monotonic()
+        at = now if arrived_at is None else min(arrived_at, now)
+        self.log.append((at, now))
         if not self.enabled:
             return True
-        now = self.monotonic()
-        window = self._windows.setdefault(app_key, deque())
-        while window and window[0] <= now - 1.0:
-            window.popleft()
-        if len(window) >= self.rate:
-            return False
-        window.append(now)
+        window = self._windows.setdefault(app_key, [])
+        horizon = bisect.bisect_right(window, now - 5.0)
+        if horizon:
+            del window[:horizon]  # arrivals that can share no window with any new one
+        # every window (t - 1, t] holding `at` has t in [at, at + 1): the ones that matter end
+        # at `at` or at a later admitted arrival (requests handled out of arrival order)
+        ends = [at] + [a for a in window if at < a < at + 1.0]
+        for end in ends:
+            inside = bisect.bisect_right(window, end) - bisect.bisect_right(window, end - 1.0)
+            if inside + 1 > self.rate:
+                return False
+        bisect.insort(window, at)
         return True

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from exchange import errors, quotes, trading
 from exchange.admin import AdminApi
+from exchange.arrival import ARRIVED_AT, ArrivalSocket, arrival_middleware
 from exchange.auth import RateLimiter, TokenBook, expiry_text
 from exchange.venue import Venue
 from exchange.wire import Call, Reply
@@ -95,11 +96,15 @@ class RestApi:
         self.limiter = limiter
         self.routes = routes(venue)
 
-    def app(self) -> web.Application:
-        app = web.Application()
+    def app(self, listener: ArrivalSocket | None = None) -> web.Application:
+        """The application; served on `listener`, requests are counted when they arrived
+        there (`exchange.arrival`), else when handled."""
+        middlewares = [arrival_middleware(listener)] if listener is not None else []
+        app = web.Application(middlewares=middlewares)
         app.router.add_post("/oauth2/tokenP", self.token)
         app.router.add_post("/oauth2/Approval", self.approval)
         app.router.add_get("/__exchange/stats", self.stats)
+        app.router.add_get("/__exchange/arrivals", self.arrivals)
         AdminApi(self.venue).add_routes(app)  # /__exchange/admin/*: behind the account's back
         app.router.add_route("*", "/uapi/{tail:.*}", self.api)
         return app
@@ -134,6 +139,16 @@ class RestApi:
     async def stats(self, request: web.Request) -> web.Response:
         return _json(200, stats(self.venue, self.tokens), {})
 
+    async def arrivals(self, request: web.Request) -> web.Response:
+        """GET /__exchange/arrivals?since=T: ``[arrived, handled]`` of every API request
+        handled after T (``time.monotonic()`` of this machine), oldest first."""
+        try:
+            since = float(request.query.get("since", "0"))
+        except ValueError:
+            since = 0.0
+        rows = [list(r) for r in self.limiter.log if r[1] > since]
+        return _json(200, rows)
+
     async def api(self, request: web.Request) -> web.Response:
         tr_id = request.headers.get("tr_id", "")
         headers = {"tr_id": tr_id, "tr_cont": "", "gt_uid": uuid.uuid4().hex}
@@ -151,7 +166,7 @@ class RestApi:
         if account is None:
             raise errors.bad_app_key()
         venue.stats.bump(venue.stats.requests, app_key, tr_id)
-        if not self.limiter.admit(app_key):
+        if not self.limiter.admit(app_key, request.get(ARRIVED_AT)):
             venue.stats.bump(venue.stats.rate_limited, app_key, tr_id)
             raise errors.rate_limited()
         if request.headers.get("appsecret", "") != account.spec.app_secret:

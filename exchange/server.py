@@ -20,6 +20,7 @@ import anyio
 from aiohttp import web
 from loguru import logger
 
+from exchange.arrival import ArrivalSocket
 from exchange.auth import RateLimiter, TokenBook
 from exchange.config import ExchangeConfig
 from exchange.rest import RestApi
@@ -49,10 +50,14 @@ class RunningExchange:
         return f"ws://{self.host}:{self.ws_port}"
 
 
-async def _start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+async def _start(
+    app: web.Application, host: str, port: int, sock: ArrivalSocket | None = None
+) -> tuple[web.AppRunner, int]:
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site: web.BaseSite = (
+        web.SockSite(runner, sock) if sock is not None else web.TCPSite(runner, host, port)
+    )
     await site.start()
     server = site._server  # the bound port when 0 was asked
     assert isinstance(server, asyncio.base_events.Server)
@@ -85,7 +90,10 @@ async def serve_exchange(
     tokens = TokenBook(config, clock)
     limiter = RateLimiter(config.rate, enabled=config.rate_limit)
     ws = WsServer(venue, tokens)
-    rest_runner, rest_port = await _start(RestApi(venue, tokens, limiter).app(), host, port)
+    # the REST side counts each request when it arrived, not when the loop got to it
+    listener = ArrivalSocket.listen_on(host, port)
+    rest_app = RestApi(venue, tokens, limiter).app(listener)
+    rest_runner, rest_port = await _start(rest_app, host, port, listener)
     try:
         ws_runner, bound_ws = await _start(ws.app(), host, ws_port)
         try:

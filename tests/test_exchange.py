@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import date, datetime, timedelta
@@ -282,6 +284,50 @@ async def test_rate_limit_per_app_key_counted_on_arrival(domain: Domain, rate: i
         ex.limiter.enabled = False
         for _ in range(3 * rate):
             assert (await c.price(symbol)).status_code == 200
+
+
+async def test_rate_limit_counts_the_arrival_not_the_moment_the_loop_got_to_it() -> None:
+    """Mock (2/s): r1 arrives while the exchange's loop is busy for a second and is handled
+    only after it; r2 and r3 follow 1.1 s and 1.45 s after r1. Counted on arrival every
+    one-second window holds at most two, so all three pass; counted when handled, r1, r2 and r3
+    would share one second and r3 would be refused."""
+    async with running("mock", rate_limit=True) as (ex, _), client(ex) as c:
+        symbol = ex.venue.market.symbols[0]
+        params = {"FID_COND_MRKT_DIV_CODE": "J", "FID_INPUT_ISCD": symbol}
+        url = f"{ex.rest_url}{V1}/quotations/inquire-price"
+        headers = c.headers("FHKST01010100")
+        sent: list[float] = []
+        busy = threading.Event()
+
+        def block() -> None:
+            busy.set()
+            time.sleep(1.0)  # a long matching pass: the loop reads no socket meanwhile
+
+        def send_three() -> list[int]:
+            codes = []
+            assert busy.wait(30)
+            with httpx.Client(timeout=10) as http:
+                for offset in (0.0, 1.1, 1.45):
+                    pause = sent[0] + offset - time.monotonic() if sent else 0.0
+                    time.sleep(max(0.0, pause))
+                    sent.append(time.monotonic())
+                    codes.append(http.get(url, params=params, headers=headers).status_code)
+            return codes
+
+        sender = asyncio.ensure_future(asyncio.to_thread(send_three))
+        await asyncio.sleep(0)  # the sender's thread starts and waits for the busy loop
+        asyncio.get_running_loop().call_soon(block)
+        codes = await sender
+        assert codes == [200, 200, 200]
+        log = list(ex.limiter.log)[-3:]
+        (a1, h1), (a2, _), (a3, _) = log
+        assert h1 - a1 > 0.5, "r1 waited for the busy loop, but counts from its arrival"
+        tolerance = 0.001  # the kernel's wall-clock stamp moved onto the monotonic clock
+        assert a1 >= sent[0] - tolerance
+        assert a1 < h1
+        assert a3 - a1 > 1.0  # r1 and r3 share no second at the exchange
+        assert a2 >= sent[1] - tolerance
+        assert a3 >= sent[2] - tolerance
 
 
 # ----- headers ----------------------------------------------------------------------------------
