@@ -93,6 +93,17 @@ class ReplayMarket:
         self.n_minutes = reader.n_minutes
         self._build(reader)
 
+    @classmethod
+    def from_rows(cls, rows: Reader, clock: Clock, session: Session) -> ReplayMarket:
+        """The market over rows read elsewhere (`market.bars`: CSV or Parquet, several days),
+        given with `Reader`'s attributes (`ordinal`, `statics`, `sym`, `minute`, `bars`,
+        `line`, `n_minutes`, `path`, `fail`)."""
+        self = cls.__new__(cls)
+        self.path, self.clock, self.session = Path(rows.path), clock, session
+        self.n_minutes = rows.n_minutes
+        self._build(rows)
+        return self
+
     def _build(self, r: Reader) -> None:
         # Symbols sorted by code, as the simulator lists them; `rank` maps file order to it.
         self.symbols: tuple[str, ...] = tuple(sorted(r.ordinal))

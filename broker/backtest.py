@@ -1,0 +1,415 @@
+"""`BarBroker`: the `Broker` and `MarketData` ports over one session of one-minute bars.
+
+A backtest runs the trading code unchanged against this adapter: market data is the day's
+`ReplayMarket` (`market.bars.DayBars.market`), orders are matched against the bars by the fill
+model below. Matching is lazy (every call first advances the book to `clock.now()`), so the
+result does not depend on how often anyone polls.
+
+Fill model (`FillModel`), bar by bar, starting with the first bar that opens at or after the
+order's submission (bar j covers [open + j min, open + (j+1) min)):
+
+* MARKET: fills at the bar's open plus slippage (BUY up, SELL down) of `slippage_ticks[tier]`
+  ticks, never outside the bar's low..high; executed at the bar's start.
+* LIMIT, marketable at the open (BUY limit >= open, SELL limit <= open): fills at the open plus
+  slippage, capped at the limit (and the bar's range); executed at the bar's start.
+* LIMIT, traded through (BUY: the bar's low < limit; SELL: the bar's high > limit): fills at
+  the limit; executed at the bar's end (only then is it known). A bar that only touches the
+  limit does not fill it: our place in the queue at that price is unknown.
+* Volume cap: in one bar, orders of one symbol and side together take at most
+  `participation` x the bar's volume (rounded down); what is left keeps working on later bars
+  (partial fills). A bar with no row or no volume fills nothing.
+* Closing auction (continuous_close .. close): orders submitted then, and whatever is left
+  working at continuous_close, execute at the close at the auction price (the file's auction
+  row, else the last bar's close) if they cross (MARKET, BUY limit >= price, SELL limit <=
+  price), in full; the rest expires. Orders submitted after the close are rejected.
+
+Fees and taxes are the ledger's business (`market.costs`, by settlement date); `account` uses
+the same `CostModel` so reconciliation sees the same cash.
+
+Limits, stated plainly: no order book (the bar is the only liquidity; spread and depth are
+not known, so slippage is a per-tier constant); the volume cap uses the bar's whole volume,
+also for a fill at its open (a mild look-ahead); our orders do not move the printed prices;
+the closing auction fills crossing orders in full whatever their size; no volatility
+interruptions (bar files carry none); a limit order's queue position is not modelled (touching
+never fills, trading through always fills up to the cap).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+import anyio.lowlevel
+
+from broker.errors import OrderRejected, UnknownOrder
+from broker.port import (
+    Broker,
+    BrokerOrderId,
+    MarketData,
+    OrderAck,
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    Side,
+)
+from market.account import AccountSnapshot, Holding
+from market.bars import DayBars
+from market.clock import Clock
+from market.costs import CostModel
+from market.ticks import is_on_grid, step
+from market.types import Instrument, Quote, Snapshot, Tier
+
+_MINUTE = timedelta(minutes=1)
+
+#: Ticks of slippage on a fill at a bar's open, by liquidity tier.
+DEFAULT_SLIPPAGE_TICKS: Mapping[Tier, int] = {Tier.THIN: 3, Tier.LOW: 2, Tier.MID: 1, Tier.HIGH: 1}
+
+
+@dataclass(frozen=True)
+class FillModel:
+    """The fill model's parameters (module docstring)."""
+
+    participation: float = 0.10  # share of a bar's volume our orders may take, per side
+    slippage_ticks: Mapping[Tier, int] = field(default_factory=lambda: dict(DEFAULT_SLIPPAGE_TICKS))
+
+    def __post_init__(self) -> None:
+        if not 0 < self.participation <= 1:
+            raise ValueError("participation must be in (0, 1]")
+        if any(v < 0 for v in self.slippage_ticks.values()):
+            raise ValueError("slippage ticks must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    at: datetime
+    qty: int
+    price: Decimal
+
+
+@dataclass
+class _Order:
+    broker_order_id: BrokerOrderId
+    request: OrderRequest
+    ordered_at: datetime
+    remaining: int
+    next_bar: int  # the first bar not matched yet
+    updated_at: datetime
+    open_done: int = -1  # the bar whose open has been matched
+    filled_qty: int = 0
+    filled_amount: Decimal = Decimal(0)
+    canceled: bool = False
+    expired: bool = False
+    executions: list[Execution] = field(default_factory=list)
+
+    def fill(self, qty: int, price: Decimal, at: datetime) -> None:
+        self.filled_qty += qty
+        self.filled_amount += qty * price
+        self.remaining -= qty
+        self.updated_at = at
+        self.executions.append(Execution(at, qty, price))
+
+    def status(self) -> OrderStatus:
+        r = self.request
+        return OrderStatus(
+            broker_order_id=self.broker_order_id,
+            symbol=r.symbol,
+            side=r.side,
+            qty=r.qty,
+            filled_qty=self.filled_qty,
+            filled_amount=self.filled_amount,
+            remaining_qty=self.remaining,
+            rejected_qty=0,
+            canceled=self.canceled,
+            ordered_at=self.ordered_at,
+            updated_at=self.updated_at,
+        )
+
+
+class BarBroker:
+    """A brokerage account over one session of bars (orders and market data)."""
+
+    def __init__(
+        self,
+        day: DayBars,
+        clock: Clock,
+        *,
+        model: FillModel | None = None,
+        costs: CostModel | None = None,
+        cash: Decimal = Decimal(0),
+        first_order_no: int = 1,
+    ) -> None:
+        self.day = day
+        self.session = day.session
+        self.clock = clock
+        self.model = model or FillModel()
+        self.costs = costs
+        self.starting_cash = cash
+        self.market = day.market(clock)
+        self._index = {s: i for i, s in enumerate(day.symbols)}
+        self._next_no = first_order_no
+        self._orders: dict[str, _Order] = {}
+        self._working: list[_Order] = []  # time priority: oldest first
+        self._taken: dict[tuple[str, Side, int], int] = {}  # our shares per symbol/side/bar
+        self._auction_done = False
+
+    # ----- Broker -------------------------------------------------------------------------
+
+    async def submit_order(self, request: OrderRequest) -> OrderAck:
+        await anyio.lowlevel.checkpoint()
+        now = self.clock.now()
+        self._advance(now)
+        self._validate(request, now)
+        order = _Order(
+            broker_order_id=BrokerOrderId(f"{self._next_no:010d}"),
+            request=request,
+            ordered_at=now,
+            remaining=request.qty,
+            next_bar=self._first_bar(now),
+            updated_at=now,
+        )
+        self._next_no += 1
+        self._orders[order.broker_order_id] = order
+        self._working.append(order)
+        self._advance(now)  # a bar opening right now fills at once
+        return OrderAck(order.broker_order_id, now)
+
+    async def cancel_order(self, broker_order_id: BrokerOrderId) -> OrderStatus:
+        await anyio.lowlevel.checkpoint()
+        now = self.clock.now()
+        self._advance(now)
+        order = self._get(broker_order_id)
+        if order.remaining > 0:
+            order.remaining = 0
+            order.canceled = True
+            order.updated_at = now
+            self._prune()
+        return order.status()
+
+    async def order_status(self, broker_order_id: BrokerOrderId) -> OrderStatus:
+        await anyio.lowlevel.checkpoint()
+        self._advance(self.clock.now())
+        return self._get(broker_order_id).status()
+
+    async def find_orders(
+        self, symbol: str, side: Side, qty: int, since: datetime
+    ) -> Sequence[OrderStatus]:
+        await anyio.lowlevel.checkpoint()
+        self._advance(self.clock.now())
+        return [
+            o.status()
+            for o in self._orders.values()
+            if o.request.symbol == symbol
+            and o.request.side == side
+            and o.request.qty == qty
+            and o.ordered_at >= since
+        ]
+
+    async def account(self) -> AccountSnapshot:
+        await anyio.lowlevel.checkpoint()
+        now = self.clock.now()
+        self._advance(now)
+        fills = sorted(
+            (e.at, n, i, o.request.side, o.request.symbol, e.qty, e.price)
+            for n, o in enumerate(self._orders.values())
+            for i, e in enumerate(o.executions)
+        )
+        cash = self.starting_cash
+        costs, trade_day = self.costs, self.session.day
+        held: dict[str, tuple[int, Decimal]] = {}  # symbol -> (qty, cost of the shares held)
+        for _, _, _, side, symbol, qty, price in fills:
+            have, cost = held.get(symbol, (0, Decimal(0)))
+            amount = qty * price
+            fees = costs.commission(amount) if costs is not None else Decimal(0)
+            if side is Side.BUY:
+                cash -= amount + fees
+                held[symbol] = (have + qty, cost + amount)
+            else:
+                if costs is not None:
+                    fees += costs.sell_taxes(amount, self.day.board(symbol), trade_day).total
+                cash += amount - fees
+                left = have - qty
+                held[symbol] = (left, cost * left / have if have > 0 and left > 0 else Decimal(0))
+        selling: dict[str, int] = {}
+        for o in self._working:
+            if o.request.side is Side.SELL:
+                selling[o.request.symbol] = selling.get(o.request.symbol, 0) + o.remaining
+        holdings = {
+            symbol: Holding(symbol, qty, cost / qty, max(0, qty - selling.get(symbol, 0)))
+            for symbol, (qty, cost) in sorted(held.items())
+            if qty > 0
+        }
+        return AccountSnapshot(
+            cash=cash if costs is not None else None, holdings=holdings, as_of=now
+        )
+
+    def executions(self, broker_order_id: BrokerOrderId) -> list[Execution]:
+        """Every execution of one order so far (for tests and reports)."""
+        self._advance(self.clock.now())
+        return list(self._get(broker_order_id).executions)
+
+    # ----- MarketData ---------------------------------------------------------------------
+
+    async def instruments(self) -> Sequence[Instrument]:
+        return await self.market.instruments()
+
+    async def snapshot(self, n_bars: int) -> Snapshot:
+        await anyio.lowlevel.checkpoint()
+        return self.market.snapshot_at(self.clock.now(), n_bars)
+
+    async def quote(self, symbol: str, short_ma_bars: int = 5) -> Quote:
+        await anyio.lowlevel.checkpoint()
+        return self.market.quote_at(symbol, self.clock.now(), short_ma_bars)
+
+    # ----- matching -----------------------------------------------------------------------
+
+    def _get(self, broker_order_id: str) -> _Order:
+        try:
+            return self._orders[broker_order_id]
+        except KeyError:
+            raise UnknownOrder(f"no order {broker_order_id!r}") from None
+
+    def _first_bar(self, at: datetime) -> int:
+        """The first bar opening at or after `at` (n_minutes: none left, the auction's)."""
+        elapsed = (at - self.session.open) / _MINUTE
+        return min(max(math.ceil(elapsed), 0), self.day.n_minutes)
+
+    def _validate(self, request: OrderRequest, now: datetime) -> None:
+        if request.qty <= 0:
+            raise OrderRejected(f"qty must be positive, got {request.qty}")
+        if request.symbol not in self._index:
+            raise OrderRejected(f"unknown symbol {request.symbol!r}")
+        lower, upper = self.day.limits(request.symbol)
+        if request.order_type is OrderType.LIMIT:
+            price = request.price
+            if price is None:
+                raise OrderRejected("LIMIT order needs a price")
+            if not is_on_grid(price):
+                raise OrderRejected(f"price {price} is not on the tick grid")
+            if not lower <= price <= upper:
+                raise OrderRejected(f"price {price} is outside the daily limits {lower}..{upper}")
+        elif request.price is not None:
+            raise OrderRejected("MARKET order must not carry a price")
+        s = self.session
+        if now < s.open:
+            raise OrderRejected(f"outside the session: market opens at {s.open:%H:%M}")
+        if now >= s.close:
+            raise OrderRejected(f"outside the session: market closed at {s.close:%H:%M}")
+
+    def _prune(self) -> None:
+        self._working = [o for o in self._working if o.remaining > 0]
+
+    def _advance(self, now: datetime) -> None:
+        """Match every working order against the bars up to `now` (idempotent)."""
+        for order in self._working:
+            self._run_bars(order, now)
+        if now >= self.session.close and not self._auction_done:
+            self._auction_done = True
+            self._run_auction()
+        self._prune()
+
+    def _run_bars(self, order: _Order, now: datetime) -> None:
+        d, open_ = self.day, self.session.open
+        i = self._index[order.request.symbol]
+        while order.remaining > 0 and order.next_bar < d.n_minutes:
+            j = order.next_bar
+            start = open_ + j * _MINUTE
+            if now < start:
+                return
+            if order.open_done < j:
+                order.open_done = j
+                self._at_open(order, i, j, start)
+            end = start + _MINUTE
+            if now < end or order.remaining == 0:
+                return
+            self._through(order, i, j, end)
+            order.next_bar = j + 1
+
+    def _cap(self, order: _Order, i: int, j: int) -> int:
+        volume = self.day.volume[i, j]
+        key = (order.request.symbol, order.request.side, j)
+        return max(0, int(volume * self.model.participation) - self._taken.get(key, 0))
+
+    def _take(self, order: _Order, j: int, qty: int, price: Decimal, at: datetime) -> None:
+        order.fill(qty, price, at)
+        key = (order.request.symbol, order.request.side, j)
+        self._taken[key] = self._taken.get(key, 0) + qty
+
+    def _at_open(self, order: _Order, i: int, j: int, at: datetime) -> None:
+        d, r = self.day, order.request
+        bar_open = d.open[i, j]
+        if math.isnan(bar_open):
+            return
+        cap = self._cap(order, i, j)
+        if cap <= 0:
+            return
+        first = Decimal(int(bar_open))
+        slip = self.model.slippage_ticks.get(d.tier(r.symbol), 0)
+        low, high = Decimal(int(d.low[i, j])), Decimal(int(d.high[i, j]))
+        if r.side is Side.BUY:
+            if r.price is not None and r.price < first:
+                return
+            price = min(step(first, slip), high)
+            if r.price is not None:
+                price = min(price, r.price)
+        else:
+            if r.price is not None and r.price > first:
+                return
+            price = max(step(first, -slip), low)
+            if r.price is not None:
+                price = max(price, r.price)
+        self._take(order, j, min(order.remaining, cap), price, at)
+
+    def _through(self, order: _Order, i: int, j: int, at: datetime) -> None:
+        d, r = self.day, order.request
+        if r.price is None or math.isnan(d.open[i, j]):
+            return
+        crossed = (
+            d.low[i, j] < float(r.price) if r.side is Side.BUY else d.high[i, j] > float(r.price)
+        )
+        if not crossed:
+            return
+        cap = self._cap(order, i, j)
+        if cap > 0:
+            self._take(order, j, min(order.remaining, cap), r.price, at)
+
+    def auction_price(self, symbol: str) -> Decimal | None:
+        """The closing price: the auction row's, else the last bar's close (None: no bars)."""
+        i = self._index[symbol]
+        price = self.day.auction_price[i]
+        if math.isnan(price):
+            closes = self.day.close[i]
+            seen = closes[~(closes != closes)]
+            if not seen.size:
+                return None
+            price = seen[-1]
+        return Decimal(int(price))
+
+    def _run_auction(self) -> None:
+        close = self.session.close
+        for order in self._working:
+            price = self.auction_price(order.request.symbol)
+            if price is not None and _crosses(order.request, price) and order.remaining > 0:
+                order.fill(order.remaining, price, close)
+            if order.remaining > 0:
+                order.remaining = 0
+                order.expired = True
+                order.updated_at = close
+
+
+def _crosses(r: OrderRequest, price: Decimal) -> bool:
+    """Whether `r` executes in a single-price auction at `price`."""
+    return (
+        r.price is None
+        or (r.side is Side.BUY and r.price >= price)
+        or (r.side is Side.SELL and r.price <= price)
+    )
+
+
+if TYPE_CHECKING:  # mypy proves BarBroker satisfies both ports
+
+    def _ports(broker: BarBroker) -> tuple[Broker, MarketData]:
+        return broker, broker

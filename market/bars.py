@@ -1,0 +1,576 @@
+"""Bar data for backtests: one-minute bars of several KRX sessions from CSV or Parquet files.
+
+`load_bars(path, calendar, first, last)` reads a file (``.csv`` or ``.parquet``) or every such
+file of a folder (in name order), checks all of it before anything trades, and returns one
+`DayBars` per session day between `first` and `last`; `DayBars.market(clock)` is that day's
+`ReplayMarket`, and its dense arrays feed the backtest broker's fill model.
+
+The layout is `market.replay`'s (same columns, same meaning), with these differences:
+
+* ``prev_close``, ``prev_high``, ``prev_low`` may be left out (all three) when the data holds
+  each traded symbol's prior session: they are then that session's last price (the closing
+  auction's, else the last bar's close), its high and its low. A symbol with no prior session
+  in the data is an error.
+* Several days in one file or across files; each day must be a KRX session (`market.calendar`)
+  and each minute inside that day's session.
+* Rows of one symbol are in time order (strictly increasing minutes, in file order, across
+  files read in name order); rows of different symbols may interleave. A row of a symbol whose
+  minute is earlier than that symbol's previous row is "unsorted minutes"; an equal minute is a
+  duplicate. Exports that were joined or re-sorted badly show up here instead of being silently
+  reordered.
+* Days outside [first, last] are read and checked too (a file is valid or not as a whole), and
+  serve as the prior session for derived ``prev_*``; only days inside the range are traded.
+
+Every problem is a `BarDataError` (a `ReplayFormatError`) whose message is one line:
+``FILE:LINE: problem`` for CSV (LINE counts the header as line 1, so it is the line an editor
+shows when the file has no blank lines) and ``FILE:row N: problem`` for Parquet (N from 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import numpy.typing as npt
+
+from market.calendar import KrxCalendar, Session
+from market.clock import KST, Clock
+from market.paths import round_grid
+from market.replay import ReplayMarket
+from market.replay_file import (
+    OPTIONAL_COLUMNS,
+    REQUIRED_COLUMNS,
+    Reader,
+    ReplayFormatError,
+    _Static,
+)
+from market.ticks import price_limits
+from market.types import Board, FloatArray, IntArray, Tier
+
+PREV_COLUMNS = ("prev_close", "prev_high", "prev_low")
+CORE_COLUMNS = tuple(c for c in REQUIRED_COLUMNS if c not in PREV_COLUMNS)
+SUFFIXES = (".csv", ".parquet", ".pq")
+_NUMERIC = ("open", "high", "low", "close", "volume", *PREV_COLUMNS, "value")
+_TIERS = {**{t.name: t for t in Tier}, **{str(int(t)): t for t in Tier}}
+_DAY_S = 86_400
+_KST_OFFSET_S = 9 * 3600
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+class BarDataError(ReplayFormatError):
+    """Bar data that a backtest refuses; the message names the file, the line and the problem."""
+
+
+@dataclass
+class DayBars:
+    """One session of bars, checked, in the arrays the replay market and the fill model read.
+
+    Dense arrays are (symbols x continuous minutes), NaN (prices) / 0 (volume) where a symbol
+    has no row for a minute; `auction_*` is the closing auction per symbol (NaN / 0: none).
+    """
+
+    session: Session
+    symbols: tuple[str, ...]
+    statics: dict[str, _Static]
+    open: FloatArray
+    high: FloatArray
+    low: FloatArray
+    close: FloatArray
+    volume: FloatArray
+    auction_price: FloatArray
+    auction_volume: FloatArray
+    sources: tuple[str, ...]
+    # row form for ReplayMarket
+    _sym: IntArray = field(repr=False)
+    _minute: IntArray = field(repr=False)
+    _bars: FloatArray = field(repr=False)
+
+    @property
+    def n_minutes(self) -> int:
+        return int(self.open.shape[1])
+
+    def index(self, symbol: str) -> int:
+        return self.symbols.index(symbol)
+
+    def tier(self, symbol: str) -> Tier:
+        return self.statics[symbol].tier
+
+    def board(self, symbol: str) -> Board:
+        return self.statics[symbol].board
+
+    def limits(self, symbol: str) -> tuple[Decimal, Decimal]:
+        return price_limits(Decimal(self.statics[symbol].prev[0]))
+
+    def market(self, clock: Clock) -> ReplayMarket:
+        """This day's `MarketData` on `clock` (the replay conventions of `market.replay`)."""
+        return ReplayMarket.from_rows(cast(Reader, _DayRows(self)), clock, self.session)
+
+    @property
+    def symbol_minutes(self) -> int:
+        return len(self.symbols) * self.n_minutes
+
+
+class _DayRows:
+    """The reader interface `ReplayMarket` builds from (checked already: `fail` never runs)."""
+
+    def __init__(self, day: DayBars) -> None:
+        self.path = Path(day.sources[0])
+        self.n_minutes = day.n_minutes
+        self.ordinal = {s: i for i, s in enumerate(day.symbols)}
+        self.statics = dict(day.statics)
+        self.sym = day._sym
+        self.minute = day._minute
+        self.bars = day._bars
+        self.line = np.arange(len(day._sym))
+
+    def fail(self, line: int | None, message: str) -> ReplayFormatError:
+        return BarDataError(f"{self.path}: {message}")
+
+
+@dataclass
+class _Table:
+    """Every file's rows, concatenated; `where(i)` names row i's file and line."""
+
+    files: list[Path]
+    file_of: IntArray
+    line_of: IntArray
+    parquet: npt.NDArray[np.bool_]
+    cols: dict[str, np.ndarray]
+
+    def where(self, i: int) -> str:
+        f = self.files[int(self.file_of[i])]
+        if self.parquet[int(self.file_of[i])]:
+            return f"{f}:row {int(self.line_of[i])}"
+        return f"{f}:{int(self.line_of[i])}"
+
+    def fail(self, i: int, message: str) -> BarDataError:
+        return BarDataError(f"{self.where(i)}: {message}")
+
+    def first_bad(self, bad: npt.ArrayLike, message: str) -> None:
+        bad = np.asarray(bad, dtype=bool)
+        if bad.any():
+            raise self.fail(int(np.flatnonzero(bad)[0]), message)
+
+
+def data_files(path: Path) -> list[Path]:
+    """The file itself, or the folder's CSV and Parquet files in name order."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES)
+        if not files:
+            raise BarDataError(f"{path}: no .csv or .parquet files in the folder")
+        return files
+    if not path.exists():
+        raise BarDataError(f"{path}: no such file or folder")
+    if path.suffix.lower() not in SUFFIXES:
+        raise BarDataError(f"{path}: not a .csv or .parquet file")
+    return [path]
+
+
+def _read_file(path: Path) -> tuple[dict[str, np.ndarray], bool]:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    parquet = path.suffix.lower() != ".csv"
+    try:
+        if parquet:
+            table = pq.read_table(path)
+            names = list(table.column_names)
+        else:
+            with path.open("rb") as f:
+                header = f.readline().decode("utf-8-sig").strip()
+            names = [h.strip() for h in header.split(",")] if header else []
+            if not names:
+                raise BarDataError(f"{path}: empty file")
+            _check_columns(path, names, 1)
+            types = {n: pa.string() for n in ("symbol", "board", "minute", "tier")}
+            types.update({n: pa.float64() for n in _NUMERIC})
+            table = pacsv.read_csv(
+                path,
+                read_options=pacsv.ReadOptions(column_names=names, skip_rows=1),
+                parse_options=pacsv.ParseOptions(ignore_empty_lines=False),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={n: t for n, t in types.items() if n in names},
+                    strings_can_be_null=False,
+                ),
+            )
+    except (pa.ArrowInvalid, OSError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BarDataError(f"{path}: {text}") from None
+    _check_columns(path, names, 1 if not parquet else None)
+    cols: dict[str, np.ndarray] = {}
+    for name in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS):
+        if name not in names:
+            continue
+        column = table.column(name)
+        if name in ("symbol", "board", "minute", "tier"):
+            cols[name] = np.asarray(column.cast(pa.string()).to_pylist(), dtype=object)
+        else:
+            cols[name] = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    return cols, parquet
+
+
+def _check_columns(path: Path, names: Sequence[str], line: int | None) -> None:
+    missing = [c for c in CORE_COLUMNS if c not in names]
+    have_prev = [c for c in PREV_COLUMNS if c in names]
+    if have_prev and len(have_prev) != len(PREV_COLUMNS):
+        missing += [c for c in PREV_COLUMNS if c not in names]
+    if missing:
+        where = f"{path}:{line}" if line is not None else str(path)
+        raise BarDataError(f"{where}: missing column(s) {', '.join(missing)}")
+
+
+def _read(files: list[Path]) -> _Table:
+    parts: list[dict[str, np.ndarray]] = []
+    parquet: list[bool] = []
+    for f in files:
+        part, pq_ = _read_file(f)
+        parts.append(part)
+        parquet.append(pq_)
+    with_prev = {all(c in p for c in PREV_COLUMNS) for p in parts}
+    if len(with_prev) > 1:
+        odd = next(f for f, p in zip(files, parts, strict=True) if "prev_close" not in p)
+        raise BarDataError(f"{odd}: missing column(s) {', '.join(PREV_COLUMNS)} (other files "
+                           "have them: all files or none)")  # fmt: skip
+    n = [len(p["symbol"]) for p in parts]
+    file_of = np.repeat(np.arange(len(files)), n)
+    line_of = np.concatenate([np.arange(k) for k in n]) if n else np.zeros(0, dtype=np.int64)
+    is_pq = np.array(parquet, dtype=bool)
+    line_of = line_of + np.where(is_pq[file_of], 1, 2)
+    cols: dict[str, np.ndarray] = {}
+    for name in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS):
+        if all(name in p for p in parts):
+            cols[name] = np.concatenate([p[name] for p in parts])
+        elif name in ("value", "tier") and any(name in p for p in parts):
+            fill: object = np.nan if name == "value" else "MID"
+            cols[name] = np.concatenate(
+                [
+                    p.get(name, np.full(k, fill, dtype=object if name == "tier" else float))
+                    for p, k in zip(parts, n, strict=True)
+                ]
+            )
+    if not len(file_of):
+        raise BarDataError(f"{files[0]}: no bars")
+    return _Table(files, file_of, line_of, is_pq, cols)
+
+
+def _minutes(t: _Table) -> IntArray:
+    """Each row's minute as Unix seconds; rejects text without an offset or off a minute."""
+    texts = t.cols["minute"]
+    out = np.empty(len(texts), dtype=np.int64)
+    cache: dict[str, int] = {}
+    for i, text in enumerate(texts):
+        sec = cache.get(text)
+        if sec is None:
+            try:
+                at = datetime.fromisoformat(str(text).strip())
+            except ValueError:
+                raise t.fail(i, f"minute {text!r} is not an ISO 8601 time") from None
+            if at.tzinfo is None:
+                raise t.fail(i, f"minute {text!r} has no UTC offset")
+            if at.second or at.microsecond:
+                raise t.fail(i, f"minute {text!r} is not on a whole minute")
+            sec = int(at.timestamp())
+            cache[text] = sec
+        out[i] = sec
+    return out
+
+
+def load_bars(
+    path: Path,
+    calendar: KrxCalendar,
+    first: date | None = None,
+    last: date | None = None,
+) -> list[DayBars]:
+    """Read and check every row of `path`; the sessions with first <= day <= last, in order.
+
+    Raises `BarDataError` (one line: file, line, problem) on the first problem found, and when
+    no session of the data falls in the range.
+    """
+    t = _read(data_files(Path(path)))
+    symbols, boards, tiers = _check_values(t)
+    ts = _minutes(t)
+    day_no, sessions = _check_days(t, ts, calendar)
+    sym_id = _check_time_order(t, symbols, ts)
+    has_prev = "prev_close" in t.cols
+    _check_statics(t, symbols, sym_id, day_no, boards, tiers, has_prev)
+
+    days_all = sorted(sessions)
+    lo_day = first or sessions[days_all[0]].day
+    hi_day = last or sessions[days_all[-1]].day
+    wanted = [d for d in days_all if lo_day <= sessions[d].day <= hi_day]
+    if not wanted:
+        have = f"{sessions[days_all[0]].day}..{sessions[days_all[-1]].day}"
+        raise BarDataError(
+            f"{Path(path)}: wrong day: no session of the data ({have}) falls in {lo_day}..{hi_day}"
+        )
+    needed = set(wanted)
+    if not has_prev:  # each traded day derives prev_* from its prior session, if in the data
+        needed |= {_prior_key(w, sessions, calendar) for w in wanted} & set(days_all)
+    built: dict[int, DayBars] = {}
+    for d in sorted(needed):
+        prev_day = None if has_prev else built.get(_prior_key(d, sessions, calendar))
+        rows = np.flatnonzero(day_no == d)
+        built[d] = _build_day(
+            t, sessions[d], rows, symbols, boards, tiers, ts, has_prev, prev_day,
+            history=d not in wanted,
+        )  # fmt: skip
+    return [built[d] for d in wanted]
+
+
+def _check_values(t: _Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every cell present and well-formed; (symbols, boards, tiers) as stripped text."""
+    c = t.cols
+    for name, col in c.items():
+        if name in ("value", "tier"):
+            continue
+        null = (
+            np.array([v is None or str(v).strip() == "" for v in col])
+            if col.dtype == object
+            else np.isnan(col)
+        )
+        t.first_bad(null, f"no value in column {name}")
+    symbols = np.array([str(s).strip() for s in c["symbol"]], dtype=object)
+    bad_sym = np.array([not (len(s) == 6 and s.isalnum()) for s in symbols])
+    if bad_sym.any():
+        i = int(np.flatnonzero(bad_sym)[0])
+        raise t.fail(i, f"symbol {symbols[i]!r} is not a six-character KRX code")
+    boards = np.array([str(b).strip() for b in c["board"]], dtype=object)
+    t.first_bad(~np.isin(boards, [b.value for b in Board]), "board is not KOSPI or KOSDAQ")
+    tiers = (
+        np.array([str(x).strip().upper() for x in c["tier"]], dtype=object)
+        if "tier" in c
+        else np.full(len(symbols), "MID", dtype=object)
+    )
+    t.first_bad(~np.isin(tiers, list(_TIERS)), f"tier is not one of {', '.join(Tier.__members__)}")
+
+    o, h, lo, cl, vol = (c[k] for k in ("open", "high", "low", "close", "volume"))
+    prices = np.stack([o, h, lo, cl], axis=1)
+    t.first_bad((prices != np.floor(prices)).any(axis=1), "a price is not a whole number of won")
+    t.first_bad((prices < 1).any(axis=1), "a price below 1 won")
+    t.first_bad((vol != np.floor(vol)) | (vol < 0), "volume is not a whole number >= 0")
+    if "value" in c:
+        v = c["value"]
+        t.first_bad(~np.isnan(v) & ((v != np.floor(v)) | (v < 0)), "value is not whole won >= 0")
+    t.first_bad(~((lo <= np.minimum(o, cl)) & (np.maximum(o, cl) <= h)),
+                "need low <= open, close <= high")  # fmt: skip
+    t.first_bad((round_grid(prices, "nearest") != prices).any(axis=1),
+                "a price off the KRX tick grid")  # fmt: skip
+    if "prev_close" in c:
+        pv = np.stack([c[p] for p in PREV_COLUMNS], axis=1)
+        t.first_bad((pv != np.floor(pv)).any(axis=1) | (pv < 1).any(axis=1),
+                    "prev_close, prev_high or prev_low is not whole won >= 1")  # fmt: skip
+    return symbols, boards, tiers
+
+
+def _check_days(
+    t: _Table, ts: IntArray, calendar: KrxCalendar
+) -> tuple[IntArray, dict[int, Session]]:
+    """Each row's day (days since 1970, KST) and the sessions: every minute inside one."""
+    day_no = (ts + _KST_OFFSET_S) // _DAY_S
+    sessions: dict[int, Session] = {}
+    for d in np.unique(day_no):
+        i = int(np.flatnonzero(day_no == d)[0])
+        day = date.fromordinal(_EPOCH_ORDINAL + int(d))
+        try:
+            s = calendar.session(day)
+        except ValueError as exc:
+            raise t.fail(i, f"wrong day: {exc}") from None
+        if s is None:
+            raise t.fail(i, f"wrong day: {day} is not a KRX session day")
+        sessions[int(d)] = s
+    opens = np.array([int(sessions[int(d)].open.timestamp()) for d in day_no])
+    closes = np.array([int(sessions[int(d)].close.timestamp()) for d in day_no])
+    outside = (ts < opens) | (ts > closes)
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        s = sessions[int(day_no[i])]
+        raise t.fail(
+            i,
+            f"wrong day: minute {t.cols['minute'][i]} is outside the session of {s.day} "
+            f"({s.open:%H:%M}-{s.close:%H:%M})",
+        )
+    return day_no, sessions
+
+
+def _check_time_order(t: _Table, symbols: np.ndarray, ts: IntArray) -> IntArray:
+    """Rows of each symbol strictly increasing in time, in file order; the symbols' ids."""
+    _, sym_id = np.unique(symbols, return_inverse=True)
+    order = np.lexsort((np.arange(len(ts)), sym_id))
+    same = sym_id[order][1:] == sym_id[order][:-1]
+    step = np.diff(ts[order])
+    dup = np.zeros(len(ts), dtype=bool)
+    dup[order[1:][same & (step == 0)]] = True
+    back = np.zeros(len(ts), dtype=bool)
+    back[order[1:][same & (step < 0)]] = True
+    first_dup = int(np.flatnonzero(dup)[0]) if dup.any() else len(ts)
+    first_back = int(np.flatnonzero(back)[0]) if back.any() else len(ts)
+    if first_back < first_dup:
+        i = first_back
+        raise t.fail(
+            i,
+            f"unsorted minutes: {symbols[i]} at {t.cols['minute'][i]} comes after a later "
+            "minute of the same symbol (rows of a symbol must be in time order)",
+        )
+    t.first_bad(dup, "a second row for the same symbol and minute")
+    return np.asarray(sym_id, dtype=np.int64)
+
+
+def _check_statics(
+    t: _Table,
+    symbols: np.ndarray,
+    sym_id: IntArray,
+    day_no: IntArray,
+    boards: np.ndarray,
+    tiers: np.ndarray,
+    has_prev: bool,
+) -> None:
+    """Board, tier and prior-day prices the same on every row of a symbol's day."""
+    key = sym_id * 1_000_000 + (day_no - day_no.min())
+    stat_cols = [
+        np.unique(boards, return_inverse=True)[1],
+        np.unique(tiers, return_inverse=True)[1],
+    ]
+    if has_prev:
+        stat_cols += [t.cols[p] for p in PREV_COLUMNS]
+    k_order = np.lexsort((np.arange(len(key)), key))
+    k_same = key[k_order][1:] == key[k_order][:-1]
+    differ = np.zeros(len(key), dtype=bool)
+    for col in stat_cols:
+        differ[k_order[1:][k_same & (col[k_order][1:] != col[k_order][:-1])]] = True
+    if differ.any():
+        i = int(np.flatnonzero(differ)[0])
+        raise t.fail(
+            i,
+            f"board, tier or prior-day prices of {symbols[i]} differ from its earlier rows of "
+            "the day",
+        )
+
+
+def _prior_key(d: int, sessions: dict[int, Session], calendar: KrxCalendar) -> int:
+    prev = calendar.previous_session(sessions[d].day).day
+    return prev.toordinal() - _EPOCH_ORDINAL
+
+
+def _build_day(
+    t: _Table,
+    session: Session,
+    rows: IntArray,
+    symbols: np.ndarray,
+    boards: np.ndarray,
+    tiers: np.ndarray,
+    ts: IntArray,
+    has_prev: bool,
+    prev_day: DayBars | None,
+    *,
+    history: bool = False,
+) -> DayBars:
+    """One session's arrays. A `history` day (only the prior session of a traded day) whose
+    own prior session is not in the data gets provisional prev_* (its first open, its high and
+    low) and no limit check: nothing trades on it."""
+    c = t.cols
+    open_s = int(session.open.timestamp())
+    n_minutes = int((session.continuous_close - session.open) / timedelta(minutes=1))
+    minute = (ts[rows] - open_s) // 60
+    day_syms, first_at = np.unique(symbols[rows], return_index=True)
+    names = tuple(str(s) for s in day_syms)  # sorted by code
+    index = {s: i for i, s in enumerate(names)}
+    sym = np.array([index[str(s)] for s in symbols[rows]], dtype=np.int64)
+    statics: dict[str, _Static] = {}
+    for s, i in zip(names, rows[first_at], strict=True):
+        if has_prev:
+            prev = (int(c["prev_close"][i]), int(c["prev_high"][i]), int(c["prev_low"][i]))
+        elif history and (prev_day is None or s not in prev_day.statics):
+            mine = rows[symbols[rows] == s]
+            prev = (int(c["open"][mine[0]]), int(c["high"][mine].max()), int(c["low"][mine].min()))
+        else:
+            prev = _derived_prev(t, int(i), s, session, prev_day)
+        statics[s] = _Static(Board(boards[i]), _TIERS[str(tiers[i])], prev)
+
+    n = len(names)
+    bars = np.stack(
+        [c["open"][rows], c["high"][rows], c["low"][rows], c["close"][rows], c["volume"][rows],
+         c["value"][rows] if "value" in c else np.full(len(rows), np.nan)],
+        axis=1,
+    )  # fmt: skip
+    lower = np.empty(n)
+    upper = np.empty(n)
+    for s, st in statics.items():
+        lo_, hi_ = price_limits(Decimal(st.prev[0]))
+        lower[index[s]], upper[index[s]] = float(lo_), float(hi_)
+    if history and not has_prev:
+        lower[:], upper[:] = -np.inf, np.inf
+    t.first_bad(_scatter(rows, len(t.file_of), bars[:, 2] < lower[sym]),
+                "outside the limits: low below the lower limit from prev_close")  # fmt: skip
+    t.first_bad(_scatter(rows, len(t.file_of), bars[:, 1] > upper[sym]),
+                "outside the limits: high above the upper limit from prev_close")  # fmt: skip
+
+    dense = {k: np.full((n, n_minutes), np.nan) for k in ("open", "high", "low", "close")}
+    volume = np.zeros((n, n_minutes))
+    cont = minute < n_minutes
+    s_, m_, b_ = sym[cont], minute[cont], bars[cont]
+    for j, k in enumerate(("open", "high", "low", "close")):
+        dense[k][s_, m_] = b_[:, j]
+    volume[s_, m_] = b_[:, 4]
+    auction_price = np.full(n, np.nan)
+    auction_volume = np.zeros(n)
+    a = ~cont
+    if a.any():
+        # rows are time-ordered per symbol: the last assignment is the latest auction row
+        auction_price[sym[a]] = bars[a, 3]
+        np.add.at(auction_volume, sym[a], bars[a, 4])
+    sources = tuple(sorted({str(t.files[int(f)]) for f in np.unique(t.file_of[rows])}))
+    return DayBars(
+        session=session,
+        symbols=names,
+        statics=statics,
+        open=dense["open"],
+        high=dense["high"],
+        low=dense["low"],
+        close=dense["close"],
+        volume=volume,
+        auction_price=auction_price,
+        auction_volume=auction_volume,
+        sources=sources,
+        _sym=sym,
+        _minute=minute,
+        _bars=bars,
+    )
+
+
+def _scatter(rows: IntArray, total: int, bad: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    out = np.zeros(total, dtype=bool)
+    out[rows[bad]] = True
+    return out
+
+
+def _derived_prev(
+    t: _Table, i: int, symbol: str, session: Session, prev_day: DayBars | None
+) -> tuple[int, int, int]:
+    if prev_day is None or symbol not in prev_day.statics:
+        raise t.fail(i, f"no prev_close column and no bars of {symbol} for the session before "
+                        f"{session.day} in the data")  # fmt: skip
+    k = prev_day.index(symbol)
+    closes = prev_day.close[k]
+    last = prev_day.auction_price[k]
+    if np.isnan(last):
+        seen = closes[~np.isnan(closes)]
+        last = seen[-1] if seen.size else np.nan
+    high = np.nanmax(np.r_[prev_day.high[k], prev_day.auction_price[k]])
+    low = np.nanmin(np.r_[prev_day.low[k], prev_day.auction_price[k]])
+    if np.isnan(last):
+        raise t.fail(i, f"no prev_close column and no bars of {symbol} on {prev_day.session.day}")
+    return int(last), int(high), int(low)
+
+
+def session_days(days: Sequence[DayBars]) -> list[date]:
+    return [d.session.day for d in days]
+
+
+__all__ = ["KST", "BarDataError", "DayBars", "data_files", "load_bars", "session_days"]
