@@ -31,6 +31,7 @@ from broker.kis.gateway import Gateway, GatewayContext
 from broker.kis.keys import KisKeys
 from broker.kis.lanes import Lane
 from broker.port import OrderRequest, OrderType, Side
+from market.clock import RealClock, SimClock
 
 pytestmark = pytest.mark.anyio
 
@@ -360,3 +361,76 @@ async def test_standby_takes_over_when_the_active_gateway_is_killed(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+# ----- KIS_UNIVERSE and the rehearsal clock ---------------------------------------------------
+
+
+def _kis_env(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+    for name in list(os.environ):
+        if name.startswith(("KIS_", "PAPER_", "BROKER")):
+            monkeypatch.delenv(name)
+    base = {"BROKER": "kis", "KIS_APP_KEY": APP_KEY, "KIS_ACCOUNT": "50012345-01"}
+    for name, value in {**base, **env}.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["005930,,000660", "SAMSUNG", "005930,005930", ",".join(f"{n:06d}" for n in range(201))],
+)
+def test_kis_universe_is_strict(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    from worker.settings import ConfigError, load_settings
+
+    _kis_env(monkeypatch, KIS_UNIVERSE=value)
+    with pytest.raises(ConfigError, match=r"^KIS_UNIVERSE"):
+        load_settings()
+
+
+def test_kis_universe_is_what_the_gateway_publishes_and_the_workers_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The configured names replace the mock domain's built-in list (and the real domain's
+    volume ranking) in every `KisMarketData` / `KisBroker` built on the config."""
+    from broker.kis.market import DEFAULT_UNIVERSE, KisMarketData
+    from worker.settings import kis_config, load_settings
+
+    _kis_env(monkeypatch, KIS_UNIVERSE="000020, 000040", KIS_DOMAIN="mock")
+    settings = load_settings()
+    assert settings.kis_universe == ("000020", "000040")
+    config = kis_config(settings)
+    assert config.universe == ("000020", "000040")
+    client = KisClient(config, aioredis.Redis(), "unused")
+    assert KisMarketData(client, RealClock(), universe=DEFAULT_UNIVERSE).universe == (
+        "000020",
+        "000040",
+    )
+    _kis_env(monkeypatch)
+    assert kis_config(load_settings()).universe is None  # unset: each default stands
+
+
+def test_a_rehearsal_on_an_exchange_runs_on_its_clock_and_kis_in_real_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from worker.gateway import gateway_clock
+    from worker.settings import load_settings
+
+    epoch = str(int(time.time()))
+    _kis_env(monkeypatch, KIS_BASE_URL="http://127.0.0.1:18443", PAPER_SPEED="60",
+             PAPER_EPOCH=epoch, PAPER_DAY="2026-11-24")  # fmt: skip
+    settings = load_settings()
+    assert settings.kis_on_exchange
+    clock = gateway_clock(settings)
+    assert isinstance(clock, SimClock)
+    assert clock.speed == 60
+    assert clock.now().date().isoformat() == "2026-11-24"
+    for url in ("https://openapi.koreainvestment.com:9443", ""):
+        _kis_env(
+            monkeypatch,
+            PAPER_SPEED="60",
+            PAPER_EPOCH=epoch,
+            **({"KIS_BASE_URL": url} if url else {}),
+        )
+        settings = load_settings()
+        assert not settings.kis_on_exchange
+        assert isinstance(gateway_clock(settings), RealClock)

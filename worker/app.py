@@ -131,7 +131,7 @@ async def run_fleet(
     """
     calendar = default_calendar()
     speed = settings.paper_speed if speed is None else speed
-    if settings.broker == "kis":
+    if settings.broker == "kis" and not settings.kis_on_exchange:
         speed = 1.0  # a real account trades the real session in real time
     if epoch is None and settings.paper_epoch is not None:
         epoch = settings.paper_epoch.timestamp()

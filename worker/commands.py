@@ -125,7 +125,10 @@ async def _live(
     if not await _schema_gate(settings, health, probe, life):
         return 0
     calendar = default_calendar()
-    speed = 1.0 if settings.broker == "kis" else settings.paper_speed
+    # a real account trades the real session in real time; a rehearsal on an exchange
+    # (`Settings.kis_on_exchange`) runs on the exchange's simulated clock
+    real_time = settings.broker == "kis" and not settings.kis_on_exchange
+    speed = 1.0 if real_time else settings.paper_speed
     epoch = settings.paper_epoch.timestamp() if settings.paper_epoch is not None else None
     forever = settings.wait_for_session and speed <= 1
     while not life.stopped:

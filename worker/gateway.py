@@ -14,6 +14,7 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -29,6 +30,8 @@ from prometheus_client.registry import Collector
 from broker.kis import KisConfig
 from broker.kis.fanout import Holders
 from broker.kis.gateway import Gateway, GatewayContext, Service
+from market.calendar import default_calendar
+from market.clock import KST, Clock, RealClock, SimClock
 from worker.settings import ConfigError, Settings, kis_config
 
 
@@ -60,6 +63,20 @@ def lock_holders(ctx: GatewayContext) -> Holders:
     return holders
 
 
+def gateway_clock(settings: Settings) -> Clock:
+    """Real time against KIS. Rehearsing on an exchange (`Settings.kis_on_exchange`) with
+    PAPER_SPEED > 1: the exchange's simulated clock (PAPER_SPEED, PAPER_EPOCH, PAPER_DAY), which
+    the workers follow too, so the token's expiry, the market data's day and its timestamps read
+    the same everywhere. The request budget stays in wall time, as KIS's is."""
+    if not (settings.kis_on_exchange and settings.paper_speed > 1):
+        return RealClock()
+    calendar = default_calendar()
+    day = settings.paper_day or datetime.now(KST).date()
+    session = calendar.session(day) or calendar.next_session(day)
+    epoch = settings.paper_epoch.timestamp() if settings.paper_epoch is not None else None
+    return SimClock(session.open, settings.paper_speed, epoch)
+
+
 def kis_gateway_config(settings: Settings) -> KisConfig:
     """The gateway's `KisConfig`: the whole credentials (it alone holds the secret)."""
     for name in ("kis_app_key", "kis_app_secret", "kis_account"):
@@ -87,6 +104,7 @@ async def _serve(settings: Settings, config: Any) -> None:
             config,
             redis,
             settings.fleet_prefix,
+            clock=gateway_clock(settings),
             gateway_id=settings.worker_id,
             host=settings.gateway_host,
             port=settings.gateway_port,

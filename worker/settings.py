@@ -107,6 +107,23 @@ def _symbols(value: tuple[str, ...]) -> tuple[str, ...]:
     return value
 
 
+#: the most names KIS_UNIVERSE may list (the gateway reads about 4 requests a name a cycle)
+MAX_KIS_UNIVERSE = 200
+
+
+def _universe(value: tuple[str, ...]) -> tuple[str, ...]:
+    """KIS_UNIVERSE: 6-digit codes, each once, at most `MAX_KIS_UNIVERSE`."""
+    _symbols(value)
+    seen: set[str] = set()
+    for s in value:
+        if s in seen:
+            raise ValueError(f"lists {s} twice")
+        seen.add(s)
+    if len(value) > MAX_KIS_UNIVERSE:
+        raise ValueError(f"at most {MAX_KIS_UNIVERSE} codes, got {len(value)}")
+    return value
+
+
 #: a host name label; `_` too, as Docker and compose service names have it
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
@@ -289,6 +306,11 @@ class Settings(BaseSettings):
     kis_hts_id: str | None = Field(None, max_length=16)  # fill notices over the WebSocket
     kis_custtype: Literal["P", "B"] = "P"
     kis_rate_per_s: float | None = Field(None, gt=0, le=1_000)  # default: 20 real, 2 mock
+    # fixed universe (comma-separated 6-digit codes) instead of the volume ranking (real) or
+    # the built-in list (mock): e.g. names an exchange lists; empty = the default
+    kis_universe: Annotated[
+        tuple[str, ...], NoDecode, BeforeValidator(_split_symbols), AfterValidator(_universe)
+    ] = ()
 
     # --- KIS gateway (`python -m worker gateway`; BROKER=kis workers find it through Redis) ---
     gateway_host: Annotated[str, AfterValidator(_host)] = "127.0.0.1"  # the relay's address
@@ -333,6 +355,16 @@ class Settings(BaseSettings):
     @property
     def heartbeat_s(self) -> float:
         return (self.heartbeat_ms or self.lock_ttl_ms // 3) / 1000
+
+    @property
+    def kis_on_exchange(self) -> bool:
+        """BROKER=kis rehearsed on an exchange: KIS_BASE_URL set to a host that is not KIS's.
+        Then the clock follows PAPER_SPEED / PAPER_EPOCH / PAPER_DAY as the exchange's does;
+        against KIS itself the session is today's, in real time."""
+        if not self.kis_base_url:
+            return False
+        host = (urlsplit(self.kis_base_url).hostname or "").lower()
+        return not (host == "koreainvestment.com" or host.endswith(".koreainvestment.com"))
 
     @property
     def embedded(self) -> bool:
@@ -468,6 +500,7 @@ def kis_config(settings: Settings, *, app_secret: str = "") -> KisConfig:
             hts_id=settings.kis_hts_id,
             custtype=settings.kis_custtype,
             rate_per_s=settings.kis_rate_per_s,
+            universe=settings.kis_universe or None,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

@@ -140,6 +140,10 @@ class KisConfig:
     rate_retries: int = 5
     backoff_s: float = 0.1
     token_issue_interval_s: float = 61.0  # KIS: one issue per minute per app key
+    #: a fixed universe (KIS_UNIVERSE): when set, it is the universe of every `KisMarketData`
+    #: / `KisBroker` and of the gateway's market data built on this config, whatever default
+    #: they were given (the volume ranking on real, `DEFAULT_UNIVERSE` on mock)
+    universe: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         digits = self.account.replace("-", "")
@@ -149,6 +153,8 @@ class KisConfig:
             raise ValueError(f"KIS_CUSTTYPE must be P or B, got {self.custtype!r}")
         if self.domain not in BASE_URLS:
             raise ValueError(f"KIS_DOMAIN must be real or mock, got {self.domain!r}")
+        if self.universe is not None and not self.universe:
+            raise ValueError("KIS_UNIVERSE must list at least one symbol when given")
 
     @property
     def cano(self) -> str:

@@ -523,7 +523,10 @@ async def publish_market_data(
     interval_s: float = INTERVAL_S,
 ) -> None:
     """Gateway service: `MarketDataPublisher` through the gateway's market-data lane. The mock
-    domain has no volume ranking: without `universe` it publishes `DEFAULT_UNIVERSE`."""
+    domain has no volume ranking: without `universe` (or ``KIS_UNIVERSE``, the config's) it
+    publishes `DEFAULT_UNIVERSE`."""
+    if universe is None:
+        universe = ctx.config.universe
     if universe is None and ctx.config.domain == "mock":
         universe = DEFAULT_UNIVERSE
     client = ctx.client("market-data")

@@ -7,7 +7,9 @@ notices read from Redis, never from KIS.
   fleet holds). No market simulator, no snapshot cache, no quotation request, no WebSocket.
 * Age: a row is used only while it is at most `max_age_s` old (gateway clock at the read vs
   this worker's clock; default `DEFAULT_MAX_AGE_S`: 30 s on the real domain, where a cycle of
-  30 names takes 5-10 s, 90 s on the mock domain, where 10 names take 15-30 s). A quote of a
+  30 names takes 5-10 s, 90 s on the mock domain, where 10 names take 15-30 s; wall seconds,
+  so times the clock's speed on a simulated clock, whose rehearsal day the gateway still reads
+  within KIS's real-time budget). A quote of a
   row older than that, or a snapshot whose every row is, raises `MarketDataStale` (a
   `BrokerUnavailable`: the worker logs it and retries, as for KIS itself being away). A
   snapshot leaves out the symbols whose rows are stale or missing (WARNING) and uses the rest.
@@ -68,7 +70,9 @@ class GatewayMarketData:
         self.redis = redis
         self.keys = keys
         self.clock = clock
-        self.max_age_s = DEFAULT_MAX_AGE_S[keys.domain] if max_age_s is None else max_age_s
+        if max_age_s is None:  # the gateway publishes in wall time: its age bound is wall time
+            max_age_s = DEFAULT_MAX_AGE_S[keys.domain] * clock.speed
+        self.max_age_s = max_age_s
         if self.max_age_s <= 0:
             raise ValueError(f"max_age_s must be positive, got {max_age_s}")
         self.universe_wait_s = universe_wait_s

@@ -122,6 +122,8 @@ class KisMarketData:
         self.rank_exclusions = rank_exclusions
         self.client = client
         self.clock = clock
+        if client.config.universe:  # KIS_UNIVERSE: the configured names win over a default
+            universe = client.config.universe
         self.universe = tuple(universe) if universe is not None else None
         self.snapshot_ttl_s = snapshot_ttl_s
         self._instruments: dict[str, Instrument] | None = None
