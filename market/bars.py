@@ -49,6 +49,7 @@ from market.replay_file import (
     ReplayFormatError,
     _Static,
 )
+from market.sim import SimulatedMarket
 from market.ticks import price_limits
 from market.types import Board, FloatArray, IntArray, Tier
 
@@ -174,6 +175,7 @@ def data_files(path: Path) -> list[Path]:
 
 def _read_file(path: Path) -> tuple[dict[str, np.ndarray], bool]:
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -210,7 +212,14 @@ def _read_file(path: Path) -> tuple[dict[str, np.ndarray], bool]:
             continue
         column = table.column(name)
         if name in ("symbol", "board", "minute", "tier"):
-            cols[name] = np.asarray(column.cast(pa.string()).to_pylist(), dtype=object)
+            # trimmed, null as "", through a dictionary: a million rows hold a few thousand
+            # distinct strings, so no Python loop over the rows
+            text = pc.utf8_trim_whitespace(column.cast(pa.string()))
+            if name == "tier":
+                text = pc.utf8_upper(text)
+            enc = text.fill_null("").combine_chunks().dictionary_encode()
+            values = np.array(enc.dictionary.to_pylist(), dtype=object)
+            cols[name] = values[enc.indices.to_numpy(zero_copy_only=False)]
         else:
             cols[name] = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
     return cols, parquet
@@ -294,10 +303,10 @@ def load_bars(
     no session of the data falls in the range.
     """
     t = _read(data_files(Path(path)))
-    symbols, boards, tiers = _check_values(t)
+    symbols, sym_id, boards, tiers = _check_values(t)
     ts = _minutes(t)
     day_no, sessions = _check_days(t, ts, calendar)
-    sym_id = _check_time_order(t, symbols, ts)
+    _check_time_order(t, symbols, sym_id, ts)
     has_prev = "prev_close" in t.cols
     _check_statics(t, symbols, sym_id, day_no, boards, tiers, has_prev)
 
@@ -318,37 +327,34 @@ def load_bars(
         prev_day = None if has_prev else built.get(_prior_key(d, sessions, calendar))
         rows = np.flatnonzero(day_no == d)
         built[d] = _build_day(
-            t, sessions[d], rows, symbols, boards, tiers, ts, has_prev, prev_day,
+            t, sessions[d], rows, symbols, sym_id, boards, tiers, ts, has_prev, prev_day,
             history=d not in wanted,
         )  # fmt: skip
     return [built[d] for d in wanted]
 
 
-def _check_values(t: _Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every cell present and well-formed; (symbols, boards, tiers) as stripped text."""
+def _check_values(t: _Table) -> tuple[np.ndarray, IntArray, IntArray, IntArray]:
+    """Every cell present and well-formed; (symbols, their ids in code order, board codes
+    (1: KOSPI), tier codes)."""
     c = t.cols
     for name, col in c.items():
         if name in ("value", "tier"):
             continue
-        null = (
-            np.array([v is None or str(v).strip() == "" for v in col])
-            if col.dtype == object
-            else np.isnan(col)
-        )
+        null = col == "" if col.dtype == object else np.isnan(col)
         t.first_bad(null, f"no value in column {name}")
-    symbols = np.array([str(s).strip() for s in c["symbol"]], dtype=object)
-    bad_sym = np.array([not (len(s) == 6 and s.isalnum()) for s in symbols])
-    if bad_sym.any():
-        i = int(np.flatnonzero(bad_sym)[0])
-        raise t.fail(i, f"symbol {symbols[i]!r} is not a six-character KRX code")
-    boards = np.array([str(b).strip() for b in c["board"]], dtype=object)
-    t.first_bad(~np.isin(boards, [b.value for b in Board]), "board is not KOSPI or KOSDAQ")
-    tiers = (
-        np.array([str(x).strip().upper() for x in c["tier"]], dtype=object)
-        if "tier" in c
-        else np.full(len(symbols), "MID", dtype=object)
-    )
-    t.first_bad(~np.isin(tiers, list(_TIERS)), f"tier is not one of {', '.join(Tier.__members__)}")
+    symbols = c["symbol"]
+    codes, first_row, sym_id = np.unique(symbols, return_index=True, return_inverse=True)
+    for code, i in zip(codes, first_row, strict=True):
+        if not (len(code) == 6 and code.isalnum()):
+            raise t.fail(int(i), f"symbol {code!r} is not a six-character KRX code")
+    kospi = c["board"] == Board.KOSPI.value
+    t.first_bad(~kospi & (c["board"] != Board.KOSDAQ.value), "board is not KOSPI or KOSDAQ")
+    tiers = np.full(len(symbols), int(Tier.MID), dtype=np.int64)
+    if "tier" in c:
+        tiers[:] = -1
+        for name, tier in _TIERS.items():
+            tiers[c["tier"] == name] = int(tier)
+        t.first_bad(tiers < 0, f"tier is not one of {', '.join(Tier.__members__)}")
 
     o, h, lo, cl, vol = (c[k] for k in ("open", "high", "low", "close", "volume"))
     prices = np.stack([o, h, lo, cl], axis=1)
@@ -366,7 +372,7 @@ def _check_values(t: _Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         pv = np.stack([c[p] for p in PREV_COLUMNS], axis=1)
         t.first_bad((pv != np.floor(pv)).any(axis=1) | (pv < 1).any(axis=1),
                     "prev_close, prev_high or prev_low is not whole won >= 1")  # fmt: skip
-    return symbols, boards, tiers
+    return symbols, np.asarray(sym_id, dtype=np.int64), kospi.astype(np.int64), tiers
 
 
 def _check_days(
@@ -385,8 +391,9 @@ def _check_days(
         if s is None:
             raise t.fail(i, f"wrong day: {day} is not a KRX session day")
         sessions[int(d)] = s
-    opens = np.array([int(sessions[int(d)].open.timestamp()) for d in day_no])
-    closes = np.array([int(sessions[int(d)].close.timestamp()) for d in day_no])
+    uniq, inverse = np.unique(day_no, return_inverse=True)
+    opens = np.array([int(sessions[int(d)].open.timestamp()) for d in uniq])[inverse]
+    closes = np.array([int(sessions[int(d)].close.timestamp()) for d in uniq])[inverse]
     outside = (ts < opens) | (ts > closes)
     if outside.any():
         i = int(np.flatnonzero(outside)[0])
@@ -399,9 +406,8 @@ def _check_days(
     return day_no, sessions
 
 
-def _check_time_order(t: _Table, symbols: np.ndarray, ts: IntArray) -> IntArray:
-    """Rows of each symbol strictly increasing in time, in file order; the symbols' ids."""
-    _, sym_id = np.unique(symbols, return_inverse=True)
+def _check_time_order(t: _Table, symbols: np.ndarray, sym_id: IntArray, ts: IntArray) -> None:
+    """Rows of each symbol strictly increasing in time, in file order."""
     order = np.lexsort((np.arange(len(ts)), sym_id))
     same = sym_id[order][1:] == sym_id[order][:-1]
     step = np.diff(ts[order])
@@ -419,7 +425,6 @@ def _check_time_order(t: _Table, symbols: np.ndarray, ts: IntArray) -> IntArray:
             "minute of the same symbol (rows of a symbol must be in time order)",
         )
     t.first_bad(dup, "a second row for the same symbol and minute")
-    return np.asarray(sym_id, dtype=np.int64)
 
 
 def _check_statics(
@@ -427,16 +432,13 @@ def _check_statics(
     symbols: np.ndarray,
     sym_id: IntArray,
     day_no: IntArray,
-    boards: np.ndarray,
-    tiers: np.ndarray,
+    boards: IntArray,
+    tiers: IntArray,
     has_prev: bool,
 ) -> None:
     """Board, tier and prior-day prices the same on every row of a symbol's day."""
     key = sym_id * 1_000_000 + (day_no - day_no.min())
-    stat_cols = [
-        np.unique(boards, return_inverse=True)[1],
-        np.unique(tiers, return_inverse=True)[1],
-    ]
+    stat_cols = [boards, tiers]
     if has_prev:
         stat_cols += [t.cols[p] for p in PREV_COLUMNS]
     k_order = np.lexsort((np.arange(len(key)), key))
@@ -463,8 +465,9 @@ def _build_day(
     session: Session,
     rows: IntArray,
     symbols: np.ndarray,
-    boards: np.ndarray,
-    tiers: np.ndarray,
+    sym_id: IntArray,
+    boards: IntArray,
+    tiers: IntArray,
     ts: IntArray,
     has_prev: bool,
     prev_day: DayBars | None,
@@ -478,20 +481,22 @@ def _build_day(
     open_s = int(session.open.timestamp())
     n_minutes = int((session.continuous_close - session.open) / timedelta(minutes=1))
     minute = (ts[rows] - open_s) // 60
-    day_syms, first_at = np.unique(symbols[rows], return_index=True)
-    names = tuple(str(s) for s in day_syms)  # sorted by code
+    # ids are in code order, so the day's symbols come out sorted by code
+    _, first_at, sym = np.unique(sym_id[rows], return_index=True, return_inverse=True)
+    sym = np.asarray(sym, dtype=np.int64)
+    names = tuple(str(symbols[rows[i]]) for i in first_at)
     index = {s: i for i, s in enumerate(names)}
-    sym = np.array([index[str(s)] for s in symbols[rows]], dtype=np.int64)
     statics: dict[str, _Static] = {}
-    for s, i in zip(names, rows[first_at], strict=True):
+    for k, (s, i) in enumerate(zip(names, rows[first_at], strict=True)):
         if has_prev:
             prev = (int(c["prev_close"][i]), int(c["prev_high"][i]), int(c["prev_low"][i]))
         elif history and (prev_day is None or s not in prev_day.statics):
-            mine = rows[symbols[rows] == s]
+            mine = rows[sym == k]
             prev = (int(c["open"][mine[0]]), int(c["high"][mine].max()), int(c["low"][mine].min()))
         else:
             prev = _derived_prev(t, int(i), s, session, prev_day)
-        statics[s] = _Static(Board(boards[i]), _TIERS[str(tiers[i])], prev)
+        board = Board.KOSPI if boards[i] else Board.KOSDAQ
+        statics[s] = _Static(board, Tier(int(tiers[i])), prev)
 
     n = len(names)
     bars = np.stack(
@@ -515,8 +520,8 @@ def _build_day(
     volume = np.zeros((n, n_minutes))
     cont = minute < n_minutes
     s_, m_, b_ = sym[cont], minute[cont], bars[cont]
-    for j, k in enumerate(("open", "high", "low", "close")):
-        dense[k][s_, m_] = b_[:, j]
+    for j, field_name in enumerate(("open", "high", "low", "close")):
+        dense[field_name][s_, m_] = b_[:, j]
     volume[s_, m_] = b_[:, 4]
     auction_price = np.full(n, np.nan)
     auction_volume = np.zeros(n)
@@ -574,3 +579,49 @@ def session_days(days: Sequence[DayBars]) -> list[date]:
 
 
 __all__ = ["KST", "BarDataError", "DayBars", "data_files", "load_bars", "session_days"]
+
+
+def write_simulated_parquet(market: SimulatedMarket, path: Path) -> int:
+    """Export a whole simulated day, every symbol, in the bar layout as Parquet; returns rows.
+
+    The same bars `market.replay_file.write_replay_csv` writes (open, the path's extremes,
+    close, volume, value, the closing auction row), built column-wise: a 2,500-symbol day in
+    about a second instead of minutes.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    s, u, p = market.session, market._u, market._p
+    n, m = len(u.symbols), market.n_minutes
+    starts = [(s.open + k * timedelta(minutes=1)).isoformat() for k in range(m)]
+    minute = np.array([*starts, s.close.isoformat()], dtype=object)
+    rows = np.arange(n)
+    o, h, lo, c = (np.asarray(x[rows, :m]) for x in (p.open, p.high, p.low, p.close))
+    auction = np.asarray(p.auction_price, dtype=np.float64)[:, None]
+    a_vol = np.asarray(p.auction_volume, dtype=np.float64)[:, None]
+
+    def with_auction(bars: np.ndarray, last: np.ndarray) -> np.ndarray:
+        return np.concatenate([bars, last], axis=1).astype(np.int64).ravel()
+
+    per_symbol = m + 1
+    table = pa.table(
+        {
+            "symbol": np.repeat(np.array(u.symbols, dtype=object), per_symbol),
+            "board": np.repeat(np.where(u.kospi, "KOSPI", "KOSDAQ").astype(object), per_symbol),
+            "minute": np.tile(minute, n),
+            "open": with_auction(o, auction),
+            "high": with_auction(h, auction),
+            "low": with_auction(lo, auction),
+            "close": with_auction(c, auction),
+            "volume": with_auction(np.asarray(p.volume[:, :m]), a_vol),
+            "prev_close": np.repeat(u.prev_close.astype(np.int64), per_symbol),
+            "prev_high": np.repeat(u.prev_high.astype(np.int64), per_symbol),
+            "prev_low": np.repeat(u.prev_low.astype(np.int64), per_symbol),
+            "value": with_auction(np.floor(np.asarray(p.value[:, :m])), a_vol * auction),
+            "tier": np.repeat(
+                np.array([Tier(int(t)).name for t in u.tier], dtype=object), per_symbol
+            ),
+        }
+    )
+    pq.write_table(table, path)
+    return int(table.num_rows)

@@ -146,3 +146,21 @@ def test_a_folder_names_the_file_at_fault(tmp_path: Path) -> None:
     write(tmp_path / "a.csv", [row(MON, 0)])
     b = write(tmp_path / "b.csv", [row(TUE, 0), row(TUE, 1, c=10_021)])
     assert bad(tmp_path) == f"{b}:3: a price off the KRX tick grid"
+
+
+def test_the_fast_parquet_export_writes_what_the_csv_export_writes(tmp_path: Path) -> None:
+    from market.bars import write_simulated_parquet
+    from market.replay_file import write_replay_csv
+    from market.sim import SimulatedMarket
+
+    session = CAL.session(TUE)
+    assert session is not None
+    market = SimulatedMarket(3, session, 12)
+    write_replay_csv(market, tmp_path / "a.csv")
+    write_simulated_parquet(market, tmp_path / "b.parquet")
+    (a,) = load_bars(tmp_path / "a.csv", CAL)
+    (b,) = load_bars(tmp_path / "b.parquet", CAL)
+    assert a.symbols == b.symbols
+    assert a.statics == b.statics
+    for name in ("open", "high", "low", "close", "volume", "auction_price", "auction_volume"):
+        assert np.array_equal(getattr(a, name), getattr(b, name), equal_nan=True), name
