@@ -140,6 +140,19 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "budget (priority lanes: orders, order status, market data). Needs REDIS_URL and "
         "KIS_APP_KEY, KIS_APP_SECRET, KIS_ACCOUNT; listens on GATEWAY_HOST:GATEWAY_PORT.",
     )
+    report = sub.add_parser(
+        "report",
+        help="a self-contained HTML report of one or more trading days",
+        description="Write one HTML file (charts inline, opens with no network) from the "
+        "ledger: equity and drawdown, PnL per worker, trades, exit reasons, forced-exit cost, "
+        "slippage by tier, lock contention. Default day: the latest with an order. Exit 1 "
+        "(no file written) when the range holds nothing.",
+    )
+    report.add_argument("--date", type=_date, help="one trading day YYYY-MM-DD")
+    report.add_argument("--from", dest="first", type=_date, help="first day YYYY-MM-DD")
+    report.add_argument("--to", dest="last", type=_date, help="last day (default: today, KST)")
+    report.add_argument("--out", required=True, metavar="FILE.html", help="the file to write")
+    report.set_defaults(report_prog=report.prog)
     return parser
 
 
@@ -225,4 +238,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from worker.gateway import gateway
 
         return gateway(settings)
+    if command == "report":
+        _require(settings, "database_url")
+        from worker.report_html import report_command
+
+        return report_command(settings, args)
     raise AssertionError(command)
