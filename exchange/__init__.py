@@ -33,7 +33,9 @@ Python API (tests, the CLI)::
 Endpoints: ``POST /oauth2/tokenP``, ``POST /oauth2/Approval``, ``GET /__exchange/stats``
 (JSON counts per app key and tr_id, token issues, orders, fills, cash and holdings per
 account), ``GET /__exchange/arrivals?since=T`` (``[arrived, handled]`` of each API request,
-monotonic seconds of the machine: the rate limit counts the arrival), ``POST /__exchange/admin/{sell,transfer,drop-notices}`` (`exchange.admin`: a sale
+monotonic seconds of the machine: the rate limit counts the arrival), ``GET
+/__exchange/orders`` (each order's quantity and fills, as the exchange has them),
+``POST /__exchange/admin/{sell,transfer,drop-notices}`` (`exchange.admin`: a sale
 or a transfer behind the account's back, lost fill notices) and under
 ``/uapi/domestic-stock/v1``: quotations ``inquire-price``,
 ``inquire-asking-price-exp-ccn``, ``inquire-time-itemchartprice``,

@@ -105,6 +105,7 @@ class RestApi:
         app.router.add_post("/oauth2/Approval", self.approval)
         app.router.add_get("/__exchange/stats", self.stats)
         app.router.add_get("/__exchange/arrivals", self.arrivals)
+        app.router.add_get("/__exchange/orders", self.orders)
         AdminApi(self.venue).add_routes(app)  # /__exchange/admin/*: behind the account's back
         app.router.add_route("*", "/uapi/{tail:.*}", self.api)
         return app
@@ -147,6 +148,17 @@ class RestApi:
         except ValueError:
             since = 0.0
         rows = [list(r) for r in self.limiter.log if r[1] > since]
+        return _json(200, rows)
+
+    async def orders(self, request: web.Request) -> web.Response:
+        """GET /__exchange/orders: every order (cancel rows left out) with its account, side,
+        quantity and what filled of it, the exchange's own figures (for acceptance checks)."""
+        rows = [
+            {"odno": o.odno, "account": o.account.spec.account, "symbol": o.symbol,
+             "side": o.side.value, "qty": o.qty, "filled_qty": o.filled_qty,
+             "filled_amount": str(o.filled_amount), "working": o.working}
+            for o in self.venue.orders if not o.is_cancel
+        ]  # fmt: skip
         return _json(200, rows)
 
     async def api(self, request: web.Request) -> web.Response:
