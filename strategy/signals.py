@@ -82,9 +82,16 @@ def evaluate_sell_signal(
     params: SignalParams,
     liquidation_start: datetime,
 ) -> SellSignal | None:
-    price = quote.price
     if now >= liquidation_start:
-        return SellSignal(ExitReason.FORCED_LIQUIDATION, Urgency.MARKETABLE, price)
+        return SellSignal(ExitReason.FORCED_LIQUIDATION, Urgency.MARKETABLE, quote.price)
+    return evaluate_exit_rules(position, quote, now, params)
+
+
+def evaluate_exit_rules(
+    position: HeldPosition, quote: Quote, now: datetime, params: SignalParams
+) -> SellSignal | None:
+    """Rules 2-5 (everything but forced liquidation, which the trading core applies first)."""
+    price = quote.price
     if price <= position.avg_price * (1 - params.stop_loss_pct / 100):
         return SellSignal(ExitReason.STOP_LOSS, Urgency.MARKETABLE, price)
     if price >= position.avg_price * (1 + params.take_profit_pct / 100):

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
-from strategy.scan import ScanParams
-from strategy.signals import SignalParams
+from strategy.base import Strategy
+from strategy.momentum import MomentumBreakout
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,12 +27,12 @@ class TradingConfig:
     order_poll_s: float = 2.0
     order_timeout_s: float = 60.0
     heartbeat_s: float = 10 / 3
+    #: one-minute bars each scan fetches per symbol (at least `strategy.bars_needed`)
     n_bars: int = 60
-    short_ma_bars: int = 5
     liquidation_lead_min: int = 15
     thin_liquidation_lead_min: int = 25
     #: how long after a submit a broker may still not list the order (KIS lists late): an
     #: order whose outcome is unknown is not called "not placed" before this has passed
     listing_lag_s: float = 30.0
-    scan: ScanParams = field(default_factory=ScanParams)
-    signals: SignalParams = field(default_factory=SignalParams)
+    #: what to buy and when to sell (`strategy.base`); a value: replace it to change parameters
+    strategy: Strategy[Any] = field(default_factory=MomentumBreakout)

@@ -17,11 +17,11 @@ from ledger.errors import LedgerError
 from ledger.records import ScanView
 from market.orders import Side
 from market.types import Tier
-from strategy.scan import Candidate
-from strategy.signals import buy_order, entry_signal
+from strategy.base import Candidate
+from strategy.signals import buy_order
 from trading.deps import Deps
 from trading.orders import BuyRefused, DriftRefused, LeaseInvalid, Placement
-from trading.poller import poll_candidates
+from trading.poller import scan_candidates
 from trading.tenure import Tenure
 
 
@@ -40,7 +40,7 @@ class Entries:
         """Ranked candidates the buy rule accepts that nobody holds and that no open account
         drift blocks, best first."""
         c = self.d.config
-        ranked = await poll_candidates(self.d.market, c.scan, c.n_bars, c.signals)
+        ranked = await scan_candidates(self.d.market, c.strategy, c.n_bars)
         taken = set(view.positions) | set(view.unfinished) | set(view.drifted)
         # thin names are liquidated earlier, so they stop being bought earlier too
         no_thin = self.d.clock.now() >= self.thin_liquidation_start
@@ -74,7 +74,7 @@ class Entries:
         if qty < 1:
             return False
         tier = d.tiers.get(symbol)
-        reason = entry_signal(candidate)
+        reason = d.config.strategy.buy_signal(candidate) or "signal"
         placement = Placement(symbol, Side.BUY, qty, order_type, price, tenure.fence, reason,
                               candidate.price, int(tier) if tier is not None else None)  # fmt: skip
         cancel_at = d.clock.now() + timedelta(seconds=d.config.order_timeout_s)

@@ -31,8 +31,8 @@ from coordination.notices import NoticeType
 from ledger.errors import LedgerError, LedgerUnavailable
 from ledger.records import ScanView
 from market.types import Tier
-from strategy.scan import Candidate
-from strategy.signals import HeldPosition, evaluate_sell_signal
+from strategy.base import Candidate, sell_signal_at
+from strategy.signals import HeldPosition
 from trading.deps import Deps
 from trading.entries import Entries
 from trading.exits import AFTER_CLOSE_GRACE, sell_until_flat
@@ -400,14 +400,14 @@ class Worker:
         if position is None:
             return True
         now = d.clock.now()
-        quote = await poll_position(d.market, tenure.symbol, d.config.short_ma_bars)
+        quote = await poll_position(d.market, tenure.symbol, d.config.strategy.quote_ma_bars)
         self.metrics.position_marked(position.qty, position.avg_price, quote.price)
         thin = d.tiers.get(tenure.symbol) is Tier.THIN
         liq = self.thin_liquidation_start if thin else self.liquidation_start
         if self._stop.is_set():
             return False
         held = HeldPosition(position.symbol, position.qty, position.avg_price, position.opened_at)
-        signal = evaluate_sell_signal(held, quote, now, d.config.signals, liq)
+        signal = sell_signal_at(d.config.strategy, held, quote, now, liq)
         if signal is None:
             return False
         self.log.info("sell signal on {}: {} at {}", held.symbol, signal.reason, quote.price)

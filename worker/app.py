@@ -13,7 +13,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import redis.asyncio as aioredis
@@ -38,8 +38,7 @@ from market.clock import KST, Clock, RealClock, SimClock
 from market.costs import CostModel
 from market.sim import SimulatedMarket
 from market.types import Board, Instrument
-from strategy.scan import ScanParams
-from strategy.signals import SignalParams
+from strategy import Strategy
 from trading.config import TradingConfig
 from trading.deps import Deps
 from trading.loop import Worker
@@ -55,7 +54,7 @@ from worker.health import (
 from worker.metrics import FleetMetrics, PrometheusAccountMetrics
 from worker.mirror import LockMirror
 from worker.reaper import run_reaper
-from worker.settings import ConfigError, Settings, kis_config
+from worker.settings import ConfigError, Settings, kis_config, strategy_of
 
 if TYPE_CHECKING:  # imported lazily: the in-process paper path needs nothing of broker.kis
     from broker.kis import KisBroker
@@ -161,6 +160,7 @@ async def run_fleet(
                                                         exclusive_paper)  # fmt: skip
         boards = {i.symbol: i.board for i in instruments}
         tiers = {i.symbol: i.tier for i in instruments}
+        strategy = strategy_of(settings)  # one value shared by the fleet
         fleet: list[Worker] = []
         for n in range(workers):
             ws = settings if workers == 1 else replace_id(settings, n)
@@ -168,7 +168,7 @@ async def run_fleet(
                                    on_bad_data=bad_data,
                                    reseed_fence=seeder.reseeder(ledger.max_fences))  # fmt: skip
             deps = Deps(
-                config=trading_config(ws),
+                config=trading_config(ws, strategy),
                 clock=plan.clock,
                 session=plan.session,
                 broker=broker,
@@ -386,29 +386,9 @@ def reconciliation(
 VENUE_RATE_PER_S = 500.0
 
 
-def trading_config(s: Settings) -> TradingConfig:
-    """The trading core's parameters from the settings (settings flow down, never up)."""
-    scan = ScanParams(
-        short_ma_bars=s.short_ma_bars,
-        long_ma_bars=s.long_ma_bars,
-        breakout_bars=s.breakout_bars,
-        surge_bars=s.surge_bars,
-        min_volume=s.min_volume,
-        min_traded_value=float(s.min_traded_value),
-        max_spread_ticks=s.max_spread_ticks,
-        min_price=float(s.min_price),
-        max_price=float(s.max_price),
-        exclude=frozenset(s.exclude_symbols),
-        max_candidates=s.max_candidates,
-    )
-    signals = SignalParams(
-        min_score=s.min_score,
-        stop_loss_pct=s.stop_loss_pct,
-        take_profit_pct=s.take_profit_pct,
-        max_hold=timedelta(minutes=s.max_hold_min),
-        trend_break_pct=s.trend_break_pct,
-        trend_min_hold=timedelta(minutes=s.trend_min_hold_min),
-    )
+def trading_config(s: Settings, strategy: Strategy[Any] | None = None) -> TradingConfig:
+    """The trading core's parameters from the settings (settings flow down, never up);
+    `strategy` defaults to the one the settings name (`strategy_of`)."""
     return TradingConfig(
         worker_id=s.worker_id,
         capital_limit=s.capital_limit,
@@ -419,18 +399,17 @@ def trading_config(s: Settings) -> TradingConfig:
         order_timeout_s=s.order_timeout_s,
         heartbeat_s=s.heartbeat_s,
         n_bars=s.n_bars,
-        short_ma_bars=s.short_ma_bars,
         liquidation_lead_min=s.liquidation_lead_min,
         thin_liquidation_lead_min=s.thin_liquidation_lead_min,
         listing_lag_s=s.listing_lag_s,
-        scan=scan,
-        signals=signals,
+        strategy=strategy if strategy is not None else strategy_of(s),
     )
 
 
 def replace_id(settings: Settings, n: int) -> Settings:
     return Settings.model_construct(
-        **{**settings.model_dump(), "worker_id": f"{settings.worker_id[:8]}-w{n + 1}"}
+        settings.model_fields_set | {"worker_id"},
+        **{**settings.model_dump(), "worker_id": f"{settings.worker_id[:8]}-w{n + 1}"},
     )
 
 

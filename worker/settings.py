@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import SplitResult, urlsplit
 
@@ -30,6 +31,7 @@ from market.calendar import CALENDAR_END, CALENDAR_START
 
 if TYPE_CHECKING:  # imported lazily: a paper worker needs nothing of broker.kis
     from broker.kis import KisConfig
+    from strategy import Strategy
 
 
 class ConfigError(ValueError):
@@ -295,6 +297,10 @@ class Settings(BaseSettings):
     max_hold_min: int = Field(90, ge=1, le=SESSION_MIN)
     trend_break_pct: Decimal = Field(Decimal("0.5"), ge=0, lt=50)
     trend_min_hold_min: int = Field(5, ge=0, le=SESSION_MIN)
+    # the strategy (`package.module:Class`; default the shipped one, whose parameters are the
+    # settings above) and a TOML file of its parameters (the environment wins over the file)
+    strategy: str | None = Field(None, max_length=200)
+    strategy_params: Path | None = None
 
     # --- KIS Open API (BROKER=kis) ---
     kis_app_key: str | None = Field(None, repr=False, max_length=512)
@@ -377,11 +383,47 @@ def load_settings(**overrides: Any) -> Settings:
     also for a near miss of a setting's name among the environment's variables."""
     check_environment(os.environ)
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
     except SettingsError as exc:  # a value the source could not even decode
         raise ConfigError(str(exc).splitlines()[0]) from None
+    strategy_of(settings)  # STRATEGY, its parameters and STRATEGY_PARAMS: exit 2 up front
+    return settings
+
+
+def strategy_of(
+    settings: Settings,
+    spec: str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    setting: str = "STRATEGY",
+) -> Strategy[Any]:
+    """The strategy `spec` (default `STRATEGY`) names, on its parameters from `STRATEGY_PARAMS`
+    and the environment; a parameter whose variable is a setting given explicitly (from the
+    environment or an override) takes the setting's value. One-line `ConfigError` on failure;
+    `setting` is how the message names the spec (`--strategy` for a command's flag)."""
+    from strategy import ParamError, load
+    from strategy.loading import strategy_class
+
+    spec = settings.strategy if spec is None else spec
+    try:
+        params_cls = strategy_class(spec, setting=setting).Params
+        given = {
+            field: getattr(settings, name)
+            for field in params_cls.model_fields
+            if (name := params_cls.env_name(field).lower()) in settings.model_fields_set
+            and name in Settings.model_fields
+        }
+        strategy = load(spec, environ=os.environ if environ is None else environ,
+                        toml=settings.strategy_params, overrides=given,
+                        setting=setting)  # fmt: skip
+    except ParamError as exc:
+        raise ConfigError(str(exc)) from None
+    if strategy.bars_needed > settings.n_bars:
+        raise ConfigError(f"N_BARS: the strategy reads {strategy.bars_needed} bars a symbol, "
+                          f"N_BARS is {settings.n_bars}")  # fmt: skip
+    return strategy
 
 
 def _one_line(exc: ValidationError) -> str:
