@@ -27,7 +27,7 @@ from ledger.repository import Ledger
 from market.clock import KST
 from market.costs import CostModel
 from market.types import Board
-from worker.report_data import ReportData, build_report
+from worker.report_data import ReportData, build_report, short_names
 
 D = Decimal
 DAY1, DAY2 = date(2026, 11, 24), date(2026, 11, 25)
@@ -354,6 +354,16 @@ async def test_one_day_leaves_the_other_out(written: Ledger, database_url: str) 
     assert data.total.trades == 2
     assert {e.symbol for e in rows.lock_events} == {"035720"}
     assert [r.trading_day for r in data.forced_exits] == []
+    # a section with nothing to draw says so, and draws no chart
+    from worker.report_charts import SECTIONS
+    from worker.report_html import render_html
+
+    page = render_html(data, "day <2>")
+    assert "<title>day &lt;2&gt;</title>" in page
+    for section in SECTIONS:
+        drawn = f'<div class="chart" data-section="{section.key}">' in page
+        assert drawn == (section.key != "forced"), section.key
+    assert '<p class="empty">No forced liquidation.</p>' in page
     empty, _ = await _report(database_url, date(2026, 11, 20), date(2026, 11, 20))
     assert empty.days == ()
     assert empty.trades == ()
@@ -390,6 +400,13 @@ def test_wall_instants_are_placed_on_the_trading_clock() -> None:
     assert on_trading_clock(night, [wall + timedelta(seconds=1)]) == [
         trading + timedelta(seconds=1)
     ]
+
+
+def test_workers_are_named_by_their_shortest_unique_prefix() -> None:
+    uuids = {"0f8e2c4a-1b2c-4d5e-8f90-1234567890ab", "7a1b9c3d-5e6f-4a7b-8c9d-0e1f2a3b4c5d"}
+    assert sorted(short_names(uuids).values()) == ["0f8e2c4a", "7a1b9c3d"]
+    fleet = {"backtest-w1", "backtest-w2", "backtest-w10"}
+    assert short_names(fleet) == {i: i for i in fleet}
 
 
 # -- the command ----------------------------------------------------------------------------------
@@ -468,6 +485,7 @@ async def test_page_draws_every_chart_offline(
     chromium = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
     if chromium is None:
         pytest.skip(f"chromium is not installed ({CHROMIUM}, nor on PATH)")
+    from worker.report_charts import SECTIONS
     from worker.report_html import write_report
 
     out = tmp_path / "report.html"
@@ -476,6 +494,7 @@ async def test_page_draws_every_chart_offline(
     result = await anyio.to_thread.run_sync(_open_in_chromium, chromium, out)
     assert result["errors"] == [], result["errors"]
     assert result["blocked"] == [], "the page asked for something off the file"
+    assert [s.key for s in SECTIONS] == list(SECTIONS_WITH_CHARTS)
     assert result["sections"] == ["summary", *SECTIONS_WITH_CHARTS]
     assert result["charts"] == list(SECTIONS_WITH_CHARTS)
     for key in SECTIONS_WITH_CHARTS:

@@ -148,9 +148,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "slippage by tier, lock contention. Default day: the latest with an order. Exit 1 "
         "(no file written) when the range holds nothing.",
     )
-    report.add_argument("--date", type=_date, help="one trading day YYYY-MM-DD")
-    report.add_argument("--from", dest="first", type=_date, help="first day YYYY-MM-DD")
-    report.add_argument("--to", dest="last", type=_date, help="last day (default: today, KST)")
+    report.add_argument("--date", type=_date, metavar="D", help="one trading day YYYY-MM-DD")
+    report.add_argument("--from", dest="first", type=_date, metavar="D", help="first day")
+    report.add_argument("--to", dest="last", type=_date, metavar="D",
+                        help="last day (default: today in Asia/Seoul)")  # fmt: skip
     report.add_argument("--out", required=True, metavar="FILE.html", help="the file to write")
     report.set_defaults(report_prog=report.prog)
     return parser

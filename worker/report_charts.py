@@ -7,7 +7,8 @@ Money is converted to float only here, for drawing; hover texts show the exact w
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -119,6 +120,7 @@ def equity(data: ReportData) -> go.Figure | None:
             x=xs,
             y=[_f(p.equity) for p in data.equity],
             name="equity",
+            mode="lines",
             line_shape="hv",
             line={"color": _BLUE, "width": 2},
             text=[_won(p.equity) for p in data.equity],
@@ -132,6 +134,7 @@ def equity(data: ReportData) -> go.Figure | None:
             x=xs,
             y=[_f(p.drawdown) for p in data.equity],
             name="drawdown",
+            mode="lines",
             line_shape="hv",
             fill="tozeroy",
             line={"color": _RED, "width": 1},
@@ -154,7 +157,7 @@ def workers(data: ReportData) -> go.Figure | None:
     figs = list(data.workers.values())
     fig = go.Figure(
         go.Bar(
-            x=[n[:8] for n in names],
+            x=[data.names[n] for n in names],
             y=[_f(f.pnl) for f in figs],
             marker_color=[_GREEN if f.pnl >= 0 else _RED for f in figs],
             customdata=[
@@ -193,7 +196,7 @@ def trades(data: ReportData) -> go.Figure | None:
                 customdata=[
                     [
                         r.trade.symbol,
-                        r.trade.worker_id[:8],
+                        data.names[r.trade.worker_id],
                         _t(r.trade.opened_at).strftime("%H:%M:%S"),
                         _won(r.trade.pnl),
                         _won(r.slippage),
@@ -327,6 +330,7 @@ def locks(data: ReportData) -> go.Figure | None:
             x=[_t(at) for at, _ in data.locks_held],
             y=[n for _, n in data.locks_held],
             name="locks held",
+            mode="lines",
             line_shape="hv",
             line={"color": _BLUE},
             hovertemplate="%{x|%H:%M:%S}: %{y} held<extra></extra>",
@@ -370,3 +374,38 @@ def _tier(tier: int | None) -> str:
 def _ordered(reasons: Iterable[str]) -> list[str]:
     known = list(_REASON_COLORS)
     return sorted(reasons, key=lambda r: (known.index(r) if r in known else len(known), r))
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """One section of the page under its chart: `draw` returns None when it has nothing to
+    draw, and the page shows `empty` instead."""
+
+    key: str
+    heading: str
+    caption: str
+    draw: Callable[[ReportData], go.Figure | None]
+    empty: str
+
+
+SECTIONS = (
+    Section("equity", "Equity and drawdown", EQUITY_CAPTION, equity, "No trade closed."),
+    Section("workers", "PnL per worker", WORKERS_CAPTION, workers, "No trade closed."),
+    Section("trades", "Trades", TRADES_CAPTION, trades, "No trade closed."),
+    Section("exits", "Exit reasons", EXITS_CAPTION, exit_reasons, "No trade closed."),
+    Section("forced", "Forced-exit cost", FORCED_CAPTION, forced, "No forced liquidation."),
+    Section(
+        "slippage",
+        "Slippage by tier",
+        SLIPPAGE_CAPTION,
+        slippage,
+        "No filled order with a signal price.",
+    ),
+    Section(
+        "locks",
+        "Lock contention",
+        LOCKS_CAPTION,
+        locks,
+        "No lock event recorded for these days' orders.",
+    ),
+)

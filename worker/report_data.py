@@ -28,6 +28,7 @@ from ledger.reporting import (
     ExitReasonRow,
     ForcedExitRow,
     LockEventRow,
+    ReportFill,
     ReportRows,
     SlippageRow,
     fills_by_trade,
@@ -110,6 +111,7 @@ class ReportData:
     lock_buckets: tuple[LockBucket, ...]
     slippage_total: Decimal  # every fill with a signal price, open positions included
     open_fills: int  # fills of positions not closed in the range
+    names: dict[str, str]  # worker id -> its shortest unique prefix of 8 or more characters
 
     @property
     def max_drawdown(self) -> Decimal:
@@ -151,13 +153,16 @@ def build_report(rows: ReportRows) -> ReportData:
     by_day: defaultdict[date, list[TradeRow]] = defaultdict(list)
     for r in trade_rows:
         by_day[r.trade.trading_day].append(r)
+    fills_by_day: defaultdict[date, list[ReportFill]] = defaultdict(list)
+    for f in rows.fills:
+        fills_by_day[f.trading_day].append(f)
     day_rows = tuple(
         DayRow(
             day=d,
             figures=figures([r.trade for r in by_day[d]]),
             stored_pnl=rows.stored[d].pnl if d in rows.stored else None,
             pnl_from_fills=rows.pnl_from_fills.get(d, ZERO),
-            slippage=slippage_of([f for f in rows.fills if f.trading_day == d]),
+            slippage=slippage_of(fills_by_day[d]),
         )
         for d in rows.days
     )
@@ -182,7 +187,18 @@ def build_report(rows: ReportRows) -> ReportData:
         lock_buckets=buckets,
         slippage_total=slippage_of(rows.fills),
         open_fills=len(rows.fills) - in_trades,
+        names=short_names({t.worker_id for t in trades} | {e.worker_id for e in rows.lock_events}),
     )
+
+
+def short_names(ids: set[str], least: int = 8) -> dict[str, str]:
+    """Each id's shortest prefix (at least `least` characters) that no other id shares: the
+    first 8 characters of a UUID, the whole of `backtest-w1`."""
+    longest = max((len(i) for i in ids), default=0)
+    for n in range(least, longest + 1):
+        if len({i[:n] for i in ids}) == len(ids):
+            return {i: i[:n] for i in ids}
+    return {i: i for i in ids}
 
 
 def equity_curve(trades: Sequence[TradeRecord], start_day: date) -> tuple[EquityPoint, ...]:

@@ -38,6 +38,7 @@ from market.clock import KST
 from worker.report_data import ReportData, build_report
 
 if TYPE_CHECKING:
+    from worker.report_charts import Section
     from worker.settings import Settings
 
 
@@ -103,16 +104,14 @@ def render_html(data: ReportData, title: str | None = None) -> str:
 
     span = _span(data.first, data.last)
     heading = title or f"tradefleet report {span}"
-    sections = [
-        _section("summary", "Summary", _summary_caption(data), None, _kpis(data) + _days(data)),
-        _section("equity", "Equity and drawdown", charts.EQUITY_CAPTION, charts.equity(data)),
-        _section("workers", "PnL per worker", charts.WORKERS_CAPTION, charts.workers(data)),
-        _section("trades", "Trades", charts.TRADES_CAPTION, charts.trades(data), _trades(data)),
-        _section("exits", "Exit reasons", charts.EXITS_CAPTION, charts.exit_reasons(data)),
-        _section("forced", "Forced-exit cost", charts.FORCED_CAPTION, charts.forced(data)),
-        _section("slippage", "Slippage by tier", charts.SLIPPAGE_CAPTION, charts.slippage(data)),
-        _section("locks", "Lock contention", charts.LOCKS_CAPTION, charts.locks(data)),
-    ]
+    summary = (
+        '<section id="summary"><h2>Summary</h2>'
+        f'<p class="caption">{escape(_SUMMARY_CAPTION)}</p>{_kpis(data)}{_days(data)}</section>'
+    )
+    sections = [summary]
+    for section in charts.SECTIONS:
+        extra = _trades(data) if section.key == "trades" else ""
+        sections.append(_section(section, section.draw(data), extra))
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -125,11 +124,9 @@ def render_html(data: ReportData, title: str | None = None) -> str:
     )
 
 
-def _section(key: str, heading: str, caption: str, fig: Any | None, extra: str = "") -> str:
-    if fig is None and key != "summary":
-        body = f'<p class="empty">Nothing to show {escape(heading.lower())} for in this range.</p>'
-    elif fig is None:
-        body = ""
+def _section(section: Section, fig: Any | None, extra: str) -> str:
+    if fig is None:
+        body = f'<p class="empty">{escape(section.empty)}</p>'
     else:
         import plotly.io as pio
 
@@ -137,22 +134,21 @@ def _section(key: str, heading: str, caption: str, fig: Any | None, extra: str =
             fig,
             full_html=False,
             include_plotlyjs=False,
-            div_id=f"chart-{key}",
+            div_id=f"chart-{section.key}",
             config=_CONFIG,
             default_height=f"{fig.layout.height or 380}px",
         )
-        body = f'<div class="chart" data-section="{key}">{html}</div>'
+        body = f'<div class="chart" data-section="{section.key}">{html}</div>'
     return (
-        f'<section id="{key}"><h2>{escape(heading)}</h2>'
-        f'<p class="caption">{escape(caption)}</p>{body}{extra}</section>'
+        f'<section id="{section.key}"><h2>{escape(section.heading)}</h2>'
+        f'<p class="caption">{escape(section.caption)}</p>{body}{extra}</section>'
     )
 
 
-def _summary_caption(data: ReportData) -> str:
-    return (
-        "Realized PnL is after fees and taxes. Per day, the PnL of the trades, the stored daily "
-        "summary and the PnL recomputed from the fills must agree to the won."
-    )
+_SUMMARY_CAPTION = (
+    "Realized PnL is after fees and taxes. Per day, the PnL of the trades, the stored daily "
+    "summary and the PnL recomputed from the fills must agree to the won."
+)
 
 
 def _kpis(data: ReportData) -> str:
@@ -260,7 +256,7 @@ def _trades(data: ReportData) -> str:
                 [
                     _Cell(str(i)),
                     _Cell(t.trading_day.isoformat(), "l"),
-                    _Cell(t.worker_id[:8], "l"),
+                    _Cell(data.names[t.worker_id], "l"),
                     _Cell(t.symbol, "l"),
                     _Cell(f"{t.qty:,}"),
                     _Cell(_hms(t.opened_at)),
