@@ -143,13 +143,10 @@ async def read_report_rows(engine: AsyncEngine, first: date, last: date) -> Repo
             return await _read(conn, first, last)
 
 
-async def latest_day(engine: AsyncEngine, on_or_before: date | None = None) -> date | None:
-    """The latest trading day with an order recorded (optionally on or before a day)."""
-    stmt = select(func.max(Order.trading_day))
-    if on_or_before is not None:
-        stmt = stmt.where(Order.trading_day <= on_or_before)
+async def latest_day(engine: AsyncEngine) -> date | None:
+    """The latest trading day with an order recorded; None for an empty ledger."""
     async with engine.connect() as conn:
-        day: date | None = (await conn.execute(stmt)).scalar_one()
+        day: date | None = (await conn.execute(select(func.max(Order.trading_day)))).scalar_one()
         return day
 
 
