@@ -155,3 +155,19 @@ def test_task_group_errors_are_one_line() -> None:
         "ConnectionRefusedError: Redis at 127.0.0.1:6379 refused (and 3 more errors)"
     )
     assert _describe(ExceptionGroup("one", [OSError("only")])) == "OSError: only"
+
+
+def test_only_throwaway_folders_of_dead_processes_are_cleared(tmp_path: Path) -> None:
+    from worker.servers import _clear_dead_throwaways
+
+    dead_pid = subprocess.Popen([sys.executable, "-c", ""])
+    dead_pid.wait()
+    dead, alive, foreign = (tmp_path / f"t-pg-{n}" for n in ("dead", "alive", "foreign"))
+    for folder in (dead, alive, foreign):
+        (folder / "data").mkdir(parents=True)
+    (dead / "owner.pid").write_text(f"{dead_pid.pid}\n")
+    (alive / "owner.pid").write_text(f"{os.getpid()}\n")
+    _clear_dead_throwaways(tmp_path, "t-pg-")
+    assert not dead.exists()
+    assert (alive / "data").is_dir()
+    assert (foreign / "data").is_dir()

@@ -191,8 +191,9 @@ def _postgres_on(pgdata: Path, cleanup_mode: str) -> Iterator[str]:
 def _clear_dead_throwaways(tmp: Path, prefix: str) -> None:
     """Remove throwaway server folders whose owner died (killed before it could clean up)."""
     for root in tmp.glob(f"{prefix}*"):
-        if not (root / OWNER_FILE).is_file():
-            continue  # not made by `embedded_postgres`, or not locked yet: not provably ours
+        pid = _read_pid(root / OWNER_FILE)
+        if pid is None or psutil.pid_exists(pid):
+            continue  # not made here, just being made, or its owner is alive: not ours to clear
         try:
             with owned_folder(root):
                 stop_stale_postgres(root / "data")
