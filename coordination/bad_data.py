@@ -39,6 +39,7 @@ class BadData(StrEnum):
     LEASE = "lease"  # {prefix}:lease:{symbol}: not a lease value
     FENCE = "fence"  # {prefix}:fence:{symbol}: not an integer >= 0
     EVENT = "event"  # an entry of {prefix}:events that cannot be read as a notice
+    PARAMS = "params"  # {prefix}:params:version: not an integer >= 0
 
 
 Report = tuple[str, str, str]

@@ -49,6 +49,17 @@ key                            type        TTL       meaning
                                                      reconciliation); taken when free, renewed
                                                      by its holder, deleted on release or by
                                                      expiry (`coordination.singleton`).
+``fleet:params``               hash        none      the fleet's live parameters: setting name
+                                                     (upper case, e.g. ``STOP_LOSS_PCT``) ->
+                                                     value as text; only the settings changed
+                                                     from the environment (``python -m worker
+                                                     params``). Replaced whole, together with
+                                                     the version, by one script
+                                                     (`coordination.params`).
+``fleet:params:version``       integer     none      the version of ``fleet:params`` (0 or absent:
+                                                     none set); only ever rises. Workers GET it
+                                                     every step. The ledger's ``param_changes``
+                                                     is the record it is published from.
 ``fleet:kis:*``                                      BROKER=kis and PAPER_VENUE: the shared KIS
                                                      rate limit and access tokens, named and
                                                      documented by `broker.kis` (not here).
@@ -133,6 +144,16 @@ class Keyspace:
     def singleton(self, name: str) -> str:
         """String holder id with a PX TTL: the lease of one fleet-wide singleton job."""
         return f"{self.prefix}:singleton:{_check_part('name', name)}"
+
+    @property
+    def params(self) -> str:
+        """Hash setting name -> value text: the fleet's live parameters, no TTL."""
+        return f"{self.prefix}:params"
+
+    @property
+    def params_version(self) -> str:
+        """Integer version of `params`, only ever rising, no TTL."""
+        return f"{self.prefix}:params:version"
 
     @property
     def lease_pattern(self) -> str:

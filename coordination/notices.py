@@ -51,7 +51,10 @@ class NoticeType(StrEnum):
     """Values of the ``type`` field. ``lock.lost`` is published by a holder that finds its lease
     gone; the other lock types come from the lock scripts and the worker's recovery.
     ``account.drift`` / ``account.drift_cleared`` come from the account reconciliation
-    (`trading.reconcile`): the broker's account and the ledger disagree / agree again."""
+    (`trading.reconcile`): the broker's account and the ledger disagree / agree again.
+    ``params.changed``: ``python -m worker params set|reset`` changed the fleet's live
+    parameters (``worker_id`` empty; data: ``version``, ``by``, ``forced``, ``changes``, a list
+    of ``key``, ``old``, ``new``, ``source``)."""
 
     WORKER_STATE = "worker.state"
     LOCK_ACQUIRED = "lock.acquired"
@@ -63,6 +66,7 @@ class NoticeType(StrEnum):
     RISK_HALT = "risk.halt"
     ACCOUNT_DRIFT = "account.drift"
     ACCOUNT_DRIFT_CLEARED = "account.drift_cleared"
+    PARAMS_CHANGED = "params.changed"
 
 
 @dataclass(frozen=True)

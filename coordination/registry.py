@@ -1,7 +1,8 @@
 """The worker registry: one hash per live worker, ``{prefix}:worker:{worker_id}``.
 
 Fields: ``state``, ``symbol`` (empty when none), ``pid``, ``host``, ``heartbeat_at`` (ISO 8601
-UTC, milliseconds). The hash carries a PX TTL that every `update` resets, so a worker that stops
+UTC, milliseconds), ``params`` (the version of the fleet's live parameters the worker runs; 0:
+the environment's). The hash carries a PX TTL that every `update` resets, so a worker that stops
 updating (SIGKILL, partition) drops out of the registry on its own after `ttl_ms`.
 """
 
@@ -39,6 +40,8 @@ class WorkerInfo:
     host: str
     heartbeat_at: datetime
     pttl_ms: int
+    #: version of the live parameters it runs (0: the environment's; None: not reported)
+    params_version: int | None = None
 
 
 class WorkerRegistry:
@@ -69,9 +72,13 @@ class WorkerRegistry:
         pid: int,
         host: str,
         heartbeat_at: datetime,
+        params_version: int | None = None,
     ) -> None:
         """Write every field and reset the entry's TTL, atomically, as one command."""
         key = self.keys.worker(worker_id)
+        extra: tuple[str | int, ...] = ()
+        if params_version is not None:
+            extra = ("params", params_version)
         async with bounded(f"register {worker_id}", self._deadline_s):
             await _REGISTER(
                 self.redis,
@@ -88,6 +95,7 @@ class WorkerRegistry:
                 host,
                 "heartbeat_at",
                 utc_iso(heartbeat_at),
+                *extra,
             )
 
     async def remove(self, worker_id: str) -> bool:
@@ -132,6 +140,14 @@ class WorkerRegistry:
                     host=fields.get("host", ""),
                     heartbeat_at=parse_iso(fields["heartbeat_at"]),
                     pttl_ms=int(replies[2 * i + 1]),
+                    params_version=_int_or_none(fields.get("params")),
                 )
             )
         return infos
+
+
+def _int_or_none(raw: str | None) -> int | None:
+    try:
+        return int(raw) if raw else None
+    except ValueError:
+        return None

@@ -22,6 +22,7 @@ from decimal import Decimal
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Date,
     DateTime,
@@ -373,4 +374,31 @@ class AccountDrift(Base):
             postgresql_where=text("cleared_at IS NULL"),
         ),
         Index(None, "trading_day"),
+    )
+
+
+class ParamChange(Base):
+    """Append-only record of the fleet's live parameters (`python -m worker params`).
+
+    One `version` per change (rising), one row per setting it touched; the values are the
+    effective ones as text, `live` false when the change returned the setting to the
+    environment's value. The latest row per `key` says what is live now.
+    """
+
+    __tablename__ = "param_changes"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    key: Mapped[str] = mapped_column(Text)
+    old_value: Mapped[str] = mapped_column(Text)
+    new_value: Mapped[str] = mapped_column(Text)
+    live: Mapped[bool] = mapped_column(Boolean)
+    changed_by: Mapped[str] = mapped_column(Text)
+    changed_at: Mapped[datetime] = mapped_column(TSTZ)
+    forced: Mapped[bool] = mapped_column(Boolean)
+
+    __table_args__ = (
+        UniqueConstraint("version", "key"),
+        CheckConstraint("version > 0", name="version_positive"),
+        Index(None, "key"),
     )

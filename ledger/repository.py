@@ -25,7 +25,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from ledger import drift, lock_mirror, ownership, risk
+from ledger import drift, lock_mirror, ownership, params, risk
 from ledger.applying import apply_ack, apply_mark, apply_status
 from ledger.convert import order_record, position_record, worker_record
 from ledger.errors import LedgerUnavailable, translate_db_errors
@@ -426,6 +426,27 @@ class Ledger:
         """Drift episodes not cleared yet."""
         async with self._tx() as s:
             return await drift.open_drifts(s)
+
+    # -- live parameters (statements in ledger.params) ---------------------------------------
+
+    async def live_params(self) -> params.ParamState:
+        """The fleet's live parameters and their version (0: never changed)."""
+        async with self._tx() as s:
+            return await params.read_state(s)
+
+    async def change_params(
+        self, plan: params.Plan, *, by: str, at: datetime, forced: bool = False
+    ) -> tuple[params.ParamState, list[params.ParamChangeRecord]]:
+        """Decide and record one change of the live parameters under the change lock: `plan`
+        sees the live set and returns the edits, or raises to refuse (nothing is recorded).
+        Returns the set after the change and its rows (none: nothing changed)."""
+        async with self._tx() as s:
+            return await params.change(s, plan, by=by, at=at, forced=forced)
+
+    async def param_history(self, limit: int = 50) -> list[params.ParamChangeRecord]:
+        """The latest `limit` recorded changes of the live parameters, newest first."""
+        async with self._tx() as s:
+            return await params.history(s, limit)
 
     async def recompute_from_fills(self, trading_day: date) -> Decimal:
         """Sell proceeds − buy cost − fees − taxes straight from the day's fills (Invariant 3:

@@ -20,9 +20,9 @@ from ledger.models import Base
 
 LEDGER_TABLES = {
     "workers", "stock_locks", "lock_events", "orders", "fills", "positions", "trades",
-    "daily_summaries", "daily_worker_summaries", "risk_halts", "account_drifts",
+    "daily_summaries", "daily_worker_summaries", "risk_halts", "account_drifts", "param_changes",
 }  # fmt: skip
-HEAD = "0004"
+HEAD = "0005_params"
 
 
 def _tables(url: str) -> set[str]:

@@ -16,6 +16,7 @@ from market.clock import Clock
 from market.costs import CostModel
 from market.types import Board, Tier
 from trading.config import TradingConfig
+from trading.live import FIXED_PARAMS, ParamSource
 from trading.metrics import NULL_METRICS, WorkerMetrics
 
 
@@ -35,3 +36,5 @@ class Deps:
     tiers: dict[str, Tier]
     fences: FenceSeeder
     metrics: WorkerMetrics = NULL_METRICS
+    #: the fleet's live parameters, asked at each step (`trading.live`)
+    params: ParamSource = FIXED_PARAMS

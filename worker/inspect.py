@@ -197,13 +197,15 @@ def _age_s(info: WorkerInfo, now: datetime) -> float:
 def _workers_text(infos: Sequence[WorkerInfo], now: datetime, stale_s: float) -> str:
     if not infos:
         return "no registered workers"
-    lines = [f"{'worker_id':<38} {'state':<5} {'symbol':<8} {'heartbeat':>10}  pid@host"]
+    lines = [f"{'worker_id':<38} {'state':<5} {'symbol':<8} {'heartbeat':>10} {'params':>6}  "
+             "pid@host"]  # fmt: skip
     for w in infos:
         age = _age_s(w, now)
         flag = "  STALE" if age > stale_s else ""
+        params = "-" if w.params_version is None else f"v{w.params_version}"
         lines.append(
-            f"{w.worker_id:<38} {w.state:<5} {w.symbol or '-':<8} {f'{age:.1f}s':>10}  "
-            f"{w.pid}@{w.host}{flag}"
+            f"{w.worker_id:<38} {w.state:<5} {w.symbol or '-':<8} {f'{age:.1f}s':>10} "
+            f"{params:>6}  {w.pid}@{w.host}{flag}"
         )
     return "\n".join(lines)
 
@@ -220,6 +222,7 @@ def _worker_json(info: WorkerInfo, now: datetime, stale_s: float) -> dict[str, A
         "heartbeat_age_s": round(age, 3),
         "stale": age > stale_s,
         "pttl_ms": info.pttl_ms,
+        "params_version": info.params_version,
     }
 
 
@@ -230,8 +233,8 @@ def workers(
     watch_s: float | None = None,
     clock: Clock | None = None,
 ) -> int:
-    """`workers`: registered workers, their state, symbol and heartbeat age (STALE past half
-    WORKER_TTL_MS)."""
+    """`workers`: registered workers, their state, symbol, heartbeat age (STALE past half
+    WORKER_TTL_MS) and the version of the live parameters each runs (v0: the environment's)."""
     clock = clock or RealClock()
     stale_s = settings.worker_ttl_ms / 2000
 
