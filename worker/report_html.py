@@ -89,8 +89,9 @@ padding:12px 18px}h2{font-size:16px;margin:4px 0 6px}.caption{color:#52606d;marg
 .kpi span{color:#52606d;font-size:12px}table{border-collapse:collapse;width:100%;font-size:12.5px}
 th,td{padding:3px 8px;border-bottom:1px solid #e4e7eb;text-align:right;white-space:nowrap}
 th{background:#f5f7fa;position:sticky;top:0}td.l,th.l{text-align:left}.neg{color:#c81e1e}
-.pos{color:#0e7c3a}.empty{color:#7b8794;font-style:italic}details summary{cursor:pointer;
-margin:8px 0}.scroll{max-height:520px;overflow:auto}
+.pos{color:#0e7c3a}td.wrap{white-space:normal;min-width:12em}
+.empty{color:#7b8794;font-style:italic}details summary{cursor:pointer;margin:8px 0}
+.scroll{max-height:520px;overflow:auto}
 """
 
 _CONFIG = {"displaylogo": False, "responsive": True}
@@ -175,107 +176,63 @@ def _kpis(data: ReportData) -> str:
 
 
 def _days(data: ReportData) -> str:
-    head = _head(
-        [
-            "day",
-            "trades",
-            "wins",
-            "PnL",
-            "fees",
-            "taxes",
-            "stored summary",
-            "from fills",
-            "slippage (cost)",
-            "check",
-        ],
-        left=1,
-    )
+    names = ["day", "trades", "wins", "PnL", "fees", "taxes", "stored summary", "from fills",
+             "slippage (cost)", "check"]  # fmt: skip
     rows = []
     for d in data.day_rows:
         f = d.figures
         agree = d.pnl_from_fills == f.pnl and d.stored_pnl in (None, f.pnl)
-        check = (
-            ("matches" if d.stored_pnl is not None else "not summarized")
-            if agree
-            else ("DOES NOT MATCH")
-        )
-        stored = _Cell("—") if d.stored_pnl is None else _pnl(d.stored_pnl)
-        rows.append(
-            _tr(
-                [
-                    _Cell(d.day.isoformat(), "l"),
-                    _Cell(f"{f.trades:,}"),
-                    _Cell(f"{f.wins:,}"),
-                    _pnl(f.pnl),
-                    _Cell(f"{f.fees:,}"),
-                    _Cell(f"{f.taxes:,}"),
-                    stored,
-                    _pnl(d.pnl_from_fills),
-                    _cost(d.slippage),
-                    _Cell(check, "l" if agree else "l neg"),
-                ]
-            )
-        )
+        check = "matches" if d.stored_pnl is not None else "not summarized"
+        rows.append([
+            _Cell(d.day.isoformat(), "l"), _Cell(f"{f.trades:,}"), _Cell(f"{f.wins:,}"),
+            _pnl(f.pnl), _Cell(f"{f.fees:,}"), _Cell(f"{f.taxes:,}"),
+            _Cell("—") if d.stored_pnl is None else _pnl(d.stored_pnl),
+            _pnl(d.pnl_from_fills), _cost(d.slippage),
+            _Cell(check, "l") if agree else _Cell("DOES NOT MATCH", "l neg"),
+        ])  # fmt: skip
     note = (
         f'<p class="caption">{data.open_fills} fill(s) belong to positions not closed in '
         "this range.</p>"
         if data.open_fills
         else ""
     )
-    return f'<table class="days">{head}{"".join(rows)}</table>{note}'
+    return _table("days", names, rows) + note
 
 
 def _trades(data: ReportData) -> str:
     if not data.trades:
         return ""
-    head = _head(
-        [
-            "#",
-            "day",
-            "worker",
-            "symbol",
-            "qty",
-            "entry",
-            "entry price",
-            "exit",
-            "exit price",
-            "held",
-            "PnL",
-            "exit reason",
-            "entry signal",
-            "slippage (cost)",
-        ],
-        left=4,
-    )
+    names = ["#", "day", "worker", "symbol", "qty", "entry", "entry price", "exit", "exit price",
+             "held", "PnL", "slippage (cost)", "exit reason", "entry signal"]  # fmt: skip
     rows = []
     for i, r in enumerate(data.trades, 1):
         t = r.trade
         minutes = (t.closed_at - t.opened_at).total_seconds() / 60
-        rows.append(
-            _tr(
-                [
-                    _Cell(str(i)),
-                    _Cell(t.trading_day.isoformat(), "l"),
-                    _Cell(data.names[t.worker_id], "l"),
-                    _Cell(t.symbol, "l"),
-                    _Cell(f"{t.qty:,}"),
-                    _Cell(_hms(t.opened_at)),
-                    _Cell(price(r.entry_price)),
-                    _Cell(_hms(t.closed_at)),
-                    _Cell(price(r.exit_price)),
-                    _Cell(f"{minutes:.0f} min"),
-                    _pnl(t.pnl),
-                    _Cell(t.exit_reason or "?", "l"),
-                    _Cell(t.entry_reason or "?", "l"),
-                    _cost(r.slippage),
-                ]
-            )
-        )
+        rows.append([
+            _Cell(str(i)), _Cell(t.trading_day.isoformat(), "l"),
+            _Cell(data.names[t.worker_id], "l"), _Cell(t.symbol, "l"), _Cell(f"{t.qty:,}"),
+            _Cell(_hms(t.opened_at)), _Cell(price(r.entry_price)), _Cell(_hms(t.closed_at)),
+            _Cell(price(r.exit_price)), _Cell(f"{minutes:.0f} min"), _pnl(t.pnl),
+            _cost(r.slippage), _Cell(t.exit_reason or "?", "l"),
+            _Cell(t.entry_reason or "?", "l wrap"),
+        ])  # fmt: skip
     return (
         f"<details><summary>All {len(data.trades):,} trades</summary>"
-        f'<div class="scroll"><table class="trades">{head}{"".join(rows)}</table></div>'
-        "</details>"
+        f'<div class="scroll">{_table("trades", names, rows)}</div></details>'
     )
+
+
+def _table(cls: str, names: Sequence[str], rows: Sequence[Sequence[_Cell]]) -> str:
+    """A table whose headers align like the first row's cells."""
+    first = rows[0] if rows else []
+    head = "".join(
+        f'<th class="l">{escape(n)}</th>'
+        if i < len(first) and "l" in first[i].cls.split()
+        else f"<th>{escape(n)}</th>"
+        for i, n in enumerate(names)
+    )
+    body = "".join(_tr(r) for r in rows)
+    return f'<table class="{cls}"><tr>{head}</tr>{body}</table>'
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,14 +249,6 @@ def _pnl(v: Decimal) -> _Cell:
 def _cost(v: Decimal) -> _Cell:
     """A cost (positive = paid): red when positive."""
     return _Cell(won(v), _sign(-v))
-
-
-def _head(names: Sequence[str], *, left: int) -> str:
-    cells = "".join(
-        f'<th class="l">{escape(n)}</th>' if i < left else f"<th>{escape(n)}</th>"
-        for i, n in enumerate(names)
-    )
-    return f"<tr>{cells}</tr>"
 
 
 def _tr(cells: Sequence[_Cell]) -> str:
