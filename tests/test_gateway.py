@@ -131,6 +131,25 @@ async def test_an_order_whose_reply_is_lost_on_the_way_back_is_unknown_and_never
         assert len(venue.recorders[-1].to(ORDER_CASH)) == 1
 
 
+async def test_a_request_is_marked_sent_once_written_so_no_arrival_precedes_its_mark(
+    redis_client: aioredis.Redis, prefix: str
+) -> None:
+    """The jitter bound J is about the network only: the relay marks a request sent when its
+    last byte was written, so the exchange's arrival stamp (the kernel's receive time) never
+    precedes the mark, however long the gateway took to reach the write after the grant."""
+    async with gateway_rig(redis_client, prefix, "real") as rig:
+        since = time.monotonic()
+        broker = await rig.worker("w1")
+        for symbol in rig.venue.symbols[:5]:
+            await price(broker, symbol)
+        marks = sorted(g["sent_at"] for g in rig.gateway.grants(since))
+        arrivals = sorted(a for a, _handled in rig.venue.running.limiter.log if a > since)
+        assert len(marks) == len(arrivals) == 5
+        for mark, arrived in zip(marks, arrivals, strict=True):
+            assert arrived <= mark + 0.001  # the stamp moved onto the monotonic clock
+            assert mark - arrived < 0.5
+
+
 async def test_no_slot_within_the_workers_wait_is_rate_limited_and_nothing_is_sent(
     redis_client: aioredis.Redis, prefix: str
 ) -> None:

@@ -151,10 +151,11 @@ class LaneQueue:
 
 @dataclass(eq=False)
 class Sent:
-    """One request: when its slot was granted, when it actually left (`mark_sent`, just before
-    the bytes go out), and when its answer came back (None: in flight). `hold_s`: set by the
-    sender when the request may still arrive after it gave up on it (a read timeout): the slot
-    is kept that much longer and the jitter bound is not trusted for it."""
+    """One request: when its slot was granted, when it actually left (`mark_sent`: the relay
+    marks it when its last byte was written), and when its answer came back (None: in
+    flight). `hold_s`: set by the sender when the request may still arrive after it gave up on
+    it (a read timeout): the slot is kept that much longer and the jitter bound is not trusted
+    for it."""
 
     sent_at: float
     answered_at: float | None = None

@@ -46,7 +46,7 @@ from broker.kis.client import (
     KisClient,
 )
 from broker.kis.errors import RATE_LIMITED, TOKEN_REFUSALS, TokenUnavailable
-from broker.kis.lanes import Lane, LaneScheduler, SlotTimeout, lane_of
+from broker.kis.lanes import Lane, LaneScheduler, Sent, SlotTimeout, lane_of
 
 JSON_TYPE = "application/json; charset=UTF-8"
 #: KIS's own reply headers handed back to the worker.
@@ -141,7 +141,7 @@ class Relay:
                 with anyio.CancelScope(shield=True):
                     sent.mark_sent(self.scheduler.monotonic())
                     try:
-                        resp = await self._send(method, path, payload, headers)
+                        resp = await self._send(method, path, payload, headers, sent)
                     except httpx.TransportError as exc:
                         what = f"{method} {path}: {type(exc).__name__} {exc}".strip()
                         if isinstance(exc, _NOT_SENT):
@@ -171,14 +171,27 @@ class Relay:
             return RelayReply(resp.status_code, kept, resp.content)
 
     async def _send(
-        self, method: str, path: str, payload: Mapping[str, Any], headers: Mapping[str, str]
+        self,
+        method: str,
+        path: str,
+        payload: Mapping[str, Any],
+        headers: Mapping[str, str],
+        sent: Sent,
     ) -> httpx.Response:
+        monotonic = self.scheduler.monotonic
+
+        async def written(event: str, info: Mapping[str, Any]) -> None:
+            # the request's last byte is on the wire now: its send mark moves here, so the
+            # jitter bound covers the network alone, not this process reaching the write
+            if event.endswith("send_request_body.complete"):
+                sent.mark_sent(monotonic())
+
         http = self.kis.http
+        trace = {"trace": written}
         if method == "GET":
-            return await http.get(path, params=dict(payload), headers=headers)
-        return await http.request(
-            method, path, content=orjson.dumps(dict(payload)), headers=headers
-        )
+            return await http.get(path, params=dict(payload), headers=headers, extensions=trace)
+        return await http.request(method, path, content=orjson.dumps(dict(payload)),
+                                  headers=headers, extensions=trace)  # fmt: skip
 
 
 def _msg_cd(resp: httpx.Response) -> str:
