@@ -64,7 +64,7 @@ from market.replay_file import (
     write_replay_csv,
 )
 from market.ticks import price_limits
-from market.types import FloatArray, Instrument, Quote, Snapshot
+from market.types import FloatArray, Instrument, Quote, Snapshot, range_ratio
 
 __all__ = ["ReplayFormatError", "ReplayMarket", "write_replay_csv"]
 
@@ -143,6 +143,7 @@ class ReplayMarket:
         seen = np.where(np.isnan(close), 0, np.arange(m_count)[None, :])
         filled = np.take_along_axis(close, np.maximum.accumulate(seen, axis=1), axis=1)
         self._close = filled
+        self._range = high - low  # NaN for minutes without a row
         self._volume = volume
         self._cum_volume = np.cumsum(volume, axis=1)
         self._cum_value = np.cumsum(value, axis=1)
@@ -314,6 +315,7 @@ class ReplayMarket:
             lower_limit=_won(self._lower[i]),
             tier=inst.tier,
             short_ma=short_ma,
+            range_ratio=range_ratio(self._range[i, : v.completed]),
         )
 
 

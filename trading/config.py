@@ -24,6 +24,9 @@ class TradingConfig:
     daily_loss_limit: Decimal = Decimal(2_000_000)
     scan_interval_s: float = 30.0
     hold_interval_s: float = 10.0
+    tick_stops: bool = True  # HOLD waits on the market's trades where it offers `PriceWatch`
+    vol_surge_ratio: float = 2.5  # `Quote.range_ratio` at or above it: a volatility surge
+    vol_surge_hold_s: float = 2.0  # the HOLD interval during a surge
     order_poll_s: float = 2.0
     order_timeout_s: float = 60.0
     heartbeat_s: float = 10 / 3

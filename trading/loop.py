@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -25,15 +24,17 @@ import anyio
 from loguru import logger
 
 from broker.errors import BrokerUnavailable
+from broker.port import PriceWatch
 from coordination.errors import BackendUnavailable, CoordinationError
 from coordination.heartbeat import LeaseKeeper
 from coordination.locks import Lease
 from coordination.notices import NoticeType
 from ledger.errors import LedgerError, LedgerUnavailable
 from ledger.records import ScanView
-from market.types import Tier
+from market.types import Quote, Tier
 from strategy.base import Candidate, sell_signal_at
 from strategy.signals import HeldPosition
+from strategy.triggers import HasSellLevels
 from trading.deps import Deps
 from trading.entries import Entries
 from trading.exits import AFTER_CLOSE_GRACE, sell_until_flat
@@ -91,6 +92,12 @@ class Worker:
                                self.thin_liquidation_start)  # fmt: skip
         self._stop = anyio.Event()
         self._pause_scope: anyio.CancelScope | None = None
+        # HOLD: what the last step saw (for the sell levels to wait on), whether the last wait
+        # ended on a trade, how many such wake-ups in a row fired nothing, and the surge state
+        self._held: tuple[HeldPosition, Quote, datetime] | None = None
+        self._woke_on_trade = False
+        self._idle_wakes = 0
+        self._surging = False
 
     @property
     def symbol(self) -> str | None:
@@ -161,7 +168,6 @@ class Worker:
         failures = 0
         while not self._stop.is_set():
             self.last_tick_at = time.monotonic()
-            await self._follow_params()
             started = self.d.clock.now()
             if started >= session.close + AFTER_CLOSE_GRACE:
                 break
@@ -232,24 +238,7 @@ class Worker:
     async def _registry_update(self) -> None:
         await self.d.registry.update(self.id, state=self.state.value, symbol=self.symbol,
                                      pid=os.getpid(), host=socket.gethostname(),
-                                     heartbeat_at=datetime.now(UTC),
-                                     params_version=self.d.params.version)  # fmt: skip
-
-    async def _follow_params(self) -> None:
-        """The top of each step: a new version of the fleet's live parameters (`trading.live`)
-        applies from this step on, and the registry shows it at once."""
-        config = await self.d.params.poll()
-        if config is None:
-            return
-        old, self.d = self.d.config, replace(self.d, config=config)
-        self.entries.d = self.d
-        self.placer.limits = Limits(config.capital_limit, config.daily_loss_limit)
-        self.log.info("live parameters v{} applied ({} changed)", self.d.params.version,
-                      "config" if old != config else "nothing")  # fmt: skip
-        try:
-            await self._registry_update()
-        except CoordinationError as exc:
-            self.log.error("registry not told of parameters v{}: {}", self.d.params.version, exc)
+                                     heartbeat_at=datetime.now(UTC))  # fmt: skip
 
     async def _heartbeat_loop(self) -> None:
         failing = 0  # heartbeats failed in a row: an outage is logged when it starts and ends
@@ -365,7 +354,6 @@ class Worker:
             if self._stop.is_set():
                 return WorkerEvent.STOP
             self.last_tick_at = time.monotonic()
-            await self._follow_params()
             started = self.d.clock.now()
             if started >= self.d.session.close + AFTER_CLOSE_GRACE:
                 self.log.error("{} still held after the close", tenure.symbol)
@@ -399,7 +387,57 @@ class Worker:
                 continue
             failures = 0
             spent = (self.d.clock.now() - started).total_seconds()
-            await self._pause(self.d.config.hold_interval_s - spent)
+            await self._hold_wait(tenure, self._hold_interval(tenure) - spent)
+
+    def _hold_interval(self, tenure: Tenure) -> float:
+        """HOLD_INTERVAL_S, or VOL_SURGE_HOLD_S while the held symbol's last minute ranged
+        VOL_SURGE_RATIO times its average minute or more (`Quote.range_ratio`)."""
+        c = self.d.config
+        ratio = None if self._held is None else self._held[1].range_ratio
+        surging = ratio is not None and ratio >= c.vol_surge_ratio
+        if surging != self._surging:
+            self._surging = surging
+            if surging:
+                self.log.info("volatility surge on {}: last minute {:.1f}x its average range; "
+                              "checking every {:g}s", tenure.symbol, ratio,
+                              min(c.hold_interval_s, c.vol_surge_hold_s))  # fmt: skip
+            else:
+                self.log.info("volatility on {} back to normal", tenure.symbol)
+        return min(c.hold_interval_s, c.vol_surge_hold_s) if surging else c.hold_interval_s
+
+    async def _hold_wait(self, tenure: Tenure, seconds: float) -> None:
+        """Until the next HOLD step: on market data that can watch prices (`PriceWatch`), until
+        a trade reaches a sell level or `seconds` pass; otherwise a plain pause."""
+        c, market = self.d.config, self.d.market
+        self._woke_on_trade = False
+        strategy = c.strategy
+        if (
+            not c.tick_stops
+            or self._held is None
+            or not isinstance(market, PriceWatch)
+            or not isinstance(strategy, HasSellLevels)
+            or self._idle_wakes >= 2  # woken twice for nothing: poll until a step fires
+        ):
+            self._idle_wakes = 0
+            await self._pause(seconds)
+            return
+        if seconds <= 0 or self._stop.is_set():
+            return
+        held, quote, now = self._held
+        levels = strategy.sell_levels(held, quote, now)
+        started = self.d.clock.now()
+        try:
+            with anyio.CancelScope() as scope:
+                self._pause_scope = scope
+                self._woke_on_trade = await market.wait_price(
+                    tenure.symbol, levels.below, levels.above, seconds
+                )
+        except _TRANSIENT as exc:  # the watch is an optimisation: poll instead
+            self.log.warning("price watch on {} unavailable ({!r}); polling", tenure.symbol, exc)
+            spent = (self.d.clock.now() - started).total_seconds()
+            await self._pause(seconds - spent)
+        finally:
+            self._pause_scope = None
 
     async def _verify(self, tenure: Tenure) -> str:
         was_degraded = tenure.degraded
@@ -427,8 +465,14 @@ class Worker:
         if self._stop.is_set():
             return False
         held = HeldPosition(position.symbol, position.qty, position.avg_price, position.opened_at)
+        self._held = (held, quote, now)
         signal = sell_signal_at(d.config.strategy, held, quote, now, liq)
         if signal is None:
+            if self._woke_on_trade:
+                self._idle_wakes += 1
             return False
+        self._idle_wakes = 0
+        if self._woke_on_trade:
+            self.metrics.tick_stop()
         self.log.info("sell signal on {}: {} at {}", held.symbol, signal.reason, quote.price)
         return await sell_until_flat(d, tenure, signal, self.log)

@@ -52,6 +52,9 @@ class WorkerMetrics(Protocol):
     def lease_lost(self) -> None:
         """A lease was lost while the worker held the symbol."""
 
+    def tick_stop(self) -> None:
+        """A sell rule fired on the trade that woke the HOLD loop (not on its periodic step)."""
+
     def scan_done(self, wall_s: float) -> None:
         """One SCAN tick finished after `wall_s` wall seconds."""
 
@@ -81,6 +84,9 @@ class NullWorkerMetrics:
         pass
 
     def lease_lost(self) -> None:
+        pass
+
+    def tick_stop(self) -> None:
         pass
 
     def scan_done(self, wall_s: float) -> None:

@@ -21,6 +21,8 @@ no order ids). Exposed names (`tradefleet_` prefix):
     lock_acquisitions_total{worker}         counter of locks taken (entries and adoptions)
     lock_contention_total{worker}           counter of scans whose first choice was owned
     leases_lost_total{worker}               counter of leases lost while holding
+    tick_sells_total{worker}                counter of sells fired by the trade that reached a
+                                            sell level (not by the periodic HOLD check)
     scan_duration_seconds{worker}           histogram, one SCAN tick in wall seconds
     risk_halts_total{worker}                counter of daily-loss-limit halts
     redis_bad_data_total{kind}              counter of garbage met in Redis (lock, lease, fence,
@@ -135,6 +137,12 @@ class FleetMetrics:
             registry=r,
         )
         self.lost = Counter(f"{PREFIX}_leases_lost", "Leases lost while held", w, registry=r)
+        self.tick_sells = Counter(
+            f"{PREFIX}_tick_sells",
+            "Sells fired by the trade that reached a sell level",
+            w,
+            registry=r,
+        )
         self.scan = Histogram(
             f"{PREFIX}_scan_duration_seconds",
             "One SCAN tick, in wall seconds",
@@ -210,6 +218,7 @@ class PrometheusWorkerMetrics:
         self._acquired = fleet.acquired.labels(worker_id)
         self._contended = fleet.contended.labels(worker_id)
         self._lost = fleet.lost.labels(worker_id)
+        self._tick_sells = fleet.tick_sells.labels(worker_id)
         self._scan = fleet.scan.labels(worker_id)
         self._halts = fleet.halts.labels(worker_id)
         self.state_changed(WorkerState.IDLE)
@@ -245,6 +254,9 @@ class PrometheusWorkerMetrics:
 
     def lease_lost(self) -> None:
         self._lost.inc()
+
+    def tick_stop(self) -> None:
+        self._tick_sells.inc()
 
     def scan_done(self, wall_s: float) -> None:
         self._scan.observe(wall_s)

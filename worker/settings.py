@@ -269,6 +269,13 @@ class Settings(BaseSettings):
     # --- pacing (clock seconds: simulated seconds under PAPER_SPEED > 1) ---
     scan_interval_s: float = Field(30.0, ge=0.1, le=3_600)
     hold_interval_s: float = Field(10.0, ge=0.1, le=3_600)
+    # HOLD wakes on the trade that reaches a sell level (stop, trend break, take profit)
+    # where the market data can tell (paper, the KIS gateway); else it polls every interval
+    tick_stops: bool = True
+    # a held symbol whose last minute's range is this many times its average minute range
+    # is checked every VOL_SURGE_HOLD_S instead of HOLD_INTERVAL_S
+    vol_surge_ratio: float = Field(2.5, ge=1, le=100)
+    vol_surge_hold_s: float = Field(2.0, ge=0.1, le=3_600)
     order_poll_s: float = Field(2.0, ge=0.1, le=600)
     order_timeout_s: float = Field(60.0, ge=1, le=SESSION_S)
     # an unknown order outcome is not "not placed" before the broker had this long to list it
