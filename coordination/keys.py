@@ -60,6 +60,14 @@ key                            type        TTL       meaning
                                                      none set); only ever rises. Workers GET it
                                                      every step. The ledger's ``param_changes``
                                                      is the record it is published from.
+``fleet:alert:seen:{digest}``  string      PX window an alert with this digest (of what, where and
+                                                     why) was admitted for sending; while it
+                                                     exists an identical alert is a duplicate
+                                                     (SET NX PX, `coordination.alerts`).
+``fleet:alert:rate``           integer     PX 60 s   alerts admitted in the current minute of the
+                                                     fleet (INCR; the first sets the TTL).
+``fleet:alert:suppressed``     integer     none      alerts refused by the rate limit since the
+                                                     last admitted one (GETDEL by the next).
 ``fleet:kis:*``                                      BROKER=kis and PAPER_VENUE: the shared KIS
                                                      rate limit and access tokens, named and
                                                      documented by `broker.kis` (not here).
@@ -154,6 +162,20 @@ class Keyspace:
     def params_version(self) -> str:
         """Integer version of `params`, only ever rising, no TTL."""
         return f"{self.prefix}:params:version"
+
+    def alert_seen(self, digest: str) -> str:
+        """String with a PX TTL: an alert of this digest was admitted within the window."""
+        return f"{self.prefix}:alert:seen:{_check_part('digest', digest)}"
+
+    @property
+    def alert_rate(self) -> str:
+        """Integer with a PX TTL: alerts admitted in the current rate window."""
+        return f"{self.prefix}:alert:rate"
+
+    @property
+    def alert_suppressed(self) -> str:
+        """Integer: alerts refused by the rate limit since the last admitted one."""
+        return f"{self.prefix}:alert:suppressed"
 
     @property
     def lease_pattern(self) -> str:

@@ -52,6 +52,10 @@ class NoticeType(StrEnum):
     gone; the other lock types come from the lock scripts and the worker's recovery.
     ``account.drift`` / ``account.drift_cleared`` come from the account reconciliation
     (`trading.reconcile`): the broker's account and the ledger disagree / agree again.
+    ``order.failed``: an order ended REJECTED (refused by the broker, or not placed after the
+    client's retries). ``worker.crashed`` / ``server.unreachable``: a worker stopped on an error,
+    or on a server (``data.server``: broker, Postgres, Redis) still away after its retry budget.
+    ``position.left_open``: a position still held at the close (``worker_id`` its owner).
     ``params.changed``: ``python -m worker params set|reset`` changed the fleet's live
     parameters (``worker_id`` empty; data: ``version``, ``by``, ``forced``, ``changes``, a list
     of ``key``, ``old``, ``new``, ``source``)."""
@@ -66,6 +70,10 @@ class NoticeType(StrEnum):
     RISK_HALT = "risk.halt"
     ACCOUNT_DRIFT = "account.drift"
     ACCOUNT_DRIFT_CLEARED = "account.drift_cleared"
+    ORDER_FAILED = "order.failed"
+    WORKER_CRASHED = "worker.crashed"
+    SERVER_UNREACHABLE = "server.unreachable"
+    POSITION_LEFT_OPEN = "position.left_open"
     PARAMS_CHANGED = "params.changed"
 
 

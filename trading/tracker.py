@@ -273,6 +273,7 @@ class OrderTracker:
             if order.broker_order_id is None:
                 if order.status in (OrderState.REJECTED, OrderState.WITHDRAWN):
                     self._finish(followed, order, NOT_PLACED)
+                    await self._announce_failure(order)
                 return
         assert order.broker_order_id is not None
         try:
@@ -290,6 +291,7 @@ class OrderTracker:
         followed.order = record
         if record.status in TERMINAL:
             self._finish(followed, record, record.status.value)
+            await self._announce_failure(record)
 
     def _finish(self, followed: _Followed, record: OrderRecord, outcome: str) -> None:
         followed.final = record
@@ -360,3 +362,23 @@ class OrderTracker:
             # the ledger holds the fill; the notice is for watchers and must not stop a sale
             # while Redis is away
             self.log.error("order.filled notice for {} not published: {}", cid, exc)
+
+    async def _announce_failure(self, order: OrderRecord) -> None:
+        """``order.failed`` for an order that ended REJECTED (refused by the broker, or not
+        placed after the client's retries): the fleet's alerts tell a person."""
+        if order.status is not OrderState.REJECTED:
+            return
+        data = {
+            "client_order_id": order.client_order_id,
+            "broker_order_id": order.broker_order_id,
+            "side": order.side.value,
+            "order_type": order.order_type.value,
+            "qty": order.qty,
+            "price": order.price,
+            "status_reason": order.status_reason,
+        }
+        try:
+            await self.notices.publish(NoticeType.ORDER_FAILED, self.worker_id, order.symbol, data)
+        except CoordinationError as exc:
+            self.log.error("order.failed notice for {} not published: {}",
+                           order.client_order_id, exc)  # fmt: skip

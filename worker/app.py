@@ -43,6 +43,7 @@ from trading.config import TradingConfig
 from trading.deps import Deps
 from trading.loop import Worker
 from trading.reconcile import LEASE_NAME, AccountReconciler, ReconcileConfig, run_exclusive
+from worker.alerts import FleetAlerts
 from worker.health import (
     FleetHealth,
     HealthServer,
@@ -156,6 +157,7 @@ async def run_fleet(
         await seeder.ensure(ledger.max_fences)
         reaper = LeaseReaper(redis, keys, settings.events_maxlen, on_bad_data=bad_data)
         mirror = LockMirror(notices, ledger, settings.worker_id, reaper=reaper)
+        alerts = FleetAlerts.build(settings, redis, keys, notices, metrics.registry)
         broker, market_data, instruments = await _venue(settings, redis, keys, plan, stack,
                                                         exclusive_paper)  # fmt: skip
         boards = {i.symbol: i.board for i in instruments}
@@ -203,6 +205,9 @@ async def run_fleet(
                 await _serve_health(tg, settings, fleet, plan, metrics, redis, engine)
             # One reaper and one mirror per process; cancelled with tg once the workers finish.
             tg.start_soon(mirror.run)
+            # One alert sender per fleet (a lease); this process announces its workers' crashes.
+            tg.start_soon(alerts.run)
+            tg.start_soon(alerts.watch_crashes, fleet)
             # One account reconciler per fleet: every process stands by for its lease.
             lease, reconciler = reconciliation(settings, redis, keys, broker, ledger, notices,
                                                plan, boards, metrics)  # fmt: skip
@@ -224,6 +229,7 @@ async def run_fleet(
             async with anyio.create_task_group() as workers_tg:
                 for w in fleet:
                     workers_tg.start_soon(w.run)
+            await alerts.close_day(ledger, plan.session, plan.clock, fleet)
             tg.cancel_scope.cancel()
         await ledger.summarize_day(plan.session.day)
     crashed = [w for w in fleet if w.crashed is not None]

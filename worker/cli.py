@@ -157,6 +157,14 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     report.set_defaults(report_prog=report.prog)
     _params_parser(sub)
     _demo_parsers(parser, sub, prog)
+    alert = sub.add_parser(
+        "alert",
+        help="send one test alert through the configured notifier (ALERT_*)",
+        description="Send one test alert straight to ALERT_WEBHOOK_URL (ALERT_KIND webhook, "
+        "slack or telegram), without Redis or deduplication. Exit 0 when the endpoint took it, "
+        "1 when it did not (one line saying why), 2 when alerts are not configured.",
+    )
+    alert.add_argument("--test", action="store_true", required=True, help="send a test alert")
     return parser
 
 
@@ -338,6 +346,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:  # noqa: C90
         from worker.gateway import gateway
 
         return gateway(settings)
+    if command == "alert":
+        from worker.alerts import send_test
+
+        return send_test(settings)
     if command == "report":
         _require(settings, "database_url")
         from worker.report_html import report_command

@@ -331,6 +331,15 @@ class Settings(BaseSettings):
     gateway_url: HttpUrl = None  # the relay's URL workers use; default http://HOST:PORT
     gateway_lease_ttl_ms: int = Field(3_000, ge=1_500, le=60_000)  # bounds the takeover
 
+    # --- alerts to a person (off while ALERT_WEBHOOK_URL is unset; worker.alerts) ---
+    alert_webhook_url: HttpUrl = None  # never echoed: Slack and Telegram URLs hold a token
+    alert_kind: Literal["webhook", "slack", "telegram"] | None = None  # default: webhook
+    alert_telegram_chat: str | None = Field(None, pattern=r"^(-?\d{1,20}|@[A-Za-z0-9_]{5,32})$")
+    alert_dedup_s: float = Field(600.0, ge=1, le=86_400)  # identical alerts sent once per window
+    alert_max_per_min: int = Field(20, ge=1, le=600)  # alerts the fleet sends per minute at most
+    alert_timeout_s: float = Field(5.0, ge=0.5, le=60)  # one request to the endpoint
+    alert_attempts: int = Field(3, ge=1, le=10)  # tries per alert (5xx, 429, timeouts, refusals)
+
     # --- operations: /healthz and /metrics over HTTP (0 = no server) ---
     health_port: int = Field(0, ge=0, le=65_535)
     health_host: Annotated[str, AfterValidator(_host)] = "127.0.0.1"
@@ -354,6 +363,7 @@ class Settings(BaseSettings):
             raise ValueError("WORKER_TTL_MS must exceed the heartbeat period (HEARTBEAT_MS)")
         if self.min_price > self.max_price:
             raise ValueError("MIN_PRICE must not exceed MAX_PRICE")
+        _check_alerts(self)
         if self.broker == "kis":
             missing = [
                 # no secret: a worker reaches KIS through the gateway, which holds it
@@ -383,6 +393,29 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """Neither server configured: `python -m worker` runs the embedded default."""
         return not self.database_url and not self.redis_url
+
+
+#: the path of a Telegram bot's API URL: /bot<token>, optionally /sendMessage
+_TELEGRAM_BOT_PATH = re.compile(r"/bot\d+:[A-Za-z0-9_-]+(/sendMessage)?/?")
+
+
+def _check_alerts(s: Settings) -> None:
+    """The ALERT_* settings fit together; the messages never repeat the URL (it holds a token)."""
+    if not s.alert_webhook_url:
+        for name in ("alert_kind", "alert_telegram_chat"):
+            if getattr(s, name) is not None:
+                raise ValueError(f"{name.upper()} needs ALERT_WEBHOOK_URL (alerts are off)")
+        return
+    if s.alert_kind == "telegram":
+        if s.alert_telegram_chat is None:
+            raise ValueError("ALERT_TELEGRAM_CHAT is required with ALERT_KIND=telegram")
+        if not _TELEGRAM_BOT_PATH.fullmatch(urlsplit(s.alert_webhook_url).path or "/"):
+            raise ValueError(
+                "ALERT_WEBHOOK_URL: with ALERT_KIND=telegram it must be the bot's API URL, "
+                "https://api.telegram.org/bot<token>"
+            )
+    elif s.alert_telegram_chat is not None:
+        raise ValueError("ALERT_TELEGRAM_CHAT is only used with ALERT_KIND=telegram")
 
 
 def load_settings(**overrides: Any) -> Settings:
