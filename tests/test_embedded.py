@@ -86,6 +86,7 @@ def _check_demo(run: Run, folder: Path) -> None:
     assert "\x1b" not in run.out + run.err
     assert "\r" not in run.out + run.err
     assert len(run.err.splitlines()) < 15, run.err
+    assert not re.search(r"^\d\d:\d\d:\d\d\.\d{3} ", run.err, re.MULTILINE), "a log line on stderr"
     assert "KST  100%" in run.err
     log = Path(re.search(r"^  log   (\S+)$", run.out, re.MULTILINE).group(1))  # type: ignore[union-attr]
     assert log.parent.parent == folder

@@ -135,6 +135,8 @@ def _run(settings: Settings, options: DemoOptions, folder: Path, out: TextIO, er
         ) as display,  # fmt: skip
     ):
         try:
+            if options.fresh:
+                logger.info("demo folder {} emptied (--fresh)", folder)
             display.phase("starting PostgreSQL and Valkey")
             logger.info("demo folder {}: starting PostgreSQL and Valkey from their wheels", folder)
             with (
@@ -190,7 +192,6 @@ def empty_folder(folder: Path) -> None:
     stop_stale_valkey(folder / "redis")
     for name in ("postgres", "redis", "logs"):
         shutil.rmtree(folder / name, ignore_errors=True)
-    logger.info("demo folder {} emptied (--fresh)", folder)
 
 
 async def _day(
