@@ -313,7 +313,8 @@ def with_demo_servers(
     err: TextIO | None = None,
 ) -> int:
     """Run `command` with DATABASE_URL and REDIS_URL on the demo folder's servers, started for
-    it and stopped after it (exit 2: no demo data there yet, or the folder is in use)."""
+    it and stopped after it (exit 2: no demo data there yet, or the folder is in use). The
+    demo's database is migrated to the code's head first, as the demo itself does."""
     err = err or sys.stderr
     folder = folder.expanduser().absolute()
     if not folder.is_dir():
@@ -328,6 +329,7 @@ def with_demo_servers(
                 embedded_postgres(pgdata=folder / "postgres") as database_url,
                 embedded_redis(folder / "redis") as redis_url,
             ):
+                upgrade_head(database_url)  # the demo's own database follows the code
                 on_demo = settings.model_copy(
                     update={"database_url": database_url, "redis_url": redis_url}
                 )
