@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -168,6 +169,7 @@ class Worker:
         failures = 0
         while not self._stop.is_set():
             self.last_tick_at = time.monotonic()
+            await self._follow_params()
             started = self.d.clock.now()
             if started >= session.close + AFTER_CLOSE_GRACE:
                 break
@@ -238,7 +240,24 @@ class Worker:
     async def _registry_update(self) -> None:
         await self.d.registry.update(self.id, state=self.state.value, symbol=self.symbol,
                                      pid=os.getpid(), host=socket.gethostname(),
-                                     heartbeat_at=datetime.now(UTC))  # fmt: skip
+                                     heartbeat_at=datetime.now(UTC),
+                                     params_version=self.d.params.version)  # fmt: skip
+
+    async def _follow_params(self) -> None:
+        """The top of each step: a new version of the fleet's live parameters (`trading.live`)
+        applies from this step on, and the registry shows it at once."""
+        config = await self.d.params.poll()
+        if config is None:
+            return
+        old, self.d = self.d.config, replace(self.d, config=config)
+        self.entries.d = self.d
+        self.placer.limits = Limits(config.capital_limit, config.daily_loss_limit)
+        self.log.info("live parameters v{} applied ({} changed)", self.d.params.version,
+                      "config" if old != config else "nothing")  # fmt: skip
+        try:
+            await self._registry_update()
+        except CoordinationError as exc:
+            self.log.error("registry not told of parameters v{}: {}", self.d.params.version, exc)
 
     async def _heartbeat_loop(self) -> None:
         failing = 0  # heartbeats failed in a row: an outage is logged when it starts and ends
@@ -354,6 +373,7 @@ class Worker:
             if self._stop.is_set():
                 return WorkerEvent.STOP
             self.last_tick_at = time.monotonic()
+            await self._follow_params()
             started = self.d.clock.now()
             if started >= self.d.session.close + AFTER_CLOSE_GRACE:
                 self.log.error("{} still held after the close", tenure.symbol)

@@ -28,6 +28,7 @@ from coordination.fences import FenceSeeder
 from coordination.keys import Keyspace
 from coordination.locks import RedisSymbolLock
 from coordination.notices import Notices
+from coordination.params import RedisParams
 from coordination.reaper import LeaseReaper
 from coordination.registry import WorkerRegistry
 from coordination.singleton import RedisSingleton
@@ -54,6 +55,7 @@ from worker.health import (
 )
 from worker.metrics import FleetMetrics, PrometheusAccountMetrics
 from worker.mirror import LockMirror
+from worker.params import FleetParams, republish
 from worker.reaper import run_reaper
 from worker.settings import ConfigError, Settings, kis_config, strategy_of
 
@@ -158,6 +160,9 @@ async def run_fleet(
         reaper = LeaseReaper(redis, keys, settings.events_maxlen, on_bad_data=bad_data)
         mirror = LockMirror(notices, ledger, settings.worker_id, reaper=reaper)
         alerts = FleetAlerts.build(settings, redis, keys, notices, metrics.registry)
+        # the live parameters: the ledger's set published again if Redis lost it (a restart)
+        live_params = RedisParams(redis, keys, on_bad_data=bad_data)
+        await republish(await ledger.live_params(), live_params)
         broker, market_data, instruments = await _venue(settings, redis, keys, plan, stack,
                                                         exclusive_paper)  # fmt: skip
         boards = {i.symbol: i.board for i in instruments}
@@ -169,8 +174,9 @@ async def run_fleet(
             lock = RedisSymbolLock(redis, keys, ws.worker_id, ttl_ms=ws.lock_ttl_ms,
                                    on_bad_data=bad_data,
                                    reseed_fence=seeder.reseeder(ledger.max_fences))  # fmt: skip
+            params = FleetParams(live_params, ws, trading_config)
             deps = Deps(
-                config=trading_config(ws, strategy),
+                config=await params.load(trading_config(ws, strategy)),
                 clock=plan.clock,
                 session=plan.session,
                 broker=broker,
@@ -184,6 +190,7 @@ async def run_fleet(
                 tiers=tiers,
                 fences=seeder,
                 metrics=metrics.for_worker(ws.worker_id, plan.clock.speed),
+                params=params,
             )
             fleet.append(Worker(deps))
         logger.info(
