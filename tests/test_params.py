@@ -11,6 +11,7 @@ import sys
 from collections.abc import Mapping
 from datetime import date
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -25,12 +26,13 @@ from ledger.repository import Ledger
 from market.calendar import default_calendar
 from worker.app import trading_config
 from worker.params import (
-    LIVE,
+    CORE_LIVE,
     FleetParams,
     ParamsRefused,
     change,
     check_name,
     env_with_live,
+    live_names,
     plan_change,
     with_live,
 )
@@ -53,16 +55,19 @@ def stop_loss(config: Any) -> Decimal:
 def test_a_misspelt_name_gets_the_settings_did_you_mean() -> None:
     with pytest.raises(ConfigError, match=r"^STOP_LOS_PCT: unknown setting; did you mean "
                                           r"STOP_LOSS_PCT\?$"):  # fmt: skip
-        check_name("stop_los_pct")
+        check_name("stop_los_pct", load_settings())
     with pytest.raises(ConfigError, match=r"^NO_SUCH_THING: unknown setting$"):
-        check_name("NO_SUCH_THING")
+        check_name("NO_SUCH_THING", load_settings())
 
 
 def test_a_setting_that_is_not_live_is_refused_by_name() -> None:
     for name in ("DATABASE_URL", "LOCK_TTL_MS", "N_BARS", "LIQUIDATION_LEAD_MIN"):
         with pytest.raises(ConfigError, match=rf"^{name}: not a live parameter"):
-            check_name(name)
-    assert all(name.lower() in Settings.model_fields for name in LIVE)
+            check_name(name, load_settings())
+    assert all(name.lower() in Settings.model_fields for name in CORE_LIVE)
+    shipped = live_names(load_settings())
+    assert shipped[:2] == ("CAPITAL_LIMIT", "DAILY_LOSS_LIMIT")
+    assert {"STOP_LOSS_PCT", "MIN_SCORE", "EXCLUDE_SYMBOLS", "SHORT_MA_BARS"} <= set(shipped)
 
 
 def test_values_are_checked_by_the_settings_validators() -> None:
@@ -73,7 +78,7 @@ def test_values_are_checked_by_the_settings_validators() -> None:
     # a cross-field rule of the model holds over the environment and the live set together
     with pytest.raises(ConfigError, match="SHORT_MA_BARS must be smaller than LONG_MA_BARS"):
         env_with_live({"SHORT_MA_BARS": "25"})
-    assert env_with_live({"EXCLUDE_SYMBOLS": "005930, 000660"}).exclude_symbols == (
+    assert env_with_live({"EXCLUDE_SYMBOLS": "005930, 000660"}).value("EXCLUDE_SYMBOLS") == (
         "005930", "000660",
     )  # fmt: skip
 
@@ -252,7 +257,36 @@ async def test_a_worker_follows_published_versions_and_refuses_bad_data(
     assert source.version == 3
     assert stop_loss(back) == stop_loss(default) == Decimal("1.5")
     assert back.capital_limit == default.capital_limit
-    assert with_live(base, {}).worker_id == "w1"
+    assert with_live(base, {}).settings.worker_id == "w1"
+
+
+PLUG_IN = "examples.mean_reversion:MeanReversion"
+
+
+async def test_a_plug_in_strategys_own_parameters_are_live(
+    redis_client: aioredis.Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))  # examples/
+    monkeypatch.setenv("STRATEGY", PLUG_IN)
+    base = load_settings(worker_id="w1")
+    names = live_names(base)
+    assert names[: len(CORE_LIVE)] == CORE_LIVE
+    assert {"STRATEGY_LOOKBACK_BARS", "STRATEGY_STOP_LOSS_PCT"} <= set(names)
+    with pytest.raises(ConfigError, match=r"^STOP_LOSS_PCT: not a live parameter"):
+        check_name("STOP_LOSS_PCT", base)  # the shipped strategy's, not this one's
+    with pytest.raises(ConfigError, match="did you mean STRATEGY_LOOKBACK_BARS"):
+        check_name("STRATEGY_LOOKBAK_BARS", base)
+    with pytest.raises(ConfigError, match="STRATEGY_LOOKBACK_BARS"):
+        env_with_live({"STRATEGY_LOOKBACK_BARS": "1"})  # the strategy's own bounds
+    assert env_with_live({"STRATEGY_LOOKBACK_BARS": "30"}).value("STRATEGY_LOOKBACK_BARS") == 30
+
+    store = RedisParams(redis_client, Keyspace(prefix))
+    source = FleetParams(store, base, trading_config)
+    await store.publish(1, {"STRATEGY_LOOKBACK_BARS": "30", "CAPITAL_LIMIT": "5000000"})
+    config = await source.poll()
+    assert config is not None
+    assert getattr(config.strategy.params, "lookback_bars") == 30  # noqa: B009 (a plug-in's)
+    assert config.capital_limit == Decimal(5_000_000)
 
 
 # --- the command line ------------------------------------------------------------------------

@@ -11,14 +11,16 @@ values, recorded the same way; `params show` prints the effective values and the
 Every worker asks for the version at the top of each step (one GET) and, when it changed,
 rebuilds its `TradingConfig` from its own settings plus the live set (`FleetParams`).
 
-Only the settings in `LIVE` are live; the rest are read once at start (servers, identity,
-coordination timings, the broker, liquidation times) and refused with one line. Money limits
-(`MONEY_LIMITS`) may only be tightened while a session is in progress, unless ``--force``.
+Live are the core's `CORE_LIVE` and the strategy's own parameters (`live_names`); the rest are
+read once at start (servers, identity, coordination timings, the broker, liquidation times) and
+refused with one line. Money limits (`MONEY_LIMITS`) may only be tightened while a session is
+in progress, unless ``--force``.
 """
 
 from __future__ import annotations
 
 import getpass
+import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,27 +31,29 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 from pydantic import ValidationError
 
-from worker.settings import ConfigError, Settings, _one_line, load_settings, near_miss
+from worker.settings import (
+    ConfigError,
+    Settings,
+    _one_line,
+    load_settings,
+    near_miss,
+    strategy_of,
+)
 
 if TYPE_CHECKING:
     from coordination.params import RedisParams
     from ledger.params import ParamChangeRecord, ParamEdit, ParamState, Plan
     from ledger.repository import Ledger
     from market.calendar import Session
+    from strategy import Strategy
     from trading.config import TradingConfig
 
-#: the live settings: read by the workers at every step. Money limits first.
-LIVE: tuple[str, ...] = (
-    # money limits: tighten only while a session is in progress (unless --force)
-    "CAPITAL_LIMIT", "DAILY_LOSS_LIMIT",
-    # exits
-    "STOP_LOSS_PCT", "TAKE_PROFIT_PCT", "MAX_HOLD_MIN", "TREND_BREAK_PCT", "TREND_MIN_HOLD_MIN",
-    # entries: score, scan and liquidity filters, moving-average windows (within N_BARS)
-    "MIN_SCORE", "MAX_CANDIDATES", "MIN_VOLUME", "MIN_TRADED_VALUE", "MAX_SPREAD_TICKS",
-    "MIN_PRICE", "MAX_PRICE", "EXCLUDE_SYMBOLS", "SHORT_MA_BARS", "LONG_MA_BARS",
-    "BREAKOUT_BARS", "SURGE_BARS",
-    # pacing read afresh at every step
-    "SCAN_INTERVAL_S", "HOLD_INTERVAL_S", "ORDER_TIMEOUT_S",
+#: the trading core's live settings, read afresh at every step; the strategy's own parameters
+#: are live too (`live_names`): for the shipped strategy STOP_LOSS_PCT, TAKE_PROFIT_PCT,
+#: MAX_HOLD_MIN, TREND_*, MIN_SCORE, the scan and liquidity filters and the moving-average
+#: windows; for a plug-in its STRATEGY_* parameters
+CORE_LIVE: tuple[str, ...] = (
+    "CAPITAL_LIMIT", "DAILY_LOSS_LIMIT", "SCAN_INTERVAL_S", "HOLD_INTERVAL_S", "ORDER_TIMEOUT_S",
 )  # fmt: skip
 #: a larger value is a looser limit; while a session is in progress only lowering is allowed
 MONEY_LIMITS = frozenset({"CAPITAL_LIMIT", "DAILY_LOSS_LIMIT"})
@@ -62,14 +66,28 @@ class ParamsRefused(ConfigError):
 # --- names and values ------------------------------------------------------------------------
 
 
-def check_name(name: str) -> str:
-    """`name` in upper case if it is a live setting; otherwise a one-line `ConfigError`: an
+def strategy_names(settings: Settings) -> dict[str, str]:
+    """The parameters of the strategy `settings` name (STRATEGY): environment name -> field."""
+    from strategy.loading import strategy_class
+
+    params = strategy_class(settings.strategy, setting="STRATEGY").Params
+    return {params.env_name(f): f for f in params.model_fields}
+
+
+def live_names(settings: Settings) -> tuple[str, ...]:
+    """The live parameters: the core's (money limits first), then the strategy's."""
+    return CORE_LIVE + tuple(n for n in strategy_names(settings) if n not in CORE_LIVE)
+
+
+def check_name(name: str, settings: Settings) -> str:
+    """`name` in upper case if it is a live parameter; otherwise a one-line `ConfigError`: an
     unknown name (with the settings' did-you-mean), or a setting that is not live."""
     upper = name.strip().upper()
-    if upper in LIVE:
+    if upper in live_names(settings):
         return upper
-    if upper.lower() not in Settings.model_fields:
-        meant = near_miss(upper)
+    known = [*(n.upper() for n in Settings.model_fields), *strategy_names(settings)]
+    if upper not in known:
+        meant = near_miss(upper, known)
         hint = f"; did you mean {meant}?" if meant else ""
         raise ConfigError(f"{upper or repr(name)}: unknown setting{hint}")
     raise ConfigError(
@@ -78,14 +96,14 @@ def check_name(name: str) -> str:
     )
 
 
-def parse_assignments(items: Sequence[str]) -> dict[str, str]:
+def parse_assignments(items: Sequence[str], settings: Settings) -> dict[str, str]:
     """``KEY=VALUE`` arguments -> {KEY: VALUE}; names checked with `check_name`."""
     out: dict[str, str] = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"{item!r}: expected KEY=VALUE")
-        key = check_name(name)
+        key = check_name(name, settings)
         if key in out:
             raise ConfigError(f"{key}: given twice")
         out[key] = value.strip()
@@ -101,23 +119,55 @@ def value_text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def with_live(base: Settings, live: Mapping[str, str]) -> Settings:
+@dataclass(frozen=True)
+class Effective:
+    """Settings and strategy with the live values, as a worker runs them."""
+
+    settings: Settings
+    strategy: Strategy[Any]
+
+    def value(self, key: str) -> Any:
+        """The value of live parameter `key`: the strategy's own, else the setting's."""
+        field = strategy_names(self.settings).get(key)
+        if field is not None:
+            return getattr(self.strategy.params, field)
+        return getattr(self.settings, key.lower())
+
+
+def _split(live: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Live values that are settings (by field name) and those only a strategy knows."""
+    fields = {k.lower(): v for k, v in live.items() if k.lower() in Settings.model_fields}
+    return fields, {k: v for k, v in live.items() if k.lower() not in Settings.model_fields}
+
+
+def _strategy(settings: Settings, only_strategy: Mapping[str, str]) -> Strategy[Any]:
+    """The settings' strategy, its own parameters read from the environment plus the live ones
+    (as the environment would give them)."""
+    if not only_strategy:
+        return strategy_of(settings)
+    return strategy_of(settings, environ={**os.environ, **only_strategy})
+
+
+def with_live(base: Settings, live: Mapping[str, str]) -> Effective:
     """`base` with the live values, validated by the settings' own validators (the whole
-    model, so cross-field rules hold); a one-line `ConfigError` naming the setting."""
-    given = {k.lower(): v for k, v in live.items()}
+    model, so cross-field rules hold) and the strategy's; a one-line `ConfigError`."""
+    given, only_strategy = _split(live)
     try:
         valid = Settings(**{**base.model_dump(), **given})
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
     # what was given explicitly stays so (a strategy takes only explicit settings over its own
     # parameter sources), plus the live values
-    return Settings.model_construct(_fields_set=base.model_fields_set | set(given),
-                                    **valid.model_dump())  # fmt: skip
+    settings = Settings.model_construct(_fields_set=base.model_fields_set | set(given),
+                                        **valid.model_dump())  # fmt: skip
+    return Effective(settings, _strategy(settings, only_strategy))
 
 
-def env_with_live(live: Mapping[str, str]) -> Settings:
+def env_with_live(live: Mapping[str, str]) -> Effective:
     """This process's environment with the live values, exactly as `load_settings` reads it."""
-    return load_settings(**{k.lower(): v for k, v in live.items()})
+    given, only_strategy = _split(live)
+    settings = load_settings(**given)
+    return Effective(settings, _strategy(settings, only_strategy))
 
 
 # --- deciding a change ---------------------------------------------------------------------
@@ -128,7 +178,7 @@ def plan_change(
     *,
     session: Session | None,
     force: bool,
-    environment: Callable[[Mapping[str, str]], Settings] = env_with_live,
+    environment: Callable[[Mapping[str, str]], Effective] = env_with_live,
 ) -> Plan:
     """The change as the ledger's `Plan`: on the live set it finds, the edits to record.
 
@@ -151,7 +201,7 @@ def plan_change(
         before_s, after_s = environment(live), environment(after)
         edits = []
         for key in sorted(wanted):
-            old, new = getattr(before_s, key.lower()), getattr(after_s, key.lower())
+            old, new = before_s.value(key), after_s.value(key)
             if old == new and (key in live) == (key in after):
                 continue
             if key in MONEY_LIMITS and Decimal(new) > Decimal(old) and session and not force:
@@ -250,10 +300,14 @@ async def republish(state: ParamState, store: RedisParams) -> bool:
 
 class FleetParams:
     """One worker's `trading.live.ParamSource`: the fleet's live set in Redis over the worker's
-    own settings, built into a `TradingConfig` by `build` (`worker.app.trading_config`)."""
+    own settings and strategy, built into a `TradingConfig` by `build`
+    (`worker.app.trading_config`)."""
 
     def __init__(
-        self, store: RedisParams, base: Settings, build: Callable[[Settings], TradingConfig]
+        self,
+        store: RedisParams,
+        base: Settings,
+        build: Callable[[Settings, Strategy[Any]], TradingConfig],
     ) -> None:
         self.store = store
         self.base = base
@@ -287,7 +341,8 @@ class FleetParams:
             self._away = False
             self.log.warning("live parameters readable again")
         try:
-            config = self.build(with_live(self.base, published.values))
+            live = with_live(self.base, published.values)
+            config = self.build(live.settings, live.strategy)
         except (ConfigError, ValueError) as exc:
             self._refused = published.version
             self.log.error("live parameters v{} refused, still running v{}: {}",
@@ -308,11 +363,13 @@ def command(settings: Settings, args: Any) -> int:
     if action == "show":
         return anyio.run(_show, settings, args.json)
     if action == "set":
-        requested: dict[str, str | None] | None = dict(parse_assignments(args.assignments))
+        requested: dict[str, str | None] | None = dict(
+            parse_assignments(args.assignments, settings)
+        )
         assert requested is not None
         env_with_live({k: v for k, v in requested.items() if v is not None})  # fail before I/O
     else:
-        requested = {check_name(k): None for k in args.keys} if args.keys else None
+        requested = {check_name(k, settings): None for k in args.keys} if args.keys else None
     session = session_in_progress(settings)
     plan = plan_change(requested, session=session, force=args.force)
     result = anyio.run(_change, settings, plan, author(args.by), args.force)
@@ -369,11 +426,12 @@ async def _show(settings: Settings, as_json: bool) -> int:
         state = await Ledger(engine, CostModel()).live_params()
         published = await RedisParams(redis, Keyspace(settings.fleet_prefix)).version()
     effective = env_with_live(state.values())
+    names = live_names(settings)
     rows = []
-    for key in LIVE:
+    for key in names:
         live = state.live.get(key)
         rows.append({
-            "key": key, "value": value_text(getattr(effective, key.lower())),
+            "key": key, "value": value_text(effective.value(key)),
             "source": "live" if live else "env", "version": live.version if live else None,
             "changed_at": live.changed_at.isoformat() if live else None,
             "changed_by": live.changed_by if live else None,
@@ -385,7 +443,7 @@ async def _show(settings: Settings, as_json: bool) -> int:
     note = "" if published == state.version else f"; Redis publishes v{published}"
     lines = [f"live parameters v{state.version}{note}",
              f"{'setting':<20} {'value':>12}  source"]  # fmt: skip
-    for row, key in zip(rows, LIVE, strict=True):
+    for row, key in zip(rows, names, strict=True):
         source = "env"
         live = state.live.get(key)
         if live is not None:
