@@ -28,8 +28,9 @@ gateway's send-to-answer times (rtt_p50_ms, rtt_p99_ms: what a slot is held past
 without a jitter bound), grant_to_send_p99_ms, and jitter_bound_ms: the gateway's J at the
 end (`broker.kis.lanes.DEFAULT_JITTER_S`, doubled on each EGW00201). From the exchange's
 arrival log (`/__exchange/arrivals`: the kernel's receive time of each request and when the
-exchange's loop handled it): send_to_arrival_p50_ms / _p99_ms (the gateway's send mark to the
-request's arrival, the quantity J bounds), arrival_to_handling_p99_ms / _max_ms (how late the
+exchange's loop handled it): arrival_after_mark_p50_ms / _max_ms (a request's arrival after
+the gateway's send mark, taken once its last byte is written: at most 0 on loopback, the
+quantity J bounds), arrival_to_handling_p99_ms / _max_ms (how late the
 exchange's loop got to a request: counting then instead of on arrival bunches requests the
 gateway spaced), and max_sends_in_1s / max_arrivals_in_1s (the most in any one second at
 either end; the limit is the goal). Exit 0
@@ -167,6 +168,13 @@ async def _burst(
         await redis.aclose()
 
 
+def _nearest(times: list[float], t: float) -> float:
+    """The element of `times` (sorted) nearest to `t`; inf for none."""
+    i = bisect.bisect_left(times, t)
+    near = [times[j] for j in (i - 1, i) if 0 <= j < len(times)]
+    return min(near, key=lambda x: abs(x - t)) if near else math.inf
+
+
 def _max_in_window(times: list[float], window_s: float) -> int:
     """The most of `times` (sorted) inside any half-open window of `window_s`."""
     best = lo = 0
@@ -215,12 +223,13 @@ def run(args: argparse.Namespace) -> int:
     answered = [g for g in grants if g.get("answered_at") is not None]
     rtts = [(g["answered_at"] - g["sent_at"]) * 1000 for g in answered]
     late_sends = [(g["sent_at"] - g["granted_at"]) * 1000 for g in answered]
-    # the gateway's sends against the exchange's arrivals (one machine, one monotonic clock):
-    # each send's transit is the wait until the first arrival after it
+    # the gateway's send marks (taken once the last byte is written) against the exchange's
+    # arrivals (one machine, one monotonic clock): each mark's nearest arrival, how much later
+    # than the mark it was (negative: before it, as it should be; J bounds it from above)
     sends = sorted(g["sent_at"] for g in answered)
     arrived = sorted(a for a, _handled in arrivals)
-    transit = [(arrived[i] - s) * 1000 for s in sends
-               if (i := bisect.bisect_left(arrived, s)) < len(arrived)]  # fmt: skip
+    transit = [_nearest(arrived, s) - s for s in sends]
+    transit_ms = [t * 1000 for t in transit if math.isfinite(t)]
     handling_lag = [(h - a) * 1000 for a, h in arrivals]
     refusals = sum(sum(v.values()) for v in stats["rate_limited"].values())
     tokens = sum(stats["token_issues"].values())
@@ -241,8 +250,8 @@ def run(args: argparse.Namespace) -> int:
         "rtt_p50_ms": round(percentile(rtts, 0.5), 1),
         "rtt_p99_ms": round(percentile(rtts, 0.99), 1),
         "grant_to_send_p99_ms": round(percentile(late_sends, 0.99), 1),
-        "send_to_arrival_p50_ms": round(percentile(transit, 0.5), 2),
-        "send_to_arrival_p99_ms": round(percentile(transit, 0.99), 2),
+        "arrival_after_mark_p50_ms": round(percentile(transit_ms, 0.5), 2),
+        "arrival_after_mark_max_ms": round(max(transit_ms, default=0.0), 2),
         "arrival_to_handling_p99_ms": round(percentile(handling_lag, 0.99), 1),
         "arrival_to_handling_max_ms": round(max(handling_lag, default=0.0), 1),
         "max_sends_in_1s": _max_in_window(sends, 1.0),
