@@ -163,6 +163,10 @@ class Worker:
         if wait > 0:
             self.log.info("waiting {:.0f}s (clock) for the open at {}", wait, session.open)
             await self._pause(wait)
+        else:
+            # ready at the open: a virtual clock (market.vclock) lets its fleet start together,
+            # in turn order, once every worker waits here
+            await self.d.clock.sleep(0)
         if self._stop.is_set() or self.d.clock.now() >= session.close:
             return
         await self._fire(WorkerEvent.START)

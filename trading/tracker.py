@@ -39,6 +39,7 @@ from ledger.repository import Ledger
 from market.clock import Clock
 from market.orders import ClientOrderId, OrderStatus
 from market.types import Board
+from market.vclock import participating, wait_event
 from trading.metrics import NOT_PLACED, NULL_METRICS, WorkerMetrics
 
 #: orders whose broker id is still missing: asked about with find_orders
@@ -134,7 +135,7 @@ class OrderTracker:
     async def final(self, cid: str) -> OrderRecord:
         """Wait until the tracker has seen `cid` reach a final state; return that record."""
         followed = self._followed[cid]
-        await followed.done.wait()
+        await wait_event(self.clock, followed.done)  # on a virtual clock, without holding time
         assert followed.final is not None
         return followed.final
 
@@ -147,11 +148,13 @@ class OrderTracker:
     # -- the loop ---------------------------------------------------------------------------
 
     async def run(self) -> NoReturn:
-        if not isinstance(self.broker, FillHints):
-            await self._loop()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._follow_hints, self.broker)
-            await self._loop()
+        # its polls decide when fills reach the ledger: a participant of a virtual clock
+        with participating(self.clock, f"{self.worker_id}/tracker"):
+            if not isinstance(self.broker, FillHints):
+                await self._loop()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._follow_hints, self.broker)
+                await self._loop()
         raise AssertionError("the tracker loop never ends")  # pragma: no cover
 
     async def _follow_hints(self, source: FillHints) -> None:
@@ -169,10 +172,9 @@ class OrderTracker:
                 await self._sleep_answering_hints(self.poll_s)
             else:
                 # nothing to follow: sleep until a placer hands an order over (or a refresh
-                # is due, in wall seconds of the clock's pace)
+                # is due, in clock seconds)
                 self._wake = anyio.Event()
-                with anyio.move_on_after(_REFRESH_S / max(self.clock.speed, 1.0)):
-                    await self._wake.wait()
+                await wait_event(self.clock, self._wake, _REFRESH_S)
 
     async def refresh_if_due(self) -> None:
         now = self.clock.now()

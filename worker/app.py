@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -39,6 +39,7 @@ from market.clock import KST, Clock, RealClock, SimClock
 from market.costs import CostModel
 from market.sim import SimulatedMarket
 from market.types import Board, Instrument
+from market.vclock import Participant, VirtualClock
 from strategy import Strategy
 from trading.config import TradingConfig
 from trading.deps import Deps
@@ -78,15 +79,25 @@ class Plan:
 
 
 def plan_session(
-    settings: Settings, calendar: KrxCalendar, speed: float, epoch: float | None
+    settings: Settings,
+    calendar: KrxCalendar,
+    speed: float,
+    epoch: float | None,
+    *,
+    virtual: bool = False,
 ) -> Plan:
     """Which session to trade and on which clock.
 
     Real time (speed 1): today's KRX session, if any. Simulated (speed > 1): PAPER_DAY, or today
     when it is a session day, else the next session; the session opens at the epoch.
+    `virtual`: the simulated day's session on a `VirtualClock` at its open (speed and epoch do
+    not apply).
     """
+    if virtual and (settings.broker == "kis" or settings.paper_venue):
+        raise ConfigError("BROKER: virtual time needs the in-process paper broker "
+                          "(BROKER=paper, no PAPER_VENUE)")  # fmt: skip
     today = datetime.now(KST).date()
-    if speed <= 1:
+    if speed <= 1 and not virtual:
         session = calendar.session(today)
         if session is None:
             raise MarketClosed(f"{today} is not a KRX session day")
@@ -96,6 +107,8 @@ def plan_session(
     day: date = settings.paper_day or today
     found = calendar.session(day)
     session = found if found is not None else calendar.next_session(day)
+    if virtual:
+        return Plan(session, VirtualClock(session.open))
     return Plan(session, SimClock(session.open, speed, epoch))
 
 
@@ -119,6 +132,7 @@ async def run_fleet(
     clock_factory: Callable[[Plan], Clock] | None = None,
     exclusive_paper: bool = False,
     metrics: FleetMetrics | None = None,
+    virtual: bool = False,
 ) -> Plan:
     """Run `workers` workers in this process for one session; return the session plan.
 
@@ -130,6 +144,11 @@ async def run_fleet(
     `metrics`, if given, is the caller's registry, which the caller serves (`python -m worker
     run` serves health and metrics for the whole process lifetime); otherwise the fleet has a
     registry of its own and, with HEALTH_PORT, serves it while the session runs.
+    `virtual` (the embedded default, backtests): the session on a `VirtualClock`
+    (`market.vclock`), which moves to the next wake-up once every worker, order tracker and the
+    reconciler waits on it, opens once all of them are in place, and orders same-instant turns
+    by name, so the same seed and settings give the same ledger. A `clock_factory` returning a
+    `VirtualClock` is run the same way. Only with the in-process paper broker.
     """
     calendar = default_calendar()
     speed = settings.paper_speed if speed is None else speed
@@ -137,7 +156,7 @@ async def run_fleet(
         speed = 1.0  # a real account trades the real session in real time
     if epoch is None and settings.paper_epoch is not None:
         epoch = settings.paper_epoch.timestamp()
-    plan = plan_session(settings, calendar, speed, epoch)
+    plan = plan_session(settings, calendar, speed, epoch, virtual=virtual)
     if clock_factory is not None:
         plan = Plan(plan.session, clock_factory(plan))
     costs = cost_model(settings, calendar)
@@ -194,11 +213,11 @@ async def run_fleet(
             )
             fleet.append(Worker(deps))
         logger.info(
-            "session {} {}-{} KST, clock x{:g}, {} worker(s), {} symbols",
+            "session {} {}-{} KST, clock {}, {} worker(s), {} symbols",
             plan.session.day,
             f"{plan.session.open:%H:%M}",
             f"{plan.session.close:%H:%M}",
-            speed,
+            _clock_name(plan.clock, speed),
             workers,
             len(instruments),
         )
@@ -218,7 +237,8 @@ async def run_fleet(
             # One account reconciler per fleet: every process stands by for its lease.
             lease, reconciler = reconciliation(settings, redis, keys, broker, ledger, notices,
                                                plan, boards, metrics)  # fmt: skip
-            tg.start_soon(run_exclusive, lease, reconciler)
+            reconcile, runs = _bodies(plan.clock, fleet, partial(run_exclusive, lease, reconciler))
+            tg.start_soon(reconcile)
             tg.start_soon(
                 partial(
                     run_reaper,
@@ -234,8 +254,8 @@ async def run_fleet(
             )
             # Each worker catches its own failure (`Worker.crashed`): one never cancels another.
             async with anyio.create_task_group() as workers_tg:
-                for w in fleet:
-                    workers_tg.start_soon(w.run)
+                for run in runs:
+                    workers_tg.start_soon(run)
             await alerts.close_day(ledger, plan.session, plan.clock, fleet)
             tg.cancel_scope.cancel()
         await ledger.summarize_day(plan.session.day)
@@ -245,6 +265,32 @@ async def run_fleet(
         raise WorkerFailed(f"{len(crashed)} of {len(fleet)} worker(s) failed; {first.id}: "
                            f"{first.crashed!r}")  # fmt: skip
     return plan
+
+
+_Body = Callable[[], Coroutine[Any, Any, None]]
+
+
+def _clock_name(clock: Clock, speed: float) -> str:
+    return "virtual" if isinstance(clock, VirtualClock) else f"x{speed:g}"
+
+
+def _bodies(clock: Clock, fleet: Sequence[Worker], reconcile: _Body) -> tuple[_Body, list[_Body]]:
+    """The reconciler's and the workers' task bodies. On a `VirtualClock` each is a participant,
+    all registered here, before any of them runs, so time waits for every one of them."""
+    if not isinstance(clock, VirtualClock):
+        return reconcile, [w.run for w in fleet]
+    runs = [_participating(clock.participant(w.id), w.run) for w in fleet]
+    reconciler = _participating(clock.participant("reconciler"), reconcile)
+    clock.start()
+    return reconciler, runs
+
+
+def _participating(participant: Participant, body: _Body) -> _Body:
+    async def run() -> None:
+        with participant.bound():
+            await body()
+
+    return run
 
 
 async def _serve_health(
