@@ -21,6 +21,7 @@ from anyio.abc import TaskGroup
 from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from broker.backtest import BarBroker
 from broker.paper import PaperBroker
 from broker.port import Broker, MarketData
 from coordination.connection import connect
@@ -43,6 +44,7 @@ from market.vclock import Participant, VirtualClock
 from strategy import Strategy
 from trading.config import TradingConfig
 from trading.deps import Deps
+from trading.live import FIXED_PARAMS, ParamSource
 from trading.loop import Worker
 from trading.reconcile import LEASE_NAME, AccountReconciler, ReconcileConfig, run_exclusive
 from worker.alerts import FleetAlerts
@@ -133,6 +135,8 @@ async def run_fleet(
     exclusive_paper: bool = False,
     metrics: FleetMetrics | None = None,
     virtual: bool = False,
+    venue: Callable[[Plan], BarBroker] | None = None,
+    strategy: Strategy[Any] | None = None,
 ) -> Plan:
     """Run `workers` workers in this process for one session; return the session plan.
 
@@ -149,6 +153,9 @@ async def run_fleet(
     reconciler waits on it, opens once all of them are in place, and orders same-instant turns
     by name, so the same seed and settings give the same ledger. A `clock_factory` returning a
     `VirtualClock` is run the same way. Only with the in-process paper broker.
+    `venue`, if given, builds the session's broker and market data (`python -m worker
+    backtest`: a `BarBroker` over the day's bars) instead of the settings' paper or KIS venue;
+    `strategy`, if given, replaces the one the settings name (a backtest's or tuner's).
     """
     calendar = default_calendar()
     speed = settings.paper_speed if speed is None else speed
@@ -178,24 +185,37 @@ async def run_fleet(
         await seeder.ensure(ledger.max_fences)
         reaper = LeaseReaper(redis, keys, settings.events_maxlen, on_bad_data=bad_data)
         mirror = LockMirror(notices, ledger, settings.worker_id, reaper=reaper)
-        alerts = FleetAlerts.build(settings, redis, keys, notices, metrics.registry)
         # the live parameters: the ledger's set published again if Redis lost it (a restart)
         live_params = RedisParams(redis, keys, on_bad_data=bad_data)
         await republish(await ledger.live_params(), live_params)
-        broker, market_data, instruments = await _venue(settings, redis, keys, plan, stack,
-                                                        exclusive_paper)  # fmt: skip
+        alerts = FleetAlerts.build(settings, redis, keys, notices, metrics.registry)
+        if venue is not None:  # a backtest: orders and market data over the day's bars
+            bars = venue(plan)
+            broker: Broker = bars
+            market_data: MarketData = bars
+            instruments = list(await bars.instruments())
+        else:
+            broker, market_data, instruments = await _venue(settings, redis, keys, plan, stack,
+                                                            exclusive_paper)  # fmt: skip
         boards = {i.symbol: i.board for i in instruments}
         tiers = {i.symbol: i.tier for i in instruments}
-        strategy = strategy_of(settings)  # one value shared by the fleet
+        # live parameters apply to the settings' strategy, not to a backtest's or tuner's
+        follow_params = strategy is None
+        if strategy is None:
+            strategy = strategy_of(settings)  # one value shared by the fleet
         fleet: list[Worker] = []
         for n in range(workers):
             ws = settings if workers == 1 else replace_id(settings, n)
             lock = RedisSymbolLock(redis, keys, ws.worker_id, ttl_ms=ws.lock_ttl_ms,
                                    on_bad_data=bad_data,
                                    reseed_fence=seeder.reseeder(ledger.max_fences))  # fmt: skip
-            params = FleetParams(live_params, ws, trading_config)
+            config = trading_config(ws, strategy)
+            params: ParamSource = FIXED_PARAMS
+            if follow_params:
+                params = FleetParams(live_params, ws, trading_config)
+                config = await params.load(config)
             deps = Deps(
-                config=await params.load(trading_config(ws, strategy)),
+                config=config,
                 clock=plan.clock,
                 session=plan.session,
                 broker=broker,
