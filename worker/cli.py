@@ -230,6 +230,8 @@ def _demo_parsers(parser: argparse.ArgumentParser, sub: object, prog: str) -> No
     )
     psql.set_defaults(psql_args=[])  # every argument after `psql`: see `_split_psql`
     parser.set_defaults(demo_prog=prog, demo_commands=frozenset(sub.choices))  # type: ignore[attr-defined]
+    # one line for every prog (argparse would wrap it at a width that depends on the prog)
+    parser.usage = "%(prog)s [-h] [--version] [--dir DIR] [--fresh] [-v] [--demo] COMMAND ..."
 
 
 def _split_psql(argv: Sequence[str]) -> tuple[list[str], list[str] | None]:
