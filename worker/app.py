@@ -189,14 +189,8 @@ async def run_fleet(
         live_params = RedisParams(redis, keys, on_bad_data=bad_data)
         await republish(await ledger.live_params(), live_params)
         alerts = FleetAlerts.build(settings, redis, keys, notices, metrics.registry)
-        if venue is not None:  # a backtest: orders and market data over the day's bars
-            bars = venue(plan)
-            broker: Broker = bars
-            market_data: MarketData = bars
-            instruments = list(await bars.instruments())
-        else:
-            broker, market_data, instruments = await _venue(settings, redis, keys, plan, stack,
-                                                            exclusive_paper)  # fmt: skip
+        broker, market_data, instruments = await _venue(settings, redis, keys, plan, stack,
+                                                        exclusive_paper, venue)  # fmt: skip
         boards = {i.symbol: i.board for i in instruments}
         tiers = {i.symbol: i.tier for i in instruments}
         # live parameters apply to the settings' strategy, not to a backtest's or tuner's
@@ -363,8 +357,12 @@ async def _venue(
     plan: Plan,
     stack: AsyncExitStack,
     exclusive_paper: bool,
+    bars_venue: Callable[[Plan], BarBroker] | None = None,
 ) -> tuple[Broker, MarketData, list[Instrument]]:
     """Where orders go, where market data comes from, and the day's universe."""
+    if bars_venue is not None:  # a backtest: orders and market data over the day's bars
+        bars = bars_venue(plan)
+        return bars, bars, list(await bars.instruments())
     if settings.broker == "kis":
         # orders through the gateway's relay; market data and fill notices from what the
         # gateway publishes in Redis: no quotation request, no WebSocket, no snapshot cache here
