@@ -46,7 +46,7 @@ from ledger.records import DaySummaryRecord
 from ledger.repository import Ledger
 from market.calendar import default_calendar
 from market.clock import KST
-from worker.app import Plan, cost_model, epoch_soon, run_fleet
+from worker.app import Plan, cost_model, run_fleet
 from worker.logs import setup_logging
 from worker.metrics import FleetMetrics
 from worker.progress import DemoDisplay
@@ -209,8 +209,7 @@ async def _day(
         database_url=database_url,
         redis_url=redis_url,
         workers=settings.embedded_workers,
-        speed=settings.embedded_speed,
-        epoch=epoch_soon(0.5),
+        virtual=True,  # same seed, same day; opens at 09:00 with the fleet in place
         on_started=started,
         metrics=metrics,
     )
