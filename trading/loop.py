@@ -98,6 +98,7 @@ class Worker:
         self._held: tuple[HeldPosition, Quote, datetime] | None = None
         self._woke_on_trade = False
         self._idle_wakes = 0
+        self._idle_at: datetime | None = None
         self._surging = False
 
     @property
@@ -440,7 +441,7 @@ class Worker:
             or self._held is None
             or not isinstance(market, PriceWatch)
             or not isinstance(strategy, HasSellLevels)
-            or self._idle_wakes >= 2  # woken twice for nothing: poll until a step fires
+            or self._idle_wakes >= 2  # woken twice at one instant for nothing: poll this once
         ):
             self._idle_wakes = 0
             await self._pause(seconds)
@@ -492,8 +493,9 @@ class Worker:
         self._held = (held, quote, now)
         signal = sell_signal_at(d.config.strategy, held, quote, now, liq)
         if signal is None:
-            if self._woke_on_trade:
-                self._idle_wakes += 1
+            if self._woke_on_trade:  # the levels moved (a new minute's MA): wait on the new
+                self._idle_wakes = self._idle_wakes + 1 if now == self._idle_at else 1
+                self._idle_at = now
             return False
         self._idle_wakes = 0
         if self._woke_on_trade:
