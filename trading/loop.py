@@ -94,7 +94,8 @@ class Worker:
         self._stop = anyio.Event()
         self._pause_scope: anyio.CancelScope | None = None
         # HOLD: what the last step saw (for the sell levels to wait on), whether the last wait
-        # ended on a trade, how many such wake-ups in a row fired nothing, and the surge state
+        # ended on a trade, how many such wake-ups in a row fired nothing at one clock instant
+        # (a strategy whose levels do not match its rules would spin), and the surge state
         self._held: tuple[HeldPosition, Quote, datetime] | None = None
         self._woke_on_trade = False
         self._idle_wakes = 0
