@@ -171,6 +171,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     backtest.add_argument("--strategy", metavar="module:Class", help="strategy plug-in")
     backtest.add_argument("--report", metavar="FILE.html", help="also write the HTML report")
     backtest.add_argument("--json", action="store_true", help="print one JSON object")
+    _tune_parser(sub)
     _params_parser(sub)
     _demo_parsers(parser, sub, prog)
     alert = sub.add_parser(
@@ -182,6 +183,32 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     alert.add_argument("--test", action="store_true", required=True, help="send a test alert")
     return parser
+
+
+def _tune_parser(sub: Any) -> None:
+    tune = sub.add_parser(
+        "tune",
+        help="search strategy parameters on backtests, with walk-forward validation",
+        description="Search the strategy's numeric parameters (optuna TPE, seeded) on backtests "
+        "of the in-sample days (the earlier part of the range), score the best on the later, "
+        "out-of-sample days, and print its parameters as environment lines with both sets of "
+        "figures. Objective: in-sample net PnL. See worker/tune.py.",
+    )
+    tune.add_argument("--data", required=True, metavar="PATH", help="file or folder")
+    tune.add_argument("--from", dest="first", type=_date, help="first day YYYY-MM-DD")
+    tune.add_argument("--to", dest="last", type=_date, help="last day YYYY-MM-DD")
+    tune.add_argument("--trials", type=int, required=True, help="backtests to try (>= 1)")
+    tune.add_argument("--strategy", metavar="module:Class", help="strategy plug-in")
+    tune.add_argument("--workers", type=int, default=2, help="workers per backtest (default 2)")
+    tune.add_argument("--split", metavar="F|D",
+                      help="in-sample share of the days (default 0.67) or first out-of-sample "
+                      "day YYYY-MM-DD")  # fmt: skip
+    tune.add_argument("--params", metavar="NAME[=LO:HI],...",
+                      help="search only these (field or env names), with ranges")  # fmt: skip
+    tune.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    tune.add_argument("--min-trades", type=int, default=1,
+                      help="in-sample trades a trial needs to count (default 1)")  # fmt: skip
+    tune.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _params_parser(sub: Any) -> None:
@@ -375,6 +402,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:  # noqa: C90
         return report_command(settings, args)
     if command == "backtest":
         return _backtest(args, settings)
+    if command == "tune":
+        return _tune(args, settings)
     raise AssertionError(command)
 
 
@@ -397,4 +426,15 @@ def _backtest(args: argparse.Namespace, settings: Settings) -> int:
         )
     except BarDataError as exc:
         sys.stderr.write(f"{PROG} backtest: bad data: {exc}\n")
+        return 2
+
+
+def _tune(args: argparse.Namespace, settings: Settings) -> int:
+    from market.bars import BarDataError
+    from worker.tune import tune_command
+
+    try:
+        return tune_command(settings, args)
+    except BarDataError as exc:
+        sys.stderr.write(f"{PROG} tune: bad data: {exc}\n")
         return 2
