@@ -8,6 +8,7 @@ lands on either symbol afterwards, while the fleet keeps trading others.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -158,7 +159,6 @@ def test_drift_behind_the_fleets_back_raises_the_alarm_and_no_buy_lands(
             drift[0],
         )
         assert late_buys == [], f"a BUY on drifted {symbol}"
-        assert metrics[symbol] == 1  # one alarm, by the one reconciler
     assert buys_elsewhere[0][0] > 0  # the fleet went on buying other symbols
     logs = "".join((tmp_path / f"{w}.log").read_text() for w in ports)
     for symbol in (sold, wanted):
@@ -170,4 +170,12 @@ def test_drift_behind_the_fleets_back_raises_the_alarm_and_no_buy_lands(
     finally:
         client.close()
     drifts = [f for _id, f in entries if f[b"type"] == b"account.drift"]
-    assert sorted(f[b"symbol"].decode() for f in drifts if f[b"symbol"]) == sorted([sold, wanted])
+    # one alarm a symbol, by the one reconciler; announced again only when its figures changed
+    # (the transferred symbol may have been bought again just before the shares came in, then
+    # sold: broker 5 more than the ledger, then 5 against 0)
+    new = [f[b"symbol"].decode() for f in drifts
+           if f[b"symbol"] and json.loads(f[b"data"])["change"] == "new"]  # fmt: skip
+    assert sorted(new) == sorted([sold, wanted])
+    for symbol in (sold, wanted):
+        announced = [f for f in drifts if f[b"symbol"] == symbol.encode()]
+        assert metrics[symbol] == len(announced)
