@@ -331,10 +331,14 @@ class Ledger:
             return [position_record(p) for p in (await s.execute(stmt)).scalars()]
 
     async def open_position(self, symbol: str) -> PositionRecord | None:
-        stmt = select(Position).where(Position.symbol == symbol, Position.status != "CLOSED")
-        async with self._tx() as s:
-            row = (await s.execute(stmt)).scalar_one_or_none()
-            return position_record(row) if row is not None else None
+        """The symbol's position that is not closed, in one statement outside a transaction
+        (every HOLD step reads it: one round trip instead of three)."""
+        table = Position.__table__
+        stmt = select(table).where(table.c.symbol == symbol, table.c.status != "CLOSED")
+        with self._deadline(), translate_db_errors():
+            async with self._autocommit.connect() as conn:
+                row = (await conn.execute(stmt)).one_or_none()
+        return position_record(row) if row is not None else None  # type: ignore[arg-type]
 
     async def mark_position_orphaned(self, symbol: str, worker_id: str, fence: int) -> bool:
         """OPEN -> ORPHANED for the worker's position in `symbol` (its owner, holding or last
