@@ -24,7 +24,8 @@ order's submission (bar j covers [open + j min, open + (j+1) min)):
   price), in full; the rest expires. Orders submitted after the close are rejected.
 
 Fees and taxes are the ledger's business (`market.costs`, by settlement date); `account` uses
-the same `CostModel` so reconciliation sees the same cash.
+the same `CostModel` so reconciliation sees the same cash. The order bookkeeping, the account
+and the closing auction are shared with `PaperBroker` (`broker.simbook.SimBook`).
 
 Limits, stated plainly: no order book (the bar is the only liquidity; spread and depth are
 not known, so slippage is a per-tier constant); the volume cap uses the bar's whole volume,
@@ -45,23 +46,13 @@ from typing import TYPE_CHECKING
 
 import anyio.lowlevel
 
-from broker.errors import OrderRejected, UnknownOrder
-from broker.port import (
-    Broker,
-    BrokerOrderId,
-    MarketData,
-    OrderAck,
-    OrderRequest,
-    OrderStatus,
-    OrderType,
-    Side,
-)
-from market.account import AccountSnapshot, Holding
+from broker.port import Broker, MarketData, OrderAck, OrderRequest, Side
+from broker.simbook import SimBook, SimOrder
 from market.bars import DayBars
 from market.clock import Clock
 from market.costs import CostModel
-from market.ticks import is_on_grid, step
-from market.types import Instrument, Quote, Snapshot, Tier
+from market.ticks import step
+from market.types import Board, Instrument, Quote, Snapshot, Tier
 
 _MINUTE = timedelta(minutes=1)
 
@@ -83,53 +74,13 @@ class FillModel:
             raise ValueError("slippage ticks must be >= 0")
 
 
-@dataclass(frozen=True, slots=True)
-class Execution:
-    at: datetime
-    qty: int
-    price: Decimal
-
-
-@dataclass
-class _Order:
-    broker_order_id: BrokerOrderId
-    request: OrderRequest
-    ordered_at: datetime
-    remaining: int
+@dataclass(kw_only=True)
+class _Order(SimOrder):
     next_bar: int  # the first bar not matched yet
-    updated_at: datetime
     open_done: int = -1  # the bar whose open has been matched
-    filled_qty: int = 0
-    filled_amount: Decimal = Decimal(0)
-    canceled: bool = False
-    expired: bool = False
-    executions: list[Execution] = field(default_factory=list)
-
-    def fill(self, qty: int, price: Decimal, at: datetime) -> None:
-        self.filled_qty += qty
-        self.filled_amount += qty * price
-        self.remaining -= qty
-        self.updated_at = at
-        self.executions.append(Execution(at, qty, price))
-
-    def status(self) -> OrderStatus:
-        r = self.request
-        return OrderStatus(
-            broker_order_id=self.broker_order_id,
-            symbol=r.symbol,
-            side=r.side,
-            qty=r.qty,
-            filled_qty=self.filled_qty,
-            filled_amount=self.filled_amount,
-            remaining_qty=self.remaining,
-            rejected_qty=0,
-            canceled=self.canceled,
-            ordered_at=self.ordered_at,
-            updated_at=self.updated_at,
-        )
 
 
-class BarBroker:
+class BarBroker(SimBook[_Order]):
     """A brokerage account over one session of bars (orders and market data)."""
 
     def __init__(
@@ -142,19 +93,12 @@ class BarBroker:
         cash: Decimal = Decimal(0),
         first_order_no: int = 1,
     ) -> None:
+        super().__init__(clock, day.session, cash=cash, costs=costs, first_order_no=first_order_no)
         self.day = day
-        self.session = day.session
-        self.clock = clock
         self.model = model or FillModel()
-        self.costs = costs
-        self.starting_cash = cash
         self.market = day.market(clock)
         self._index = {s: i for i, s in enumerate(day.symbols)}
-        self._next_no = first_order_no
-        self._orders: dict[str, _Order] = {}
-        self._working: list[_Order] = []  # time priority: oldest first
         self._taken: dict[tuple[str, Side, int], int] = {}  # our shares per symbol/side/bar
-        self._auction_done = False
 
     # ----- Broker -------------------------------------------------------------------------
 
@@ -164,92 +108,16 @@ class BarBroker:
         self._advance(now)
         self._validate(request, now)
         order = _Order(
-            broker_order_id=BrokerOrderId(f"{self._next_no:010d}"),
+            broker_order_id=self._next_id(),
             request=request,
             ordered_at=now,
             remaining=request.qty,
             next_bar=self._first_bar(now),
             updated_at=now,
         )
-        self._next_no += 1
-        self._orders[order.broker_order_id] = order
-        self._working.append(order)
+        self._place(order)
         self._advance(now)  # a bar opening right now fills at once
         return OrderAck(order.broker_order_id, now)
-
-    async def cancel_order(self, broker_order_id: BrokerOrderId) -> OrderStatus:
-        await anyio.lowlevel.checkpoint()
-        now = self.clock.now()
-        self._advance(now)
-        order = self._get(broker_order_id)
-        if order.remaining > 0:
-            order.remaining = 0
-            order.canceled = True
-            order.updated_at = now
-            self._prune()
-        return order.status()
-
-    async def order_status(self, broker_order_id: BrokerOrderId) -> OrderStatus:
-        await anyio.lowlevel.checkpoint()
-        self._advance(self.clock.now())
-        return self._get(broker_order_id).status()
-
-    async def find_orders(
-        self, symbol: str, side: Side, qty: int, since: datetime
-    ) -> Sequence[OrderStatus]:
-        await anyio.lowlevel.checkpoint()
-        self._advance(self.clock.now())
-        return [
-            o.status()
-            for o in self._orders.values()
-            if o.request.symbol == symbol
-            and o.request.side == side
-            and o.request.qty == qty
-            and o.ordered_at >= since
-        ]
-
-    async def account(self) -> AccountSnapshot:
-        await anyio.lowlevel.checkpoint()
-        now = self.clock.now()
-        self._advance(now)
-        fills = sorted(
-            (e.at, n, i, o.request.side, o.request.symbol, e.qty, e.price)
-            for n, o in enumerate(self._orders.values())
-            for i, e in enumerate(o.executions)
-        )
-        cash = self.starting_cash
-        costs, trade_day = self.costs, self.session.day
-        held: dict[str, tuple[int, Decimal]] = {}  # symbol -> (qty, cost of the shares held)
-        for _, _, _, side, symbol, qty, price in fills:
-            have, cost = held.get(symbol, (0, Decimal(0)))
-            amount = qty * price
-            fees = costs.commission(amount) if costs is not None else Decimal(0)
-            if side is Side.BUY:
-                cash -= amount + fees
-                held[symbol] = (have + qty, cost + amount)
-            else:
-                if costs is not None:
-                    fees += costs.sell_taxes(amount, self.day.board(symbol), trade_day).total
-                cash += amount - fees
-                left = have - qty
-                held[symbol] = (left, cost * left / have if have > 0 and left > 0 else Decimal(0))
-        selling: dict[str, int] = {}
-        for o in self._working:
-            if o.request.side is Side.SELL:
-                selling[o.request.symbol] = selling.get(o.request.symbol, 0) + o.remaining
-        holdings = {
-            symbol: Holding(symbol, qty, cost / qty, max(0, qty - selling.get(symbol, 0)))
-            for symbol, (qty, cost) in sorted(held.items())
-            if qty > 0
-        }
-        return AccountSnapshot(
-            cash=cash if costs is not None else None, holdings=holdings, as_of=now
-        )
-
-    def executions(self, broker_order_id: BrokerOrderId) -> list[Execution]:
-        """Every execution of one order so far (for tests and reports)."""
-        self._advance(self.clock.now())
-        return list(self._get(broker_order_id).executions)
 
     # ----- MarketData ---------------------------------------------------------------------
 
@@ -266,41 +134,19 @@ class BarBroker:
 
     # ----- matching -----------------------------------------------------------------------
 
-    def _get(self, broker_order_id: str) -> _Order:
-        try:
-            return self._orders[broker_order_id]
-        except KeyError:
-            raise UnknownOrder(f"no order {broker_order_id!r}") from None
-
     def _first_bar(self, at: datetime) -> int:
         """The first bar opening at or after `at` (n_minutes: none left, the auction's)."""
         elapsed = (at - self.session.open) / _MINUTE
         return min(max(math.ceil(elapsed), 0), self.day.n_minutes)
 
-    def _validate(self, request: OrderRequest, now: datetime) -> None:
-        if request.qty <= 0:
-            raise OrderRejected(f"qty must be positive, got {request.qty}")
-        if request.symbol not in self._index:
-            raise OrderRejected(f"unknown symbol {request.symbol!r}")
-        lower, upper = self.day.limits(request.symbol)
-        if request.order_type is OrderType.LIMIT:
-            price = request.price
-            if price is None:
-                raise OrderRejected("LIMIT order needs a price")
-            if not is_on_grid(price):
-                raise OrderRejected(f"price {price} is not on the tick grid")
-            if not lower <= price <= upper:
-                raise OrderRejected(f"price {price} is outside the daily limits {lower}..{upper}")
-        elif request.price is not None:
-            raise OrderRejected("MARKET order must not carry a price")
-        s = self.session
-        if now < s.open:
-            raise OrderRejected(f"outside the session: market opens at {s.open:%H:%M}")
-        if now >= s.close:
-            raise OrderRejected(f"outside the session: market closed at {s.close:%H:%M}")
+    def _limits(self, symbol: str) -> tuple[Decimal, Decimal] | None:
+        return self.day.limits(symbol) if symbol in self._index else None
 
-    def _prune(self) -> None:
-        self._working = [o for o in self._working if o.remaining > 0]
+    def _board(self, symbol: str) -> Board:
+        return self.day.board(symbol)
+
+    def _closing_price(self, symbol: str) -> Decimal | None:
+        return self.auction_price(symbol)
 
     def _advance(self, now: datetime) -> None:
         """Match every working order against the bars up to `now` (idempotent)."""
@@ -387,26 +233,6 @@ class BarBroker:
                 return None
             price = seen[-1]
         return Decimal(int(price))
-
-    def _run_auction(self) -> None:
-        close = self.session.close
-        for order in self._working:
-            price = self.auction_price(order.request.symbol)
-            if price is not None and _crosses(order.request, price) and order.remaining > 0:
-                order.fill(order.remaining, price, close)
-            if order.remaining > 0:
-                order.remaining = 0
-                order.expired = True
-                order.updated_at = close
-
-
-def _crosses(r: OrderRequest, price: Decimal) -> bool:
-    """Whether `r` executes in a single-price auction at `price`."""
-    return (
-        r.price is None
-        or (r.side is Side.BUY and r.price >= price)
-        or (r.side is Side.SELL and r.price <= price)
-    )
 
 
 if TYPE_CHECKING:  # mypy proves BarBroker satisfies both ports

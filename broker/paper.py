@@ -27,7 +27,8 @@ Fees and taxes are not the broker's business: the ledger derives them from the f
 `market.costs`. The account (`account`) is derived from the executions: holdings per symbol on
 an average-cost basis and, when a `costs` model is given, cash = the starting `cash` − bought −
 sold amounts with commission and taxes per execution (as an exchange account moves); without
-one the account's cash is None (not modelled). Not modelled: checks of orders against cash and
+one the account's cash is None (not modelled). The order bookkeeping, the account and the
+closing auction are shared with `BarBroker` (`broker.simbook.SimBook`). Not modelled: checks of orders against cash and
 holdings (a SELL is not checked against a position), order amendment, IOC/FOK, our own market
 impact on the printed prices, depth at the VI auction (like the closing auction, it fills
 crossing orders in full).
@@ -39,30 +40,20 @@ state without awaiting in between, so calls are atomic with respect to each othe
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
 import anyio.lowlevel
 
-from broker.errors import BrokerUnavailable, OrderOutcomeUnknown, OrderRejected, UnknownOrder
-from broker.port import (
-    Broker,
-    BrokerOrderId,
-    MarketData,
-    OrderAck,
-    OrderRequest,
-    OrderStatus,
-    OrderType,
-    Side,
-)
-from market.account import AccountSnapshot, Holding
+from broker.errors import BrokerUnavailable, OrderOutcomeUnknown
+from broker.port import Broker, MarketData, OrderAck, OrderRequest, Side
+from broker.simbook import SimBook, SimOrder, crosses
 from market.clock import Clock
 from market.costs import CostModel
 from market.sim import Phase, SimulatedMarket
-from market.ticks import is_on_grid
-from market.types import Instrument, Quote, Snapshot
+from market.types import Board, Instrument, Quote, Snapshot
 
 #: Book levels a MARKET order may walk in one minute.
 WALK_LEVELS = 10
@@ -70,52 +61,12 @@ _MINUTE = timedelta(minutes=1)
 _EPSILON = timedelta(microseconds=1)
 
 
-@dataclass(frozen=True, slots=True)
-class Execution:
-    at: datetime
-    qty: int
-    price: Decimal
-
-
-@dataclass
-class _Order:
-    broker_order_id: BrokerOrderId
-    request: OrderRequest
-    ordered_at: datetime
-    remaining: int
+@dataclass(kw_only=True)
+class _Order(SimOrder):
     evaluated_until: datetime  # continuous matching has run up to this instant
-    updated_at: datetime
-    filled_qty: int = 0
-    filled_amount: Decimal = Decimal(0)
-    canceled: bool = False
-    expired: bool = False
-    executions: list[Execution] = field(default_factory=list)
-
-    def fill(self, qty: int, price: Decimal, at: datetime) -> None:
-        self.filled_qty += qty
-        self.filled_amount += qty * price
-        self.remaining -= qty
-        self.updated_at = at
-        self.executions.append(Execution(at, qty, price))
-
-    def status(self) -> OrderStatus:
-        r = self.request
-        return OrderStatus(
-            broker_order_id=self.broker_order_id,
-            symbol=r.symbol,
-            side=r.side,
-            qty=r.qty,
-            filled_qty=self.filled_qty,
-            filled_amount=self.filled_amount,
-            remaining_qty=self.remaining,
-            rejected_qty=0,
-            canceled=self.canceled,
-            ordered_at=self.ordered_at,
-            updated_at=self.updated_at,
-        )
 
 
-class PaperBroker:
+class PaperBroker(SimBook[_Order]):
     """Simulated KRX brokerage account (orders and market data) over a `SimulatedMarket`.
 
     Fault injection for reconciliation tests: the next `outcome_unknown` submits place the
@@ -134,16 +85,12 @@ class PaperBroker:
         cash: Decimal = Decimal(0),
         costs: CostModel | None = None,
     ) -> None:
+        super().__init__(
+            clock, market.session, cash=cash, costs=costs, first_order_no=first_order_no
+        )
         self.market = market
-        self.clock = clock
-        self.starting_cash = cash
-        self.costs = costs
-        self._next_no = first_order_no
-        self._orders: dict[str, _Order] = {}
-        self._working: list[_Order] = []  # time priority: oldest first
         # Shares our orders took from the opposite book: (symbol, side, minute, passive) -> qty.
         self._taken: dict[tuple[str, Side, int, bool], int] = {}
-        self._auction_done = False
         self._faults_unknown = 0
         self._faults_unavailable = 0
         self.inject_faults(outcome_unknown=outcome_unknown, unavailable=unavailable)
@@ -166,16 +113,14 @@ class PaperBroker:
             raise BrokerUnavailable("injected fault: broker unavailable, nothing placed")
         self._validate(request, now)
         order = _Order(
-            broker_order_id=BrokerOrderId(f"{self._next_no:010d}"),
+            broker_order_id=self._next_id(),
             request=request,
             ordered_at=now,
             remaining=request.qty,
             evaluated_until=now,
             updated_at=now,
         )
-        self._next_no += 1
-        self._orders[order.broker_order_id] = order
-        self._working.append(order)
+        self._place(order)
         halted = self.market.interruption_at(request.symbol, now) is not None
         if self.market.phase(now) is Phase.CONTINUOUS and not halted:
             self._take(order, now, self.market.minute_of(now)[0])
@@ -184,82 +129,6 @@ class PaperBroker:
             self._faults_unknown -= 1
             raise OrderOutcomeUnknown("injected fault: order placed, reply lost")
         return OrderAck(order.broker_order_id, now)
-
-    async def cancel_order(self, broker_order_id: BrokerOrderId) -> OrderStatus:
-        await anyio.lowlevel.checkpoint()
-        now = self.clock.now()
-        self._advance(now)
-        order = self._get(broker_order_id)
-        if order.remaining > 0:
-            order.remaining = 0
-            order.canceled = True
-            order.updated_at = now
-            self._prune()
-        return order.status()
-
-    async def order_status(self, broker_order_id: BrokerOrderId) -> OrderStatus:
-        await anyio.lowlevel.checkpoint()
-        self._advance(self.clock.now())
-        return self._get(broker_order_id).status()
-
-    async def find_orders(
-        self, symbol: str, side: Side, qty: int, since: datetime
-    ) -> Sequence[OrderStatus]:
-        await anyio.lowlevel.checkpoint()
-        self._advance(self.clock.now())
-        return [
-            o.status()
-            for o in self._orders.values()
-            if o.request.symbol == symbol
-            and o.request.side == side
-            and o.request.qty == qty
-            and o.ordered_at >= since
-        ]
-
-    async def account(self) -> AccountSnapshot:
-        await anyio.lowlevel.checkpoint()
-        now = self.clock.now()
-        self._advance(now)
-        # every execution in time order (ties: order placement, then execution order)
-        fills = sorted(
-            (e.at, n, i, o.request.side, o.request.symbol, e.qty, e.price)
-            for n, o in enumerate(self._orders.values())
-            for i, e in enumerate(o.executions)
-        )
-        cash = self.starting_cash
-        costs, day = self.costs, self.market.session.day
-        held: dict[str, tuple[int, Decimal]] = {}  # symbol -> (qty, cost of the shares held)
-        for _, _, _, side, symbol, qty, price in fills:
-            have, cost = held.get(symbol, (0, Decimal(0)))
-            amount = qty * price
-            fees = costs.commission(amount) if costs is not None else Decimal(0)
-            if side is Side.BUY:
-                cash -= amount + fees
-                held[symbol] = (have + qty, cost + amount)
-            else:
-                if costs is not None:
-                    board = self.market.instrument(symbol).board
-                    fees += costs.sell_taxes(amount, board, day).total
-                cash += amount - fees
-                left = have - qty
-                held[symbol] = (left, cost * left / have if have > 0 and left > 0 else Decimal(0))
-        selling: dict[str, int] = {}
-        for o in self._working:
-            if o.request.side is Side.SELL:
-                selling[o.request.symbol] = selling.get(o.request.symbol, 0) + o.remaining
-        holdings = {
-            symbol: Holding(symbol, qty, cost / qty, max(0, qty - selling.get(symbol, 0)))
-            for symbol, (qty, cost) in sorted(held.items())
-            if qty > 0
-        }
-        return AccountSnapshot(
-            cash=cash if costs is not None else None, holdings=holdings, as_of=now
-        )
-
-    def executions(self, broker_order_id: BrokerOrderId) -> list[Execution]:
-        """Every execution of one order so far (for tests and reports)."""
-        self._advance(self.clock.now())
-        return list(self._get(broker_order_id).executions)
 
     # ----- MarketData ---------------------------------------------------------------------
 
@@ -291,38 +160,17 @@ class PaperBroker:
 
     # ----- internals ----------------------------------------------------------------------
 
-    def _get(self, broker_order_id: str) -> _Order:
+    def _limits(self, symbol: str) -> tuple[Decimal, Decimal] | None:
         try:
-            return self._orders[broker_order_id]
+            return self.market.limits(symbol)
         except KeyError:
-            raise UnknownOrder(f"no order {broker_order_id!r}") from None
+            return None
 
-    def _validate(self, request: OrderRequest, now: datetime) -> None:
-        if request.qty <= 0:
-            raise OrderRejected(f"qty must be positive, got {request.qty}")
-        try:
-            lower, upper = self.market.limits(request.symbol)
-        except KeyError:
-            raise OrderRejected(f"unknown symbol {request.symbol!r}") from None
-        if request.order_type is OrderType.LIMIT:
-            price = request.price
-            if price is None:
-                raise OrderRejected("LIMIT order needs a price")
-            if not is_on_grid(price):
-                raise OrderRejected(f"price {price} is not on the tick grid")
-            if not lower <= price <= upper:
-                raise OrderRejected(f"price {price} is outside the daily limits {lower}..{upper}")
-        elif request.price is not None:
-            raise OrderRejected("MARKET order must not carry a price")
-        phase = self.market.phase(now)
-        session = self.market.session
-        if phase is Phase.PRE_OPEN:
-            raise OrderRejected(f"outside the session: market opens at {session.open:%H:%M}")
-        if phase is Phase.CLOSED:
-            raise OrderRejected(f"outside the session: market closed at {session.close:%H:%M}")
+    def _board(self, symbol: str) -> Board:
+        return self.market.instrument(symbol).board
 
-    def _prune(self) -> None:
-        self._working = [o for o in self._working if o.remaining > 0]
+    def _closing_price(self, symbol: str) -> Decimal | None:
+        return self.market.auction_price(symbol)
 
     def _advance(self, now: datetime) -> None:
         """Run matching for every working order up to `now` (idempotent)."""
@@ -345,7 +193,7 @@ class PaperBroker:
             if vi is not None:
                 if vi.end > horizon or vi.end >= session.continuous_close or vi.price is None:
                     break  # still collecting (or handed over to the closing auction)
-                if _crosses(order.request, vi.price):
+                if crosses(order.request, vi.price):
                     order.fill(order.remaining, vi.price, vi.end)
                 t = vi.end
                 continue
@@ -407,26 +255,6 @@ class PaperBroker:
         qty = min(order.remaining, left)
         order.fill(qty, r.price, probe)
         self._taken[key] = self._taken.get(key, 0) + qty
-
-    def _run_auction(self) -> None:
-        close = self.market.session.close
-        for order in self._working:
-            price = self.market.auction_price(order.request.symbol)
-            if _crosses(order.request, price) and order.remaining > 0:
-                order.fill(order.remaining, price, close)
-            if order.remaining > 0:
-                order.remaining = 0
-                order.expired = True
-                order.updated_at = close
-
-
-def _crosses(r: OrderRequest, price: Decimal) -> bool:
-    """Whether `r` executes in a single-price auction at `price`."""
-    return (
-        r.price is None
-        or (r.side is Side.BUY and r.price >= price)
-        or (r.side is Side.SELL and r.price <= price)
-    )
 
 
 if TYPE_CHECKING:  # mypy proves PaperBroker satisfies both ports
