@@ -1,5 +1,6 @@
 """Servers and processes a benchmark starts, owns and stops: Redis, Postgres, the exchange,
-`python -m worker run` workers.
+`python -m worker run` workers; and a fresh database of its own on a given server
+(`fresh_database`).
 
 Everything lives under one temporary folder (`Rig`), each server on a free loopback port of its
 own, never the machine's shared servers. Children start in sessions of their own so a Ctrl-C
@@ -16,6 +17,7 @@ import contextlib
 import glob
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -23,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,6 +52,35 @@ def wait_for(probe: Callable[[], T], timeout: float, what: str, every: float = 0
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what}: not within {timeout:.0f}s")
         time.sleep(every)
+
+
+def libpq_url(url: str) -> str:
+    """A SQLAlchemy database URL as libpq (psycopg.connect) takes it."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@contextlib.contextmanager
+def fresh_database(server_url: str, prefix: str = "tf_bench") -> Iterator[str]:
+    """A new database (`prefix`_<random>) at migration head on `server_url`'s server; its URL.
+
+    Dropped afterwards, even with sessions still connected."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from ledger.migrate import upgrade_head
+
+    name = f"{prefix}_{secrets.token_hex(5)}"
+    with psycopg.connect(libpq_url(server_url), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade_head(url)
+        yield url
+    finally:
+        with psycopg.connect(libpq_url(server_url), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class Proc:

@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_embedded_day:
         import anyio
 
-        from bench.embedded_day import embedded_day_s, fresh_database, servers
+        from bench._procs import fresh_database
+        from bench.embedded_day import embedded_day_s, servers
 
         with servers() as (server_url, redis_url):
             day_settings = load_settings(database_url=server_url, redis_url=redis_url)

@@ -34,9 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import anyio
 import psycopg
 from loguru import logger
-from sqlalchemy.engine import make_url
 
-from ledger.migrate import upgrade_head
+from bench._procs import fresh_database, libpq_url
 from market.vclock import VirtualClock
 from worker.app import Plan, epoch_soon, run_fleet
 from worker.settings import Settings, load_settings
@@ -44,25 +43,6 @@ from worker.settings import Settings, load_settings
 
 def emit(name: str, value: object) -> None:
     print(f"{name}={value:.3f}" if isinstance(value, float) else f"{name}={value}", flush=True)
-
-
-def _libpq(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-@contextmanager
-def fresh_database(server_url: str) -> Iterator[str]:
-    """A migrated database of its own on the server of `server_url`, dropped afterwards."""
-    name = f"tf_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(_libpq(server_url), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade_head(url)
-        yield url
-    finally:
-        with psycopg.connect(_libpq(server_url), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def embedded_day_s(
@@ -101,7 +81,7 @@ async def embedded_day_s(
             acc[0] += turns
             acc[1] += busy
         figures["roles"] = by_role
-    with psycopg.connect(_libpq(database_url)) as conn:
+    with psycopg.connect(libpq_url(database_url)) as conn:
         trades, pnl = conn.execute(
             "SELECT count(*), coalesce(sum(pnl), 0) FROM trades WHERE trading_day = %s",
             (plan.session.day,),

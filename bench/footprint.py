@@ -55,7 +55,7 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._procs import Exchange, Proc, free_port  # noqa: E402
+from bench._procs import Exchange, Proc, free_port, fresh_database  # noqa: E402
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -67,32 +67,6 @@ _MB = 1024 * 1024
 
 
 # ----- servers: a fresh database and prefix per worker ------------------------------------------
-
-
-def _libpq(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-@contextlib.contextmanager
-def fresh_database(server_url: str) -> Iterator[str]:
-    """A new database at migration head on `server_url`'s server; dropped afterwards."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    from ledger.migrate import upgrade_head
-
-    name = f"footprint_{secrets.token_hex(4)}"
-    with psycopg.connect(_libpq(server_url), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade_head(url)
-        yield url
-    finally:
-        with psycopg.connect(_libpq(server_url), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextlib.contextmanager
@@ -210,7 +184,7 @@ def base_env(database_url: str, redis_url: str, prefix: str) -> dict[str, str]:
 
 def paper_footprint(database_url: str, redis_url: str, symbols: int, logs: Path) -> Footprint:
     """A paper worker with `symbols` symbols, from its start to its first finished scan."""
-    with fresh_database(database_url) as db, fresh_prefix(redis_url) as prefix:
+    with fresh_database(database_url, "footprint") as db, fresh_prefix(redis_url) as prefix:
         env = base_env(db, redis_url, prefix)
         env.update(
             BROKER="paper",
@@ -249,7 +223,7 @@ def kis_footprint(database_url: str, redis_url: str, logs: Path) -> Footprint:
     ex_env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "VIRTUAL_ENV")}
     exchange = Exchange(logs, {**ex_env, **creds}, ["--domain", "real"])
     try:
-        with fresh_database(database_url) as db, fresh_prefix(redis_url) as prefix:
+        with fresh_database(database_url, "footprint") as db, fresh_prefix(redis_url) as prefix:
             env = base_env(db, redis_url, prefix)
             env.update(
                 BROKER="kis",
