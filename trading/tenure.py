@@ -72,6 +72,9 @@ class Tenure:
         self.lease = lease
         self.lost: str | None = None  # why the lease was lost, once it was
         self.degraded = False  # Redis unreachable: orders fenced by the ledger alone
+        # the last position read and what vouched for it: the keeper's lease object (replaced
+        # on every renewal, gone once lost) and the tracker's change count
+        self._held: tuple[PositionRecord | None, Lease, int] | None = None
 
     @property
     def symbol(self) -> str:
@@ -191,8 +194,13 @@ class Tenure:
     ) -> OrderRecord:
         """Place one order under this tenure's fence, after every earlier order on the symbol
         is final (at most one working order per symbol); wait until it is final."""
-        await self.settle()
-        return await self.ctx.placer.place(p, cancel_at, self.may_submit, buy_cutoff=buy_cutoff)
+        self._held = None
+        try:
+            await self.settle()
+            return await self.ctx.placer.place(p, cancel_at, self.may_submit,
+                                               buy_cutoff=buy_cutoff)  # fmt: skip
+        finally:
+            self._held = None
 
     async def settle(self) -> None:
         """Cancel and drive to their end any orders still working on the symbol."""
@@ -201,7 +209,26 @@ class Tenure:
 
     async def position(self) -> PositionRecord | None:
         """The open position on the symbol (None when flat). Raises `LeaseInvalid` when the
-        ledger shows it in another worker's hands (it was adopted under a newer fence)."""
+        ledger shows it in another worker's hands (it was adopted under a newer fence).
+
+        Read from the ledger again whenever anything could have moved it since the last read:
+        a status the tracker applied, an order placed through this tenure, a lease renewal (a
+        new lease object: an adoption elsewhere needs the lease, so it is seen by the renewal
+        at the latest), a lost or re-verified lease; always while degraded (Redis away).
+        """
+        ctx = self.ctx
+        lease = None if self.degraded or self.lost is not None else ctx.keeper.lease(self.symbol)
+        held = self._held
+        if held is not None and held[1] is lease and held[2] == ctx.tracker.changes:
+            return held[0]
+        self._held = None
+        changes = ctx.tracker.changes
+        position = await self._read_position()
+        if lease is not None and ctx.keeper.lease(self.symbol) is lease:
+            self._held = (position, lease, changes)
+        return position
+
+    async def _read_position(self) -> PositionRecord | None:
         position = await self.ctx.ledger.open_position(self.symbol)
         if position is None or position.qty <= 0:
             return None
@@ -218,6 +245,7 @@ class Tenure:
         """After the scope was cancelled: "ok" (renewed, or re-acquired with a higher fence and
         mirrored), "away" (Redis cannot say: degraded), or "lost" (someone else owns it)."""
         ctx = self.ctx
+        self._held = None
         if self.lost == FENCE_REFUSED:
             return "lost"
         try:

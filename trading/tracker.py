@@ -103,6 +103,9 @@ class OrderTracker:
         self._hinted: dict[str, datetime] = {}
         self._hint = anyio.Event()
         self.hinted_passes = 0  # orders asked about because of a hint
+        # bumped before and after every status applied to the ledger: a position read while it
+        # stood still saw no fill of this worker's orders (`Tenure.position` caches on it)
+        self.changes = 0
 
     # -- the placer's side ----------------------------------------------------------------
 
@@ -336,9 +339,13 @@ class OrderTracker:
             # boards; only its split differs
             self.log.warning("board of {} unknown; taxing it as KOSPI", status.symbol)
             board = Board.KOSPI
-        result = await self.ledger.apply_order_status(
-            ClientOrderId(cid), status, board, self.clock.now()
-        )
+        self.changes += 1
+        try:
+            result = await self.ledger.apply_order_status(
+                ClientOrderId(cid), status, board, self.clock.now()
+            )
+        finally:
+            self.changes += 1
         if result.closed_trade is not None:
             self.metrics.trade_closed(result.closed_trade.pnl)
         for fill in result.new_fills:
