@@ -252,26 +252,24 @@ def servers(settings: Settings, *, keep: bool = True) -> Iterator[tuple[str, str
 
 
 def _create_database(url: str, name: str) -> str:
-    from sqlalchemy import create_engine as sync_engine
     from sqlalchemy.engine import make_url
 
-    base = make_url(url)
-    engine = sync_engine(base, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        engine.dispose()
-    return base.set(database=name).render_as_string(hide_password=False)
+    _outside_transaction(url, f'CREATE DATABASE "{name}"')
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
 
 
 def _drop_database(url: str, name: str) -> None:
+    _outside_transaction(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _outside_transaction(url: str, statement: str) -> None:
+    """Run one statement that Postgres refuses inside a transaction (CREATE/DROP DATABASE)."""
     from sqlalchemy import create_engine as sync_engine
 
     engine = sync_engine(url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(statement))
     finally:
         engine.dispose()
 
