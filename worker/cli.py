@@ -164,9 +164,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "documented fill model (broker/backtest.py). Prints per-day and total figures. Exit 2 "
         "on bad data (one line: file, line, problem), 1 if the ledger does not reconcile.",
     )
-    backtest.add_argument("--data", required=True, metavar="PATH", help="file or folder")
-    backtest.add_argument("--from", dest="first", type=_date, help="first day YYYY-MM-DD")
-    backtest.add_argument("--to", dest="last", type=_date, help="last day YYYY-MM-DD")
+    _bar_days_arguments(backtest)
     backtest.add_argument("--workers", type=int, default=4, help="workers (default 4)")
     backtest.add_argument("--strategy", metavar="module:Class", help="strategy plug-in")
     backtest.add_argument("--report", metavar="FILE.html", help="also write the HTML report")
@@ -185,6 +183,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     return parser
 
 
+def _bar_days_arguments(command: Any) -> None:
+    """--data, --from, --to: the bar files a backtest or a tune reads, and which of its days."""
+    command.add_argument("--data", required=True, metavar="PATH", help="file or folder")
+    command.add_argument("--from", dest="first", type=_date, help="first day YYYY-MM-DD")
+    command.add_argument("--to", dest="last", type=_date, help="last day YYYY-MM-DD")
+
+
 def _tune_parser(sub: Any) -> None:
     tune = sub.add_parser(
         "tune",
@@ -194,9 +199,7 @@ def _tune_parser(sub: Any) -> None:
         "out-of-sample days, and print its parameters as environment lines with both sets of "
         "figures. Objective: in-sample net PnL. See worker/tune.py.",
     )
-    tune.add_argument("--data", required=True, metavar="PATH", help="file or folder")
-    tune.add_argument("--from", dest="first", type=_date, help="first day YYYY-MM-DD")
-    tune.add_argument("--to", dest="last", type=_date, help="last day YYYY-MM-DD")
+    _bar_days_arguments(tune)
     tune.add_argument("--trials", type=int, required=True, help="backtests to try (>= 1)")
     tune.add_argument("--strategy", metavar="module:Class", help="strategy plug-in")
     tune.add_argument("--workers", type=int, default=2, help="workers per backtest (default 2)")
