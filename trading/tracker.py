@@ -32,12 +32,13 @@ from broker.errors import BrokerError, UnknownOrder
 from broker.port import Broker
 from coordination.errors import CoordinationError
 from coordination.notices import Notices, NoticeType
+from ledger.applying import target_state
 from ledger.errors import LedgerError, LedgerUnavailable
 from ledger.orders import TERMINAL, OrderState
 from ledger.records import OrderRecord
 from ledger.repository import Ledger
 from market.clock import Clock
-from market.orders import ClientOrderId, OrderStatus
+from market.orders import ClientOrderId, OrderStatus, canonical_broker_order_id
 from market.types import Board
 from market.vclock import participating, wait_event
 from trading.metrics import NOT_PLACED, NULL_METRICS, WorkerMetrics
@@ -63,6 +64,23 @@ class _Followed:
     cancel_at: datetime | None  # None: cancel whatever is working at once (not ours to wait on)
     done: anyio.Event = field(default_factory=anyio.Event)
     final: OrderRecord | None = None
+
+
+def _applied(order: OrderRecord, status: OrderStatus) -> bool:
+    """Whether `status` is what `order` (the ledger's record as last read or written here)
+    already says: the same broker order, fills and state, so `Ledger.apply_order_status` would
+    change nothing (its "already applied" case). Anything else goes to the ledger, which checks
+    it and answers with the current record."""
+    return (
+        order.broker_order_id is not None
+        and order.status not in TERMINAL
+        and canonical_broker_order_id(order.broker_order_id)
+        == canonical_broker_order_id(status.broker_order_id)
+        and (status.symbol, status.side, status.qty) == (order.symbol, order.side, order.qty)
+        and status.filled_qty == order.filled_qty
+        and status.filled_amount == order.filled_amount
+        and target_state(order.qty, status) is order.status
+    )
 
 
 class OrderTracker:
@@ -292,6 +310,8 @@ class OrderTracker:
             self.log.warning("order {} ({}) not listed yet", order.client_order_id,
                              order.broker_order_id)  # fmt: skip
             return
+        if _applied(order, status):
+            return  # the ledger holds this report already: nothing to write or re-read
         record = await self.apply(order.client_order_id, status)
         followed.order = record
         if record.status in TERMINAL:
