@@ -220,3 +220,29 @@ async def test_order_never_placed_is_called_not_placed_only_after_the_listing_la
     decided = sql(database_url, "SELECT updated_at FROM orders")[0][0]
     assert decided - started >= timedelta(seconds=30)  # type: ignore[operator]
     assert rig.broker.lookups >= 2
+
+
+async def test_held_position_kept_between_reads_is_read_again_once_a_renewal_finds_it_adopted(
+    ledger: Ledger, redis_client: aioredis.Redis, prefix: str
+) -> None:
+    rig, a, b, symbol, lease_a = await _setup(ledger, redis_client, prefix)
+    async with running(a, b, keepers=False), Tenure.open(a.ctx, lease_a) as tenure_a:
+        bought = await tenure_a.place(rig.buy(symbol, lease_a.fence), rig.clock.now())
+        held = await tenure_a.position()  # read after the fill, kept from here on
+        assert held is not None
+        assert held.qty == bought.filled_qty
+        assert await tenure_a.position() == held
+        # A's key lapses; B takes the symbol and adopts the position in the ledger
+        await redis_client.delete(rig.keys.lock(symbol))
+        lease_b = await b.lock.acquire(symbol)
+        assert lease_b is not None
+        async with Tenure.open(b.ctx, lease_b) as tenure_b:
+            adopted = await tenure_b.position()
+            assert adopted is not None
+            assert adopted.worker_id == "B"
+            # A's next renewal finds the key in B's hands: A reads the ledger again and
+            # sees the position is B's now
+            await a.keeper.renew_once()
+            assert a.keeper.lease(symbol) is None
+            with pytest.raises(LeaseInvalid, match="held by B"):
+                await tenure_a.position()
