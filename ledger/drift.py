@@ -142,7 +142,7 @@ async def account_view(s: AsyncSession, trading_day: date) -> AccountView:
         .group_by(Order.symbol)
     )
     fills = (
-        select(Fill.symbol, func.count().label("fills"))
+        select(Fill.symbol, func.count().label("fills"), func.sum(Fill.amount).label("amount"))
         .where(Fill.trading_day == trading_day)
         .group_by(Fill.symbol)
     )
@@ -151,20 +151,15 @@ async def account_view(s: AsyncSession, trading_day: date) -> AccountView:
         books.setdefault(symbol, {}).update(qty=int(qty), avg_price=avg)
     for symbol, n, filled, working in (await s.execute(orders)).all():
         books.setdefault(symbol, {}).update(orders=n, filled_qty=int(filled), unfinished=working)
-    for symbol, n in (await s.execute(fills)).all():
+    n_fills, traded = 0, Decimal(0)  # the day's totals: the sums of the per-symbol figures
+    for symbol, n, amount in (await s.execute(fills)).all():
         books.setdefault(symbol, {}).update(fills=n)
+        n_fills, traded = n_fills + n, traded + amount
     pending = (
         await s.execute(select(Order).where(Order.status.in_(_UNFINISHED)).order_by(Order.id))
     ).scalars()
     unfinished = tuple(order_record(o) for o in pending)
     flow = await pnl_from_fills(s, trading_day)
-    n_fills, traded = (
-        await s.execute(
-            select(func.count(), func.coalesce(func.sum(Fill.amount), 0)).where(
-                Fill.trading_day == trading_day
-            )
-        )
-    ).one()
     symbols = {k: SymbolBook(**v) for k, v in books.items()}
     return AccountView(symbols, unfinished, flow, int(n_fills), Decimal(traded))
 
