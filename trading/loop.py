@@ -45,6 +45,7 @@ from trading.state import WorkerEvent, WorkerState, next_state
 from trading.tenure import FENCE_REFUSED, Tenure, TenureContext, TenureRefused
 from trading.tracker import OrderTracker
 
+PARAMS_POLL_S = 0.25  # wall seconds a step waits for the live parameters' version at most
 _MAX_TICK_FAILURES = 150  # ~12 minutes of backoff capped at 5 s before an idle worker gives up
 _TRANSIENT = (BrokerUnavailable, LedgerUnavailable, BackendUnavailable)
 
@@ -251,8 +252,16 @@ class Worker:
 
     async def _follow_params(self) -> None:
         """The top of each step: a new version of the fleet's live parameters (`trading.live`)
-        applies from this step on, and the registry shows it at once."""
-        config = await self.d.params.poll()
+        applies from this step on, and the registry shows it at once.
+
+        Never at a protected position's expense: while the tenure is degraded (Redis away) the
+        poll is skipped, and a poll that gets no answer within `PARAMS_POLL_S` leaves the
+        parameters as they are until the next step (Redis's own timeout is 2 s a call)."""
+        if self.tenure is not None and self.tenure.degraded:
+            return
+        config = None
+        with anyio.move_on_after(PARAMS_POLL_S):
+            config = await self.d.params.poll()
         if config is None:
             return
         old, self.d = self.d.config, replace(self.d, config=config)
