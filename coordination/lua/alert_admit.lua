@@ -32,11 +32,10 @@ if count > tonumber(ARGV[2]) then
   return {-1, 0}
 end
 redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
-local suppressed = redis.pcall('GETDEL', KEYS[3])
+-- GET then DEL (the script is atomic): the ACL user has no GETDEL
+local suppressed = redis.pcall('GET', KEYS[3])
+redis.call('DEL', KEYS[3])
 if type(suppressed) ~= 'string' then
-  if type(suppressed) == 'table' then
-    redis.call('DEL', KEYS[3])
-  end
   suppressed = '0'
 end
 return {1, tonumber(suppressed) or 0}
