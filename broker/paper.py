@@ -28,10 +28,10 @@ Fees and taxes are not the broker's business: the ledger derives them from the f
 an average-cost basis and, when a `costs` model is given, cash = the starting `cash` − bought −
 sold amounts with commission and taxes per execution (as an exchange account moves); without
 one the account's cash is None (not modelled). The order bookkeeping, the account and the
-closing auction are shared with `BarBroker` (`broker.simbook.SimBook`). Not modelled: checks of orders against cash and
-holdings (a SELL is not checked against a position), order amendment, IOC/FOK, our own market
-impact on the printed prices, depth at the VI auction (like the closing auction, it fills
-crossing orders in full).
+closing auction are shared with `BarBroker` (`broker.simbook.SimBook`). Not modelled: checks
+of orders against cash and holdings (a SELL is not checked against a position), order
+amendment, IOC/FOK, our own market impact on the printed prices, depth at the VI auction (like
+the closing auction, it fills crossing orders in full).
 
 Concurrency: one instance may be shared by many tasks of one event loop; each method mutates
 state without awaiting in between, so calls are atomic with respect to each other.
