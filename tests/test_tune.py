@@ -137,11 +137,11 @@ def test_a_seeded_tune_is_reproducible_and_its_env_lines_load(
 ) -> None:
     settings = load_settings(database_url=pg_server_url, redis_url=redis_url)
     space = {"STOP_LOSS_PCT": None, "TAKE_PROFIT_PCT": None, "MAX_HOLD_MIN": None}
-    first = tune(bar_folder, None, None, 3, settings=settings, workers=1, params=space, seed=3,
+    first = tune(bar_folder, None, None, 2, settings=settings, workers=1, params=space, seed=3,
                  min_trades=0, progress=lambda _line: None)  # fmt: skip
     assert first.split.in_sample == DAYS[:1]
     assert first.split.out_of_sample == DAYS[1:]
-    assert len(first.trials) == 3
+    assert len(first.trials) == 2
     assert first.best is not None
     assert first.in_sample is not None
     assert first.out_of_sample is not None
@@ -151,12 +151,12 @@ def test_a_seeded_tune_is_reproducible_and_its_env_lines_load(
         **{k: v for k, v in os.environ.items() if not k.startswith(("PAPER_", "FLEET_"))},
         "DATABASE_URL": pg_server_url, "REDIS_URL": redis_url, "LOG_LEVEL": "WARNING",
     }  # fmt: skip
-    done = _cli("--data", str(bar_folder), "--trials", "3", "--workers", "1", "--seed", "3",
+    done = _cli("--data", str(bar_folder), "--trials", "2", "--workers", "1", "--seed", "3",
                 "--min-trades", "0", "--params", ",".join(space), "--json", env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     again = json.loads(done.stdout)
     assert again == json.loads(json.dumps(first.as_dict()))
-    assert sum(line.startswith("trial ") for line in done.stderr.splitlines()) == 3
+    assert sum(line.startswith("trial ") for line in done.stderr.splitlines()) == 2
 
     # the best parameters as environment lines: the strategy loader takes them as they are
     lines = first.env_lines()
