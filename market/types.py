@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from enum import IntEnum, StrEnum
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -135,3 +137,29 @@ def range_ratio(ranges: npt.ArrayLike) -> float | None:
     if base <= 0:
         return None
     return round(float(r[-1]) / base, 4)
+
+
+_SYMBOL_CODE = re.compile(r"\d{6}")
+
+
+def split_symbol_codes(value: Any) -> Any:
+    """A setting's comma-separated 6-digit symbol codes as a tuple (a pydantic BeforeValidator;
+    anything but a string passes through). Empty means none; an empty item is an error (`,,,`
+    is a typo, not "none")."""
+    if not isinstance(value, str):
+        return value
+    if not value.strip():
+        return ()
+    symbols = tuple(s.strip() for s in value.split(","))
+    for s in symbols:
+        if not _SYMBOL_CODE.fullmatch(s):
+            raise ValueError(f"must be comma-separated 6-digit codes, got item {s!r}")
+    return symbols
+
+
+def check_symbol_codes(value: tuple[str, ...]) -> tuple[str, ...]:
+    """Every item a 6-digit symbol code (a pydantic AfterValidator)."""
+    for s in value:
+        if not _SYMBOL_CODE.fullmatch(s):
+            raise ValueError(f"must be 6-digit codes, got {s!r}")
+    return value

@@ -14,7 +14,7 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import BeforeValidator, Field, model_validator
 
-from market.types import Quote, Snapshot
+from market.types import Quote, Snapshot, check_symbol_codes, split_symbol_codes
 from strategy.base import StrategyParams
 from strategy.scan import Candidate, ScanParams, rank_candidates
 from strategy.signals import (
@@ -29,26 +29,6 @@ from strategy.triggers import SellLevels, sell_levels
 
 #: one bar per minute of a regular session: no window is longer
 MAX_BARS = 390
-
-
-def _split_symbols(value: Any) -> Any:
-    """Comma-separated 6-digit codes; empty means none, an empty item is an error."""
-    if not isinstance(value, str):
-        return value
-    if not value.strip():
-        return ()
-    symbols = tuple(s.strip() for s in value.split(","))
-    for s in symbols:
-        if not (len(s) == 6 and s.isdigit()):
-            raise ValueError(f"must be comma-separated 6-digit codes, got item {s!r}")
-    return symbols
-
-
-def _symbols(value: tuple[str, ...]) -> tuple[str, ...]:
-    for s in value:
-        if not (len(s) == 6 and s.isdigit()):
-            raise ValueError(f"must be 6-digit codes, got {s!r}")
-    return value
 
 
 class MomentumParams(StrategyParams):
@@ -66,7 +46,7 @@ class MomentumParams(StrategyParams):
     min_price: Decimal = Field(Decimal(1_000), gt=0, le=10**8, description="pre-filter (won)")
     max_price: Decimal = Field(Decimal(1_000_000), gt=0, le=10**8, description="pre-filter (won)")
     exclude_symbols: Annotated[
-        tuple[str, ...], BeforeValidator(_split_symbols), Field(description="never traded")
+        tuple[str, ...], BeforeValidator(split_symbol_codes), Field(description="never traded")
     ] = ()
     min_score: float = Field(0.5, ge=0, le=100, description="minimum scan score for a buy")
     max_candidates: int = Field(20, ge=1, le=500, description="ranked candidates per scan")
@@ -82,7 +62,7 @@ class MomentumParams(StrategyParams):
 
     @model_validator(mode="after")
     def _consistent(self) -> MomentumParams:
-        _symbols(self.exclude_symbols)
+        check_symbol_codes(self.exclude_symbols)
         if self.short_ma_bars >= self.long_ma_bars:
             raise ValueError("SHORT_MA_BARS must be smaller than LONG_MA_BARS")
         if self.min_price > self.max_price:

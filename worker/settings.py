@@ -28,6 +28,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, mo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from market.calendar import CALENDAR_END, CALENDAR_START
+from market.types import check_symbol_codes, split_symbol_codes
 
 if TYPE_CHECKING:  # imported lazily: a paper worker needs nothing of broker.kis
     from broker.kis import KisConfig
@@ -85,29 +86,6 @@ def _parse_epoch(value: Any) -> Any:
 
 
 #: a KRX short code (what the market modules key everything by)
-_SYMBOL = re.compile(r"\d{6}")
-
-
-def _split_symbols(value: Any) -> Any:
-    """EXCLUDE_SYMBOLS: comma-separated 6-digit codes; empty means none, an empty item is an
-    error (`,,,` is a typo, not "none")."""
-    if not isinstance(value, str):
-        return value
-    if not value.strip():
-        return ()
-    symbols = tuple(s.strip() for s in value.split(","))
-    for s in symbols:
-        if not _SYMBOL.fullmatch(s):
-            raise ValueError(f"must be comma-separated 6-digit codes, got item {s!r}")
-    return symbols
-
-
-def _symbols(value: tuple[str, ...]) -> tuple[str, ...]:
-    for s in value:
-        if not _SYMBOL.fullmatch(s):
-            raise ValueError(f"must be 6-digit codes, got {s!r}")
-    return value
-
 
 #: the most names KIS_UNIVERSE may list (the gateway reads about 4 requests a name a cycle)
 MAX_KIS_UNIVERSE = 200
@@ -115,7 +93,7 @@ MAX_KIS_UNIVERSE = 200
 
 def _universe(value: tuple[str, ...]) -> tuple[str, ...]:
     """KIS_UNIVERSE: 6-digit codes, each once, at most `MAX_KIS_UNIVERSE`."""
-    _symbols(value)
+    check_symbol_codes(value)
     seen: set[str] = set()
     for s in value:
         if s in seen:
@@ -295,7 +273,10 @@ class Settings(BaseSettings):
     min_price: Decimal = Field(Decimal(1_000), gt=0, le=Decimal(10**8))
     max_price: Decimal = Field(Decimal(1_000_000), gt=0, le=Decimal(10**8))
     exclude_symbols: Annotated[
-        tuple[str, ...], NoDecode, BeforeValidator(_split_symbols), AfterValidator(_symbols)
+        tuple[str, ...],
+        NoDecode,
+        BeforeValidator(split_symbol_codes),
+        AfterValidator(check_symbol_codes),
     ] = ()
     min_score: float = Field(0.5, ge=0, le=100)
     max_candidates: int = Field(20, ge=1, le=500)
@@ -322,7 +303,7 @@ class Settings(BaseSettings):
     # fixed universe (comma-separated 6-digit codes) instead of the volume ranking (real) or
     # the built-in list (mock): e.g. names an exchange lists; empty = the default
     kis_universe: Annotated[
-        tuple[str, ...], NoDecode, BeforeValidator(_split_symbols), AfterValidator(_universe)
+        tuple[str, ...], NoDecode, BeforeValidator(split_symbol_codes), AfterValidator(_universe)
     ] = ()
 
     # --- KIS gateway (`python -m worker gateway`; BROKER=kis workers find it through Redis) ---
