@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -196,13 +197,24 @@ class Worker:
             spent = (self.d.clock.now() - started).total_seconds()
             await self._pause(self.d.config.scan_interval_s - spent)
 
-    async def _pause(self, seconds: float) -> None:
+    async def _pause(
+        self, seconds: float, wake: Callable[[float], Awaitable[bool]] | None = None
+    ) -> bool:
+        """Sleep `seconds` of the clock, or until `wake(seconds)` returns; a stop request cuts
+        either short. True when `wake` said it ended early."""
         if seconds <= 0 or self._stop.is_set():
-            return
-        with anyio.CancelScope() as scope:
-            self._pause_scope = scope
-            await self.d.clock.sleep(seconds)
-        self._pause_scope = None
+            return False
+        woke = False
+        try:
+            with anyio.CancelScope() as scope:
+                self._pause_scope = scope
+                if wake is None:
+                    await self.d.clock.sleep(seconds)
+                else:
+                    woke = await wake(seconds)
+        finally:
+            self._pause_scope = None
+        return woke
 
     async def _exit(self) -> None:
         if self.state is not WorkerState.EXIT:
@@ -456,23 +468,16 @@ class Worker:
             self._idle_wakes = 0
             await self._pause(seconds)
             return
-        if seconds <= 0 or self._stop.is_set():
-            return
         held, quote, now = self._held
         levels = strategy.sell_levels(held, quote, now)
+        watch = partial(market.wait_price, tenure.symbol, levels.below, levels.above)
         started = self.d.clock.now()
         try:
-            with anyio.CancelScope() as scope:
-                self._pause_scope = scope
-                self._woke_on_trade = await market.wait_price(
-                    tenure.symbol, levels.below, levels.above, seconds
-                )
+            self._woke_on_trade = await self._pause(seconds, watch)
         except _TRANSIENT as exc:  # the watch is an optimisation: poll instead
             self.log.warning("price watch on {} unavailable ({!r}); polling", tenure.symbol, exc)
             spent = (self.d.clock.now() - started).total_seconds()
             await self._pause(seconds - spent)
-        finally:
-            self._pause_scope = None
 
     async def _verify(self, tenure: Tenure) -> str:
         was_degraded = tenure.degraded
