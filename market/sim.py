@@ -320,11 +320,11 @@ class SimulatedMarket:
             return (below is not None and low <= below) or (above is not None and high >= above)
 
         t = start
-        while t < end:
+        if t < end and touched(self.traded_range(symbol, t, t)):
+            return t
+        while t < end:  # each minute from where the last one ended, which did not touch
             m, _ = self.minute_of(t)
             minute_end = min(s.open + timedelta(minutes=m + 1), end)
-            if touched(self.traded_range(symbol, t, t)):
-                return t
             if touched(self.traded_range(symbol, t, minute_end)):
                 lo, hi = 0, (minute_end - t) // _US  # untouched at lo, touched by hi
                 while hi - lo > 1000:
