@@ -310,8 +310,8 @@ async def test_mirror_applies_good_entries_once_and_dead_letters_the_junk_betwee
     assert rows == [(f"S{i}", 1, e) for i in range(len(JUNK)) for e in ("acquired", "released")]
     assert await redis_client.hget(keys.events_dead, GROUP) == str(len(JUNK)).encode()
     assert sorted(hook.calls) == sorted(("event", f"{keys.events} {i}") for i in junk_ids)
-    for entry_id in junk_ids:  # logged once each, naming the entry
-        assert sum(f" {entry_id}: " in e for e in errors) == 1  # "1-1" is inside "1-10": match the whole id
+    for entry_id in junk_ids:  # logged once each, naming the entry ("1-1" is inside "1-10")
+        assert sum(f" {entry_id}: " in e for e in errors) == 1
     # Each good entry handled once, and the one lock notice without a fence (dead-lettered by the
     # mirror itself); the unreadable ones never reached it.
     assert mirror.applied == 2 * len(JUNK) + 1
