@@ -32,6 +32,8 @@ share sizes).
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -68,6 +70,7 @@ from market.types import (
 )
 
 Level = tuple[Decimal, int]
+_Facts = tuple[int, Decimal | None, float | None]  # `SimulatedMarket._minute_facts`
 _US = timedelta(microseconds=1)
 
 
@@ -93,8 +96,58 @@ def _won(x: float | np.floating | np.integer) -> Decimal:
     return Decimal(int(x))
 
 
+# ----- one symbol in scalars ------------------------------------------------------------------
+# `quote` and `first_touch` look at one symbol at one instant, many times a simulated day (every
+# HOLD step, every price watch). These are `market.paths`' vectorized functions for one float
+# each, the same IEEE operations in the same order, so they give bit-identical prices (checked
+# against the vectorized forms in tests/test_sim.py) without numpy's per-call overhead.
+
+_BOUNDS_F = (2_000.0, 5_000.0, 20_000.0, 50_000.0, 200_000.0, 500_000.0)  # `paths.tick_of`
+_TICKS_F = (1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1_000.0)
+
+
+def _tick(price: float) -> float:
+    return _TICKS_F[bisect_right(_BOUNDS_F, price)]
+
+
+def _step(price: float, n: int) -> float:
+    """`paths.step_grid` for one price: n ticks up (n > 0) or down, tick by tick."""
+    out = price
+    for _ in range(abs(n)):
+        out = out + _tick(out) if n > 0 else out - _tick(out - 1.0)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Bar:
+    """Minute m of one symbol: its path's vertices (`paths.vertices`) and its low and high."""
+
+    v: tuple[float, float, float, float]
+    low: float
+    high: float
+
+    def point(self, f: float) -> float:
+        """`paths.path_point`: the printed price a fraction f into the minute."""
+        v = self.v
+        x = 3.0 * f
+        seg = min(int(x), 2)
+        raw = v[seg] + (v[seg + 1] - v[seg]) * (x - seg)
+        tick = _tick(raw)
+        on_grid = max(round(raw / tick) * tick, 1.0)  # round: half to even, as np.rint
+        return min(max(on_grid, self.low), self.high)
+
+    def span(self, f0: float, f1: float) -> tuple[float, float]:
+        """(low, high) of the prints from fraction f0 to f1 of the minute (`traded_range`)."""
+        points = [self.point(f0), self.point(f1)]
+        points += [self.v[k] for k in (1, 2) if f0 < k / 3 < f1]
+        if f1 >= 1.0:
+            points.append(self.v[3])
+        return min(points), max(points)
+
+
 class SimulatedMarket:
-    """The whole simulated universe for one session; read-only after construction."""
+    """The whole simulated universe for one session; read-only after construction (but for
+    a cache of per-minute quote facts that only saves work)."""
 
     def __init__(self, seed: int, session: Session, n_symbols: int = 300) -> None:
         if seed < 0:
@@ -147,6 +200,8 @@ class SimulatedMarket:
         self._vi_rows = np.array([w.row for w in windows], dtype=np.int64)
         self._vi_start = np.array([w.start_us for w in windows], dtype=np.int64)
         self._vi_end = np.array([w.end_us for w in windows], dtype=np.int64)
+        # `_minute_facts`' last answer per row
+        self._facts: dict[int, tuple[tuple[int, int, int], _Facts]] = {}
 
     # ----- lookup -------------------------------------------------------------------------
 
@@ -278,24 +333,25 @@ class SimulatedMarket:
         ask = np.where(over, upper, ask)
         return bid, ask
 
+    def _bar(self, i: int, m: int) -> _Bar:
+        p = self._p
+        o, h, lo, c = (float(p.open[i, m]), float(p.high[i, m]), float(p.low[i, m]),
+                       float(p.close[i, m]))  # fmt: skip
+        up = c >= o
+        return _Bar((o, lo if up else h, h if up else lo, c), lo, h)
+
     def traded_range(self, symbol: str, start: datetime, end: datetime) -> tuple[Decimal, Decimal]:
         """(low, high) of the prices printed in [start, end] during continuous trading.
 
         Both instants must lie in one minute of the continuous session (the paper broker asks
         minute by minute).
         """
-        i = self.index(symbol)
-        rows = np.array([i])
         m0, f0 = self.minute_of(start)
         m1, f1 = self.minute_of(end)
         if m1 != m0:  # `end` exactly on the next minute boundary closes minute m0
             f1 = 1.0
-        points = [self._path_point(rows, m0, f0)[0], self._path_point(rows, m0, f1)[0]]
-        v = self._vertices(rows, m0)
-        points += [v[k][0] for k in (1, 2) if f0 < k / 3 < f1]
-        if f1 >= 1.0:
-            points.append(v[3][0])
-        return _won(min(points)), _won(max(points))
+        low, high = self._bar(self.index(symbol), m0).span(f0, f1)
+        return _won(low), _won(high)
 
     def first_touch(
         self,
@@ -314,22 +370,32 @@ class SimulatedMarket:
         """
         s = self.session
         start, end = max(start, s.open), min(end, s.continuous_close)
+        if start >= end:
+            return None
+        i = self.index(symbol)
 
-        def touched(low_high: tuple[Decimal, Decimal]) -> bool:
-            low, high = low_high
-            return (below is not None and low <= below) or (above is not None and high >= above)
+        def touched(bar: _Bar, m: int, f0: float, at: datetime) -> bool:
+            """Did minute m print through a level from fraction f0 to `at` (in minute m, or on
+            its end)? Prices are whole won: compared as the Decimals `traded_range` gives."""
+            m1, f1 = self.minute_of(at)
+            low, high = bar.span(f0, 1.0 if m1 != m else f1)
+            return (below is not None and int(low) <= below) or (
+                above is not None and int(high) >= above
+            )
 
+        m, f = self.minute_of(start)
+        if touched(self._bar(i, m), m, f, start):
+            return start
         t = start
-        if t < end and touched(self.traded_range(symbol, t, t)):
-            return t
         while t < end:  # each minute from where the last one ended, which did not touch
-            m, _ = self.minute_of(t)
+            m, f = self.minute_of(t)
+            bar = self._bar(i, m)
             minute_end = min(s.open + timedelta(minutes=m + 1), end)
-            if touched(self.traded_range(symbol, t, minute_end)):
+            if touched(bar, m, f, minute_end):
                 lo, hi = 0, (minute_end - t) // _US  # untouched at lo, touched by hi
                 while hi - lo > 1000:
                     mid = (lo + hi) // 2
-                    if touched(self.traded_range(symbol, t, t + mid * _US)):
+                    if touched(bar, m, f, t + mid * _US):
                         hi = mid
                     else:
                         lo = mid
@@ -342,30 +408,30 @@ class SimulatedMarket:
     def quote(self, symbol: str, at: datetime, short_ma_bars: int = 5) -> Quote:
         """One symbol at `at` (see the module docstring for each phase)."""
         i = self.index(symbol)
-        rows = np.array([i])
-        st = self._state(rows, at)
-        bid, ask = self._bid_ask(rows, st.price, st.minute)
-        depth = self._level_sizes(i, st.minute, 1)[0]
-        short_ma: Decimal | None = None
-        if short_ma_bars > 0 and st.completed >= short_ma_bars:
-            closes = self._p.close[i, st.completed - short_ma_bars : st.completed]
-            short_ma = (_won(closes.sum()) / short_ma_bars).quantize(Decimal("0.01"))
+        if self.phase(at) is Phase.CONTINUOUS:
+            price, high, low, volume, value, minute = self._continuous(i, at)
+            completed = minute
+        else:
+            st = self._state(np.array([i]), at)
+            price, high, low = float(st.price[0]), float(st.day_high[0]), float(st.day_low[0])
+            volume, value = int(st.volume[0]), float(st.value[0])
+            minute, completed = st.minute, st.completed
+        bid, ask = self._bid_ask_one(i, price, minute)
+        depth, short_ma, ratio = self._minute_facts(i, minute, completed, short_ma_bars)
         inst = self.instruments[i]
         vi = self.interruption_at(symbol, at)
-        n = st.completed
-        ranges = self._p.high[i, :n] - self._p.low[i, :n]
         return Quote(
             symbol=symbol,
             at=at,
-            price=_won(st.price[0]),
-            bid=_won(bid[0]),
-            ask=_won(ask[0]),
+            price=_won(price),
+            bid=_won(bid),
+            ask=_won(ask),
             bid_qty=depth,
             ask_qty=depth,
-            volume=int(st.volume[0]),
-            traded_value=_won(st.value[0]),
-            day_high=_won(st.day_high[0]),
-            day_low=_won(st.day_low[0]),
+            volume=volume,
+            traded_value=_won(value),
+            day_high=_won(high),
+            day_low=_won(low),
             prev_close=inst.prev_close,
             prev_high=inst.prev_high,
             prev_low=inst.prev_low,
@@ -374,8 +440,53 @@ class SimulatedMarket:
             tier=inst.tier,
             short_ma=short_ma,
             halted_until=None if vi is None else vi.end,
-            range_ratio=range_ratio(ranges),
+            range_ratio=ratio,
         )
+
+    def _continuous(self, i: int, at: datetime) -> tuple[float, float, float, int, float, int]:
+        """`_state` for one row during continuous trading: (price, day high, day low, volume,
+        traded value, minute), in scalars."""
+        p = self._p
+        m, f = self.minute_of(at)
+        bar = self._bar(i, m)
+        price = bar.point(f)
+        seen = [*bar.v[: min(int(3.0 * f), 2) + 1], price]
+        high, low = max(seen), min(seen)
+        volume = math.floor(float(p.volume[i, m]) * f)
+        value = float(math.floor(float(p.value[i, m]) * f))
+        if m > 0:
+            high = max(high, float(p.cum_high[i, m - 1]))
+            low = min(low, float(p.cum_low[i, m - 1]))
+            volume += int(p.cum_volume[i, m - 1])
+            value += float(p.cum_value[i, m - 1])
+        return price, high, low, volume, value, m
+
+    def _bid_ask_one(self, i: int, price: float, minute: int) -> tuple[float, float]:
+        """`_bid_ask` for one row."""
+        spread = int(self._p.spread_ticks[i, minute])
+        lower, upper = float(self._u.lower[i]), float(self._u.upper[i])
+        bid = max(_step(price, -(spread // 2)), lower)
+        ask = _step(bid, spread)
+        if ask > upper:  # near the upper limit the book shifts down under it
+            return _step(upper, -spread), upper
+        return bid, ask
+
+    def _minute_facts(self, i: int, minute: int, completed: int, short_ma_bars: int) -> _Facts:
+        """A quote's parts that change only with the minute: (top-of-book size, short MA,
+        range ratio); the last answer per row is kept (a held symbol is quoted every step)."""
+        key = (minute, completed, short_ma_bars)
+        kept = self._facts.get(i)
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        depth = self._level_sizes(i, minute, 1)[0]
+        short_ma: Decimal | None = None
+        if short_ma_bars > 0 and completed >= short_ma_bars:
+            closes = self._p.close[i, completed - short_ma_bars : completed]
+            short_ma = (_won(closes.sum()) / short_ma_bars).quantize(Decimal("0.01"))
+        ranges = self._p.high[i, :completed] - self._p.low[i, :completed]
+        facts = (depth, short_ma, range_ratio(ranges))
+        self._facts[i] = (key, facts)
+        return facts
 
     def snapshot(self, at: datetime, n_bars: int) -> Snapshot:
         """Every symbol at `at`, with its last `n_bars` completed bars (left-padded NaN / 0)."""

@@ -260,3 +260,23 @@ def test_step_grid_equals_the_scalar_step_across_band_edges() -> None:
     moves = np.concatenate([np.tile(np.arange(-6, 7), len(edges)), rng.integers(-6, 7, 500)])
     expected = [float(step(Decimal(int(p)), int(k))) for p, k in zip(prices, moves, strict=True)]
     assert step_grid(prices, moves).tolist() == expected
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    us=st.integers(min_value=-60_000_000, max_value=(380 * 60 + 600) * 1_000_000),
+    on_second=st.booleans(),
+)
+def test_a_quote_is_the_snapshot_of_its_symbol(market: SimulatedMarket, us: int,
+                                               on_second: bool) -> None:  # fmt: skip
+    """`quote` works in scalars for one symbol and `snapshot` in arrays for all: the same
+    prices, to the won, at any instant (on and between minute boundaries, in every phase)."""
+    at = SESSION.open + timedelta(microseconds=us - us % 1_000_000 if on_second else us)
+    snap = market.snapshot(at, 0)
+    for row in range(0, 300, 7):
+        q = market.quote(market.symbols[row], at)
+        fields = (q.price, q.bid, q.ask, q.day_high, q.day_low, q.traded_value)
+        arrays = (snap.price, snap.bid, snap.ask, snap.day_high, snap.day_low, snap.traded_value)
+        assert fields == tuple(Decimal(int(a[row])) for a in arrays)
+        assert q.volume == int(snap.volume[row])
+        assert (q.halted_until is not None) == bool(snap.halted[row])
