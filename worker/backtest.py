@@ -108,12 +108,24 @@ class BacktestResult:
         }
 
 
+#: one bar: the quotes and the fill model of a backtest move a minute at a time
+BAR_S = 60.0
+
+
 def backtest_settings(settings: Settings, day: date, prefix: str) -> Settings:
     """The settings a backtest day runs on: the paper broker's planning for `day`, fixed
-    worker ids, the run's key prefix, no health server."""
+    worker ids, the run's key prefix, no health server, and HOLD checking at most once a bar.
+
+    A HOLD step between two bars sees the quote the last one saw, and a sell it placed there
+    would fill at the next bar's open, where the step at that bar's start fills too; so hold
+    intervals under a bar (HOLD_INTERVAL_S, VOL_SURGE_HOLD_S) are raised to one bar. Positions
+    open at bar starts (fills execute there), so HOLD steps fall on bar starts and see every bar.
+    """
     return Settings.model_construct(
         **{
             **settings.model_dump(),
+            "hold_interval_s": max(settings.hold_interval_s, BAR_S),
+            "vol_surge_hold_s": max(settings.vol_surge_hold_s, BAR_S),
             "paper_day": day,
             "paper_speed": 60.0,  # planning only: the virtual clock replaces the clock
             "worker_id": WORKER_STEM,
@@ -138,11 +150,15 @@ async def run_days(
 ) -> list[DayResult]:
     """Trade every day in order on one ledger; return each day's figures from the ledger."""
     from worker.app import run_fleet
+    from worker.settings import strategy_of
 
     costs = cost_model(settings, default_calendar())
     results: list[DayResult] = []
     for bars in days:
         day_settings = backtest_settings(settings, bars.session.day, prefix)
+        # the strategy given, so the fleet runs it on fixed parameters: the fleet's live
+        # parameters (a Redis round trip every step) are not the backtest's to follow
+        day_strategy = strategy if strategy is not None else strategy_of(day_settings)
 
         def venue(plan: Plan, bars: DayBars = bars) -> BarBroker:
             if plan.session != bars.session:
@@ -159,7 +175,7 @@ async def run_days(
             handle_signals=False,
             virtual=True,
             venue=venue,
-            strategy=strategy,
+            strategy=day_strategy,
         )
         result = await _read_day(database_url, settings, bars, workers)
         busy = getattr(plan.clock, "busy", None)
