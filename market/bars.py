@@ -40,7 +40,6 @@ import numpy.typing as npt
 
 from market.calendar import KrxCalendar, Session
 from market.clock import KST, Clock
-from market.paths import round_grid
 from market.replay import ReplayMarket
 from market.replay_file import (
     OPTIONAL_COLUMNS,
@@ -61,6 +60,9 @@ _TIERS = {**{t.name: t for t in Tier}, **{str(int(t)): t for t in Tier}}
 _DAY_S = 86_400
 _KST_OFFSET_S = 9 * 3600
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+# the tick grid (`market.ticks`): from each bound up, prices step by the tick beside it
+_GRID_BOUNDS = (2_000.0, 5_000.0, 20_000.0, 50_000.0, 200_000.0, 500_000.0)
+_GRID_TICKS = (5.0, 10.0, 50.0, 100.0, 500.0, 1_000.0)
 
 
 class BarDataError(ReplayFormatError):
@@ -133,6 +135,38 @@ class _DayRows:
         return BarDataError(f"{self.path}: {message}")
 
 
+@dataclass(frozen=True)
+class _Text:
+    """A text column as its distinct values (sorted) and each row's code into them: a million
+    rows hold a few thousand distinct strings, so checks run on the values, not the rows."""
+
+    values: npt.NDArray[np.object_]
+    codes: IntArray
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, i: int | np.integer) -> str:
+        return str(self.values[self.codes[i]])
+
+    def eq(self, value: str) -> npt.NDArray[np.bool_]:
+        """Per row: the text is `value`."""
+        return np.asarray(self.values == value, dtype=bool)[self.codes]
+
+    @classmethod
+    def join(cls, parts: Sequence[_Text]) -> _Text:
+        """The parts' rows one after another, on one sorted set of values."""
+        values, inverse = np.unique(np.concatenate([p.values for p in parts]),
+                                    return_inverse=True)  # fmt: skip
+        offsets = np.cumsum([0, *(len(p.values) for p in parts[:-1])])
+        codes = [np.asarray(inverse, dtype=np.int64)[o + p.codes]
+                 for o, p in zip(offsets, parts, strict=True)]  # fmt: skip
+        return cls(values, np.concatenate(codes) if codes else np.zeros(0, dtype=np.int64))
+
+
+_TEXT = ("symbol", "board", "minute", "tier")
+
+
 @dataclass
 class _Table:
     """Every file's rows, concatenated; `where(i)` names row i's file and line."""
@@ -142,6 +176,7 @@ class _Table:
     line_of: IntArray
     parquet: npt.NDArray[np.bool_]
     cols: dict[str, np.ndarray]
+    text: dict[str, _Text]
 
     def where(self, i: int) -> str:
         f = self.files[int(self.file_of[i])]
@@ -173,7 +208,7 @@ def data_files(path: Path) -> list[Path]:
     return [path]
 
 
-def _read_file(path: Path) -> tuple[dict[str, np.ndarray], bool]:
+def _read_file(path: Path) -> tuple[dict[str, np.ndarray | _Text], bool]:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
@@ -182,7 +217,9 @@ def _read_file(path: Path) -> tuple[dict[str, np.ndarray], bool]:
     parquet = path.suffix.lower() != ".csv"
     try:
         if parquet:
-            table = pq.read_table(path)
+            # the file's own reader: `read_table` goes through pyarrow.dataset, whose import
+            # (pandas with it) costs more than reading a day of bars
+            table = pq.ParquetFile(path).read()
             names = list(table.column_names)
         else:
             with path.open("rb") as f:
@@ -206,12 +243,12 @@ def _read_file(path: Path) -> tuple[dict[str, np.ndarray], bool]:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BarDataError(f"{path}: {text}") from None
     _check_columns(path, names, 1 if not parquet else None)
-    cols: dict[str, np.ndarray] = {}
+    cols: dict[str, np.ndarray | _Text] = {}
     for name in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS):
         if name not in names:
             continue
         column = table.column(name)
-        if name in ("symbol", "board", "minute", "tier"):
+        if name in _TEXT:
             # trimmed, null as "", through a dictionary: a million rows hold a few thousand
             # distinct strings, so no Python loop over the rows
             text = pc.utf8_trim_whitespace(column.cast(pa.string()))
@@ -219,7 +256,8 @@ def _read_file(path: Path) -> tuple[dict[str, np.ndarray], bool]:
                 text = pc.utf8_upper(text)
             enc = text.fill_null("").combine_chunks().dictionary_encode()
             values = np.array(enc.dictionary.to_pylist(), dtype=object)
-            cols[name] = values[enc.indices.to_numpy(zero_copy_only=False)]
+            codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+            cols[name] = _Text(values, codes)
         else:
             cols[name] = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
     return cols, parquet
@@ -236,7 +274,7 @@ def _check_columns(path: Path, names: Sequence[str], line: int | None) -> None:
 
 
 def _read(files: list[Path]) -> _Table:
-    parts: list[dict[str, np.ndarray]] = []
+    parts: list[dict[str, np.ndarray | _Text]] = []
     parquet: list[bool] = []
     for f in files:
         part, pq_ = _read_file(f)
@@ -253,42 +291,50 @@ def _read(files: list[Path]) -> _Table:
     is_pq = np.array(parquet, dtype=bool)
     line_of = line_of + np.where(is_pq[file_of], 1, 2)
     cols: dict[str, np.ndarray] = {}
+    text: dict[str, _Text] = {}
     for name in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS):
-        if all(name in p for p in parts):
-            cols[name] = np.concatenate([p[name] for p in parts])
-        elif name in ("value", "tier") and any(name in p for p in parts):
-            fill: object = np.nan if name == "value" else "MID"
-            cols[name] = np.concatenate(
-                [
-                    p.get(name, np.full(k, fill, dtype=object if name == "tier" else float))
-                    for p, k in zip(parts, n, strict=True)
-                ]
-            )
+        if not any(name in p for p in parts) or (
+            not all(name in p for p in parts) and name not in ("value", "tier")
+        ):
+            continue
+        if name in _TEXT:  # a file without tiers: MID
+            mid = np.array(["MID"], dtype=object)
+            text[name] = _Text.join([
+                cast(_Text, p[name]) if name in p else _Text(mid, np.zeros(k, dtype=np.int64))
+                for p, k in zip(parts, n, strict=True)
+            ])  # fmt: skip
+        else:
+            numbers = [cast(np.ndarray, p[name]) if name in p else np.full(k, np.nan)
+                       for p, k in zip(parts, n, strict=True)]  # fmt: skip
+            cols[name] = np.concatenate(numbers)
     if not len(file_of):
         raise BarDataError(f"{files[0]}: no bars")
-    return _Table(files, file_of, line_of, is_pq, cols)
+    return _Table(files, file_of, line_of, is_pq, cols, text)
 
 
 def _minutes(t: _Table) -> IntArray:
     """Each row's minute as Unix seconds; rejects text without an offset or off a minute."""
-    texts = t.cols["minute"]
-    out = np.empty(len(texts), dtype=np.int64)
-    cache: dict[str, int] = {}
-    for i, text in enumerate(texts):
-        sec = cache.get(text)
-        if sec is None:
-            try:
-                at = datetime.fromisoformat(str(text).strip())
-            except ValueError:
-                raise t.fail(i, f"minute {text!r} is not an ISO 8601 time") from None
-            if at.tzinfo is None:
-                raise t.fail(i, f"minute {text!r} has no UTC offset")
-            if at.second or at.microsecond:
-                raise t.fail(i, f"minute {text!r} is not on a whole minute")
-            sec = int(at.timestamp())
-            cache[text] = sec
-        out[i] = sec
-    return out
+    minute = t.text["minute"]
+    secs = np.zeros(len(minute.values), dtype=np.int64)
+    problems: dict[int, str] = {}  # code -> what is wrong with that text
+    for k, text in enumerate(minute.values):
+        try:
+            at = datetime.fromisoformat(str(text).strip())
+        except ValueError:
+            problems[k] = f"minute {text!r} is not an ISO 8601 time"
+            continue
+        if at.tzinfo is None:
+            problems[k] = f"minute {text!r} has no UTC offset"
+        elif at.second or at.microsecond:
+            problems[k] = f"minute {text!r} is not on a whole minute"
+        else:
+            secs[k] = int(at.timestamp())
+    if problems:
+        bad = np.zeros(len(minute.values), dtype=bool)
+        bad[list(problems)] = True
+        i = int(np.flatnonzero(bad[minute.codes])[0])
+        raise t.fail(i, problems[int(minute.codes[i])])
+    return secs[minute.codes]
 
 
 def load_bars(
@@ -333,27 +379,30 @@ def load_bars(
     return [built[d] for d in wanted]
 
 
-def _check_values(t: _Table) -> tuple[np.ndarray, IntArray, IntArray, IntArray]:
+def _check_values(t: _Table) -> tuple[_Text, IntArray, IntArray, IntArray]:
     """Every cell present and well-formed; (symbols, their ids in code order, board codes
     (1: KOSPI), tier codes)."""
     c = t.cols
-    for name, col in c.items():
-        if name in ("value", "tier"):
+    for name in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS):  # in the columns' order
+        if name in ("value", "tier") or (name not in c and name not in t.text):
             continue
-        null = col == "" if col.dtype == object else np.isnan(col)
+        null = t.text[name].eq("") if name in t.text else np.isnan(c[name])
         t.first_bad(null, f"no value in column {name}")
-    symbols = c["symbol"]
-    codes, first_row, sym_id = np.unique(symbols, return_index=True, return_inverse=True)
-    for code, i in zip(codes, first_row, strict=True):
+    symbols = t.text["symbol"]  # values sorted: the codes are the ids in code order
+    sym_id = symbols.codes
+    _, first_row = np.unique(sym_id, return_index=True)
+    for code, i in zip(symbols.values, first_row, strict=True):
         if not (len(code) == 6 and code.isalnum()):
             raise t.fail(int(i), f"symbol {code!r} is not a six-character KRX code")
-    kospi = c["board"] == Board.KOSPI.value
-    t.first_bad(~kospi & (c["board"] != Board.KOSDAQ.value), "board is not KOSPI or KOSDAQ")
+    board = t.text["board"]
+    kospi = board.eq(Board.KOSPI.value)
+    t.first_bad(~kospi & ~board.eq(Board.KOSDAQ.value), "board is not KOSPI or KOSDAQ")
     tiers = np.full(len(symbols), int(Tier.MID), dtype=np.int64)
-    if "tier" in c:
-        tiers[:] = -1
-        for name, tier in _TIERS.items():
-            tiers[c["tier"] == name] = int(tier)
+    if "tier" in t.text:
+        tier_text = t.text["tier"]
+        of_value = np.array([int(_TIERS.get(str(v), -1)) for v in tier_text.values],
+                            dtype=np.int64)  # fmt: skip
+        tiers = of_value[tier_text.codes]
         t.first_bad(tiers < 0, f"tier is not one of {', '.join(Tier.__members__)}")
 
     o, h, lo, cl, vol = (c[k] for k in ("open", "high", "low", "close", "volume"))
@@ -366,13 +415,21 @@ def _check_values(t: _Table) -> tuple[np.ndarray, IntArray, IntArray, IntArray]:
         t.first_bad(~np.isnan(v) & ((v != np.floor(v)) | (v < 0)), "value is not whole won >= 0")
     t.first_bad(~((lo <= np.minimum(o, cl)) & (np.maximum(o, cl) <= h)),
                 "need low <= open, close <= high")  # fmt: skip
-    t.first_bad((round_grid(prices, "nearest") != prices).any(axis=1),
-                "a price off the KRX tick grid")  # fmt: skip
+    t.first_bad(~_on_grid(prices).all(axis=1), "a price off the KRX tick grid")
     if "prev_close" in c:
         pv = np.stack([c[p] for p in PREV_COLUMNS], axis=1)
         t.first_bad((pv != np.floor(pv)).any(axis=1) | (pv < 1).any(axis=1),
                     "prev_close, prev_high or prev_low is not whole won >= 1")  # fmt: skip
     return symbols, np.asarray(sym_id, dtype=np.int64), kospi.astype(np.int64), tiers
+
+
+def _on_grid(prices: FloatArray) -> npt.NDArray[np.bool_]:
+    """Per whole-won price >= 1: a multiple of its tick (`market.ticks`), by comparisons
+    instead of a search, over millions of prices."""
+    tick = np.ones_like(prices)
+    for bound, size in zip(_GRID_BOUNDS, _GRID_TICKS, strict=True):
+        tick[prices >= bound] = size
+    return np.asarray(np.fmod(prices, tick) == 0, dtype=bool)
 
 
 def _check_days(
@@ -400,13 +457,13 @@ def _check_days(
         s = sessions[int(day_no[i])]
         raise t.fail(
             i,
-            f"wrong day: minute {t.cols['minute'][i]} is outside the session of {s.day} "
+            f"wrong day: minute {t.text['minute'][i]} is outside the session of {s.day} "
             f"({s.open:%H:%M}-{s.close:%H:%M})",
         )
     return day_no, sessions
 
 
-def _check_time_order(t: _Table, symbols: np.ndarray, sym_id: IntArray, ts: IntArray) -> None:
+def _check_time_order(t: _Table, symbols: _Text, sym_id: IntArray, ts: IntArray) -> None:
     """Rows of each symbol strictly increasing in time, in file order."""
     order = np.lexsort((np.arange(len(ts)), sym_id))
     same = sym_id[order][1:] == sym_id[order][:-1]
@@ -421,7 +478,7 @@ def _check_time_order(t: _Table, symbols: np.ndarray, sym_id: IntArray, ts: IntA
         i = first_back
         raise t.fail(
             i,
-            f"unsorted minutes: {symbols[i]} at {t.cols['minute'][i]} comes after a later "
+            f"unsorted minutes: {symbols[i]} at {t.text['minute'][i]} comes after a later "
             "minute of the same symbol (rows of a symbol must be in time order)",
         )
     t.first_bad(dup, "a second row for the same symbol and minute")
@@ -429,7 +486,7 @@ def _check_time_order(t: _Table, symbols: np.ndarray, sym_id: IntArray, ts: IntA
 
 def _check_statics(
     t: _Table,
-    symbols: np.ndarray,
+    symbols: _Text,
     sym_id: IntArray,
     day_no: IntArray,
     boards: IntArray,
@@ -464,7 +521,7 @@ def _build_day(
     t: _Table,
     session: Session,
     rows: IntArray,
-    symbols: np.ndarray,
+    symbols: _Text,
     sym_id: IntArray,
     boards: IntArray,
     tiers: IntArray,
