@@ -8,7 +8,7 @@ from datetime import date, datetime, time
 
 import anyio
 import pytest
-from support import ServerProxy, sql
+from support import GearClock, ServerProxy, sql
 
 from market.clock import KST
 from trading.loop import Worker
@@ -19,6 +19,8 @@ from worker.settings import load_settings
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 DAY = date(2026, 11, 24)
+SPEED = 600.0  # the outage and the last hour, liquidation included
+FAST = 2_400.0  # the stretches around them
 
 
 def _flat_and_reconciled(database_url: str) -> None:
@@ -40,17 +42,26 @@ async def test_postgres_restart_mid_day_costs_no_worker_and_no_position(
     proxy = ServerProxy(database_url)
     fleet: list[Worker] = []
     outage: dict[str, datetime] = {}
+    gear: list[GearClock] = []
 
     def started(workers: Sequence[Worker], _plan: Plan, _ledger: object) -> None:
         fleet.extend(workers)
 
-    async def restart_postgres() -> None:
-        while not fleet or fleet[0].d.clock.now().time() < time(10, 30):
+    def geared(plan: Plan) -> GearClock:
+        gear.append(GearClock(plan.session.open, FAST, epoch_soon(0.3)))
+        return gear[0]
+
+    async def until(when: time) -> None:
+        while not gear or gear[0].now().time() < when:
             await anyio.sleep(0.02)
-        clock = fleet[0].d.clock
+
+    async def restart_postgres() -> None:
+        await until(time(10, 30))
+        [clock] = gear
         held = lambda: [w for w in fleet if w.state is WorkerState.HOLD]  # noqa: E731
         while not held():  # the outage must meet a worker holding a position
             await anyio.sleep(0.02)
+        clock.shift(SPEED)  # the outage and the close at the speed the fleet is tested at
         proxy.cut()
         outage["from"] = clock.now()
         # the server stays away for 20 simulated minutes of trading
@@ -58,6 +69,9 @@ async def test_postgres_restart_mid_day_costs_no_worker_and_no_position(
             await anyio.sleep(0.02)
         proxy.resume()
         outage["to"] = clock.now()
+        clock.shift(FAST)
+        await until(time(14, 30))
+        clock.shift(SPEED)
 
     async with anyio.create_task_group() as tg:
         await tg.start(proxy.serve)
@@ -68,7 +82,7 @@ async def test_postgres_restart_mid_day_costs_no_worker_and_no_position(
         )  # fmt: skip
         tg.start_soon(restart_postgres)
         await run_fleet(settings, database_url=via_proxy, redis_url=redis_url, workers=3,
-                        speed=600, epoch=epoch_soon(0.3), on_started=started,
+                        speed=SPEED, clock_factory=geared, on_started=started,
                         handle_signals=False)  # fmt: skip
         tg.cancel_scope.cancel()
     assert "to" in outage, "the outage never happened"
@@ -103,8 +117,7 @@ async def test_worker_failing_in_a_multi_worker_process_fails_alone(
 
     with pytest.raises(WorkerFailed, match="1 of 3 worker"):
         await run_fleet(settings, database_url=database_url, redis_url=redis_url, workers=3,
-                        speed=2_000, epoch=epoch_soon(0.3), on_started=started,
-                        handle_signals=False)  # fmt: skip
+                        virtual=True, on_started=started, handle_signals=False)  # fmt: skip
     doomed, *siblings = fleet
     assert isinstance(doomed.crashed, RuntimeError)
     assert all(w.crashed is None for w in siblings)
