@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -51,6 +51,9 @@ from market.replay_file import (
 from market.sim import SimulatedMarket
 from market.ticks import price_limits
 from market.types import Board, FloatArray, IntArray, Tier
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 PREV_COLUMNS = ("prev_close", "prev_high", "prev_low")
 CORE_COLUMNS = tuple(c for c in REQUIRED_COLUMNS if c not in PREV_COLUMNS)
@@ -155,13 +158,19 @@ class _Text:
 
     @classmethod
     def join(cls, parts: Sequence[_Text]) -> _Text:
-        """The parts' rows one after another, on one sorted set of values."""
+        """The parts' rows one after another, on one sorted set of values (each once)."""
+        if not parts:
+            return cls(np.zeros(0, dtype=object), np.zeros(0, dtype=np.int64))
         values, inverse = np.unique(np.concatenate([p.values for p in parts]),
                                     return_inverse=True)  # fmt: skip
         offsets = np.cumsum([0, *(len(p.values) for p in parts[:-1])])
-        codes = [np.asarray(inverse, dtype=np.int64)[o + p.codes]
-                 for o, p in zip(offsets, parts, strict=True)]  # fmt: skip
-        return cls(values, np.concatenate(codes) if codes else np.zeros(0, dtype=np.int64))
+        inverse = np.asarray(inverse, dtype=np.int64).reshape(-1)
+        codes = np.concatenate([inverse[o + p.codes] for o, p in zip(offsets, parts, strict=True)])
+        used = np.zeros(len(values), dtype=bool)
+        used[codes] = True  # only values some row has (a dictionary may hold more)
+        if used.all():
+            return cls(values, codes)
+        return cls(values[used], (np.cumsum(used) - 1)[codes])
 
 
 _TEXT = ("symbol", "board", "minute", "tier")
@@ -210,17 +219,22 @@ def data_files(path: Path) -> list[Path]:
 
 def _read_file(path: Path) -> tuple[dict[str, np.ndarray | _Text], bool]:
     import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
     parquet = path.suffix.lower() != ".csv"
     try:
         if parquet:
-            # the file's own reader: `read_table` goes through pyarrow.dataset, whose import
-            # (pandas with it) costs more than reading a day of bars
-            table = pq.ParquetFile(path).read()
-            names = list(table.column_names)
+            # the file's own reader (`read_table` goes through pyarrow.dataset, whose import,
+            # pandas with it, costs more than reading a day of bars); text columns as stored,
+            # dictionary-encoded, instead of a million strings to encode again
+            schema = pq.ParquetFile(path).schema_arrow
+            names = list(schema.names)
+            text_cols = [
+                n for n in _TEXT
+                if n in names and (pa.types.is_string(schema.field(n).type)
+                                   or pa.types.is_large_string(schema.field(n).type))
+            ]  # fmt: skip
+            table = pq.ParquetFile(path, read_dictionary=text_cols).read()
         else:
             with path.open("rb") as f:
                 header = f.readline().decode("utf-8-sig").strip()
@@ -228,6 +242,8 @@ def _read_file(path: Path) -> tuple[dict[str, np.ndarray | _Text], bool]:
             if not names:
                 raise BarDataError(f"{path}: empty file")
             _check_columns(path, names, 1)
+            import pyarrow.csv as pacsv  # here: its import is not free, and Parquet needs none
+
             types = {n: pa.string() for n in ("symbol", "board", "minute", "tier")}
             types.update({n: pa.float64() for n in _NUMERIC})
             table = pacsv.read_csv(
@@ -249,18 +265,70 @@ def _read_file(path: Path) -> tuple[dict[str, np.ndarray | _Text], bool]:
             continue
         column = table.column(name)
         if name in _TEXT:
-            # trimmed, null as "", through a dictionary: a million rows hold a few thousand
-            # distinct strings, so no Python loop over the rows
-            text = pc.utf8_trim_whitespace(column.cast(pa.string()))
-            if name == "tier":
-                text = pc.utf8_upper(text)
-            enc = text.fill_null("").combine_chunks().dictionary_encode()
-            values = np.array(enc.dictionary.to_pylist(), dtype=object)
-            codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-            cols[name] = _Text(values, codes)
+            cols[name] = _text_column(column, upper=name == "tier")
         else:
-            cols[name] = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+            cols[name] = _number_column(column)
     return cols, parquet
+
+
+def _number_column(column: pa.ChunkedArray) -> FloatArray:
+    """A numeric column as float64, null as NaN."""
+    import pyarrow as pa
+
+    if str(column.type) in _NUMPY_TYPES and not column.null_count:
+        # straight from the buffers: pyarrow's cast kernels and to_numpy import pyarrow.compute
+        # and pandas on their first use (a fifth of a second)
+        parts = [_primitive(chunk).astype(np.float64) for chunk in column.chunks]
+        return np.concatenate(parts) if parts else np.zeros(0)
+    return np.asarray(column.cast(pa.float64()).to_numpy(zero_copy_only=False))
+
+
+#: the arrow types read straight from their buffers, by name
+_NUMPY_TYPES = {
+    "int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64,
+    "uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64,
+    "float": np.float32, "double": np.float64,
+}  # fmt: skip
+
+
+def _primitive(array: pa.Array) -> np.ndarray:
+    """An arrow array of a `_NUMPY_TYPES` type without nulls, as a numpy view of its data."""
+    dtype = np.dtype(_NUMPY_TYPES[str(array.type)])
+    data = array.buffers()[1]
+    return np.frombuffer(data, dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
+
+
+def _text_column(column: pa.ChunkedArray, *, upper: bool) -> _Text:
+    """A text column trimmed (upper-cased if `upper`), null as "", through a dictionary: a
+    million rows hold a few thousand distinct strings, so no Python loop over the rows."""
+    import pyarrow as pa
+
+    def clean(text: pa.Array) -> npt.NDArray[np.object_]:
+        # in Python: the distinct values are few, and pyarrow.compute's string kernels cost
+        # a fifth of a second to warm up on their first use in a process
+        if not pa.types.is_string(text.type):
+            text = text.cast(pa.string())
+        out = ["" if v is None else v.strip() for v in text.to_pylist()]
+        if upper:
+            out = [v.upper() for v in out]
+        return np.array([*out, ""], dtype=object)  # the last one: null
+
+    def codes(indices: pa.Array, null: int) -> IntArray:
+        # zero-copy, not fill_null or a copying to_numpy: those import pyarrow.compute and
+        # pandas (a fifth of a second); a null is an error found later, so it may be slow
+        if not indices.null_count:
+            return np.asarray(_primitive(indices), dtype=np.int64)
+        return np.array([null if k is None else k for k in indices.to_pylist()], dtype=np.int64)
+
+    if pa.types.is_dictionary(column.type):  # Parquet's own dictionary, chunk by chunk
+        parts = []
+        for chunk in column.chunks:
+            values = clean(chunk.dictionary)
+            parts.append(_Text(values, codes(chunk.indices, len(values) - 1)))
+        return _Text.join(parts)
+    enc = column.cast(pa.string()).combine_chunks().dictionary_encode()
+    values = clean(enc.dictionary)
+    return _Text.join([_Text(values, codes(enc.indices, len(values) - 1))])
 
 
 def _check_columns(path: Path, names: Sequence[str], line: int | None) -> None:
