@@ -37,6 +37,7 @@ from broker.kis.fanout import (
 from broker.kis.feed import GatewayFills, GatewayMarketData, HintedBroker, MarketDataStale
 from broker.kis.gateway import Gateway, GatewayContext, Service
 from broker.kis.keys import KisKeys
+from broker.kis.market import RANGE_BARS
 from broker.paper import WALK_LEVELS
 from broker.port import OrderRequest, OrderStatus, OrderType, Side
 from coordination.keys import Keyspace
@@ -46,7 +47,7 @@ from ledger.records import OrderRecord
 from ledger.repository import Ledger
 from market.clock import ManualClock
 from market.ticks import step
-from market.types import Snapshot
+from market.types import Snapshot, range_ratio
 from trading.orders import Limits, Placement
 from trading.tenure import Tenure
 
@@ -168,6 +169,32 @@ async def test_published_snapshot_equals_what_the_exchange_serves(
                 got, want = await reader.quote(symbol, 5), await direct.quote(symbol, 5)
                 assert replace(got, at=want.at) == want
             await rig.venue.advance(180)  # three more bars, new prices
+
+
+async def test_kis_quotes_measure_the_last_minutes_range_against_the_minutes_before(
+    redis_client: aioredis.Redis, prefix: str
+) -> None:
+    """`Quote.range_ratio` on KIS, read directly or from the gateway: the last completed
+    minute's high - low (KIS's bars) over the mean of the RANGE_BARS - 1 minutes before it,
+    as the simulated market traded them."""
+    async with fanout_rig(redis_client, prefix, "real") as rig:
+        universe = rig.venue.symbols[:3]
+        await rig.publisher(universe).cycle()
+        direct = await rig.venue.broker(universe=universe)
+        reader = rig.reader()
+        market = rig.venue.running.venue.market
+        now = rig.venue.clock.now()
+        last = now.replace(second=0, microsecond=0) - timedelta(minutes=1)
+        for symbol in universe:
+            spans = []
+            for k in range(RANGE_BARS - 1, -1, -1):
+                start = last - timedelta(minutes=k)
+                low, high = market.traded_range(symbol, start, start + timedelta(minutes=1))
+                spans.append(float(high - low))
+            want = range_ratio(spans)
+            assert want is not None
+            assert (await direct.quote(symbol, 5)).range_ratio == want
+            assert (await reader.quote(symbol, 5)).range_ratio == want
 
 
 async def test_stale_data_is_an_error_never_used(redis_client: aioredis.Redis, prefix: str) -> None:

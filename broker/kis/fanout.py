@@ -158,7 +158,7 @@ def encode_row(row: PublishedRow) -> bytes:
             "instrument": encode_instrument(row.instrument),
             "price": row.price,
             "book": row.book,
-            "bars": [[b.start.isoformat(), str(b.close), b.volume] for b in row.bars],
+            "bars": [_encode_bar(b) for b in row.bars],
         }
     )
 
@@ -170,8 +170,22 @@ def decode_row(raw: bytes | str) -> PublishedRow:
         instrument=decode_instrument(data["instrument"]),
         price={str(k): str(v) for k, v in data["price"].items()},
         book={str(k): str(v) for k, v in data["book"].items()},
-        bars=[Bar(datetime.fromisoformat(s), Decimal(c), int(v)) for s, c, v in data["bars"]],
+        bars=[_decode_bar(b) for b in data["bars"]],
     )
+
+
+def _encode_bar(bar: Bar) -> list[object]:
+    out: list[object] = [bar.start.isoformat(), str(bar.close), bar.volume]
+    if bar.high is not None and bar.low is not None:
+        out += [str(bar.high), str(bar.low)]
+    return out
+
+
+def _decode_bar(item: list[Any]) -> Bar:
+    """[start, close, volume] or, since bars carry their range, [..., high, low]."""
+    start, close, volume = item[:3]
+    high, low = (Decimal(item[3]), Decimal(item[4])) if len(item) >= 5 else (None, None)
+    return Bar(datetime.fromisoformat(start), Decimal(close), int(volume), high, low)
 
 
 @dataclass(frozen=True, slots=True)

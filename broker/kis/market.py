@@ -42,7 +42,7 @@ from broker.kis import wire
 from broker.kis.client import KisClient, KisReply, TrId
 from market.clock import KST, Clock
 from market.ticks import tick_size
-from market.types import Board, Instrument, Quote, Snapshot, Tier
+from market.types import Board, Instrument, Quote, Snapshot, Tier, range_ratio
 
 #: Liquid KOSPI names used where volume-rank is unavailable (mock domain) and none are given.
 DEFAULT_UNIVERSE = (
@@ -88,11 +88,43 @@ def board_of(market_name: str) -> tuple[Board, bool]:
     return Board.KOSPI, "KOSPI200" in name
 
 
+# `Quote.range_ratio` on KIS: the last completed minute's range (high - low) against the mean
+# of the RANGE_BARS - 1 minutes before it. The simulated market measures against the whole day
+# so far; KIS's bars come 30 to a request, so a quote reads one page (29 completed bars) and
+# the window is the last 20 of them: a quote costs one bar request, as it did for the MA alone.
+RANGE_BARS = 20
+
+
 @dataclass(frozen=True, slots=True)
 class Bar:
+    """One completed minute bar (``inquire-time-itemchartprice``). `high`/`low` are None when
+    the source left them out (a gateway of an earlier version published bars without them)."""
+
     start: datetime
     close: Decimal
     volume: int
+    high: Decimal | None = None
+    low: Decimal | None = None
+
+    @property
+    def range(self) -> float:
+        """high - low, NaN when either is unknown (left out of `range_ratio`)."""
+        if self.high is None or self.low is None:
+            return math.nan
+        return float(self.high - self.low)
+
+
+def _bar_of(today: date, row: Mapping[str, Any]) -> Bar:
+    def optional(name: str) -> Decimal | None:
+        return wire.num(row, name) if wire.field(row, name) else None
+
+    return Bar(
+        wire.at(today, wire.field(row, "stck_cntg_hour")),
+        wire.num(row, "stck_prpr"),
+        wire.qty(row, "cntg_vol"),
+        optional("stck_hgpr"),
+        optional("stck_lwpr"),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +177,8 @@ class KisMarketData:
         inst = await self._instrument(symbol)
         price = await self._price(symbol)
         book = await self._book(symbol)
-        bars = await self._bars(symbol, short_ma_bars) if short_ma_bars > 0 else []
+        # one page of bars serves both the short MA and the range ratio (RANGE_BARS)
+        bars = await self._bars(symbol, max(short_ma_bars, RANGE_BARS))
         return quote_of(inst, self.clock.now(), price, book, bars, short_ma_bars)
 
     async def snapshot(self, n_bars: int) -> Snapshot:
@@ -279,11 +312,10 @@ async def fetch_bars(
         }
         reply = await get(wire.MINUTE_BARS, wire.TR_MINUTE_BARS, params)
         page = [
-            Bar(wire.at(today, wire.field(r, "stck_cntg_hour")), wire.num(r, "stck_prpr"),
-                wire.qty(r, "cntg_vol"))
+            _bar_of(today, r)
             for r in wire.rows(reply.body, "output2")
             if wire.field(r, "stck_bsop_date") == wire.ymd(today)
-        ]  # fmt: skip
+        ]
         if not page:
             break
         # a bar is complete once its minute ended before the cursor: the page's newest bar is
@@ -346,7 +378,8 @@ def quote_of(
     short_ma_bars: int,
 ) -> Quote:
     """A `Quote` from ``inquire-price`` and ``inquire-asking-price`` fields and completed bars
-    (the short moving average over the last `short_ma_bars` of them, None with fewer)."""
+    (the short moving average over the last `short_ma_bars` of them, None with fewer; the range
+    ratio over the last `RANGE_BARS` of them)."""
     last = list(bars)[-short_ma_bars:] if short_ma_bars > 0 else []
     short_ma = (
         sum((b.close for b in last), Decimal(0)) / len(last)
@@ -372,6 +405,7 @@ def quote_of(
         lower_limit=wire.num(price, "stck_llam"),
         tier=inst.tier,
         short_ma=short_ma,
+        range_ratio=range_ratio([b.range for b in list(bars)[-RANGE_BARS:]]),
     )
 
 
