@@ -19,7 +19,7 @@ import pytest
 from support import sql
 
 from trading.config import TradingConfig
-from trading.live import ParamSource
+from trading.live import ParamSource, WatchedSource
 from trading.loop import Worker
 from worker.app import epoch_soon, run_fleet
 from worker.settings import load_settings
@@ -40,6 +40,10 @@ class Recorded:
     @property
     def version(self) -> int:
         return self.inner.version
+
+    async def watch(self) -> None:  # the fleet's own watch of the notice stream
+        assert isinstance(self.inner, WatchedSource)
+        await self.inner.watch()
 
     async def poll(self) -> TradingConfig | None:
         began = time.monotonic()

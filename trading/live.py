@@ -2,14 +2,15 @@
 
 A worker asks its `ParamSource` at the top of each step (SCAN and HOLD) whether the fleet's
 parameters changed; a new `TradingConfig` applies from that step on, and the worker reports the
-version it runs in the registry. Asking costs one Redis GET per step in production
-(`worker.params.FleetParams`); a worker built without a source (tests, tools) runs its first
-config for the whole day (`FIXED_PARAMS`).
+version it runs in the registry. In production (`worker.params.FleetParams`) asking costs one
+Redis GET per step, or none while the source's watch (`WatchedSource`, which the worker runs
+beside its loop) has heard of no change; a worker built without a source (tests, tools) runs
+its first config for the whole day (`FIXED_PARAMS`).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from trading.config import TradingConfig
 
@@ -28,6 +29,15 @@ class ParamSource(Protocol):
         logged by the source and yields None: the worker keeps its config and asks again at its
         next step. Never raises for a server away or bad data."""
         ...
+
+
+@runtime_checkable
+class WatchedSource(ParamSource, Protocol):
+    """A source that can hear of changes: `watch`, run beside the worker's loop for its day,
+    lets `poll` skip the round trip while nothing changed. Cancelled when the worker ends;
+    never raises for a server away (`poll` then asks every time)."""
+
+    async def watch(self) -> None: ...
 
 
 class FixedParams:

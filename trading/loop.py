@@ -40,6 +40,7 @@ from strategy.triggers import HasSellLevels
 from trading.deps import Deps
 from trading.entries import Entries
 from trading.exits import AFTER_CLOSE_GRACE, sell_until_flat
+from trading.live import WatchedSource
 from trading.orders import LeaseExpired, LeaseInvalid, Limits, OrderPlacer
 from trading.poller import poll_position
 from trading.state import WorkerEvent, WorkerState, next_state
@@ -132,6 +133,8 @@ class Worker:
                 tg.start_soon(self.keeper.run)
                 tg.start_soon(self._heartbeat_loop)
                 tg.start_soon(self.tracker.run)
+                if isinstance(self.d.params, WatchedSource):
+                    tg.start_soon(self.d.params.watch)
                 try:
                     await self._main()
                 finally:

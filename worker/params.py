@@ -8,8 +8,9 @@ Redis (``{prefix}:params`` and ``{prefix}:params:version``) and announces it on 
 stream (``params.changed``). `params reset [KEY ...]` returns settings to the environment's
 values, recorded the same way; `params show` prints the effective values and their source.
 
-Every worker asks for the version at the top of each step (one GET) and, when it changed,
-rebuilds its `TradingConfig` from its own settings plus the live set (`FleetParams`).
+Every worker asks for the version at the top of each step (one GET, or none while the
+process's watch of the notice stream heard of no change: `coordination.params`) and, when it
+changed, rebuilds its `TradingConfig` from its own settings plus the live set (`FleetParams`).
 
 Live are the core's `CORE_LIVE` and the strategy's own parameters (`live_names`); the rest are
 read once at start (servers, identity, coordination timings, the broker, liquidation times) and
@@ -321,6 +322,10 @@ class FleetParams:
         """The config to start with: the live set's if one is published, else `default`."""
         config = await self.poll()
         return config if config is not None else default
+
+    async def watch(self) -> None:
+        """`trading.live.WatchedSource`: the store's watch, shared by the process's workers."""
+        await self.store.watch()
 
     async def poll(self) -> TradingConfig | None:
         from coordination.errors import CoordinationError
