@@ -39,12 +39,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
 import anyio.lowlevel
+import numpy as np
 
 from broker.port import Broker, MarketData, OrderAck, OrderRequest, Side
 from broker.simbook import SimBook, SimOrder
@@ -99,6 +100,7 @@ class BarBroker(SimBook[_Order]):
         self.market = day.market(clock)
         self._index = {s: i for i, s in enumerate(day.symbols)}
         self._taken: dict[tuple[str, Side, int], int] = {}  # our shares per symbol/side/bar
+        self._snapshot: tuple[tuple[datetime, int], Snapshot] | None = None  # the last one
 
     # ----- Broker -------------------------------------------------------------------------
 
@@ -125,8 +127,18 @@ class BarBroker(SimBook[_Order]):
         return await self.market.instruments()
 
     async def snapshot(self, n_bars: int) -> Snapshot:
+        """The universe now; read-only, and the same object for every caller at one instant
+        (the fleet's workers scan together: a strategy may rank it once)."""
         await anyio.lowlevel.checkpoint()
-        return self.market.snapshot_at(self.clock.now(), n_bars)
+        key = (self.clock.now(), n_bars)
+        if self._snapshot is None or self._snapshot[0] != key:
+            snap = self.market.snapshot_at(key[0], n_bars)
+            for f in fields(snap):
+                value = getattr(snap, f.name)
+                if isinstance(value, np.ndarray):
+                    value.setflags(write=False)
+            self._snapshot = (key, snap)
+        return self._snapshot[1]
 
     async def quote(self, symbol: str, short_ma_bars: int = 5) -> Quote:
         await anyio.lowlevel.checkpoint()

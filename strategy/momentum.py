@@ -8,10 +8,12 @@ Its parameters keep the environment names they always had (`SHORT_MA_BARS`, `STO
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import fields
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar
 
+import numpy as np
 from pydantic import BeforeValidator, Field, model_validator
 
 from market.types import Quote, Snapshot, check_symbol_codes, split_symbol_codes
@@ -92,6 +94,7 @@ class MomentumBreakout:
             exclude=frozenset(p.exclude_symbols),
             max_candidates=p.max_candidates,
         )
+        self._ranked: tuple[Snapshot, tuple[Candidate, ...]] | None = None  # the last frozen
         self.signals = SignalParams(
             min_score=p.min_score,
             stop_loss_pct=p.stop_loss_pct,
@@ -121,7 +124,16 @@ class MomentumBreakout:
         return MomentumBreakout(self._params.replaced(**changes))
 
     def candidates(self, snap: Snapshot) -> Sequence[Candidate]:
-        return rank_candidates(snap, self.scan)
+        # A snapshot whose arrays are all read-only cannot change, so the ranking of the last
+        # one is kept: a backtest's workers scanning one instant share one (broker.backtest).
+        last = self._ranked
+        if last is not None and last[0] is snap:
+            return last[1]
+        ranked = rank_candidates(snap, self.scan)
+        if not _read_only(snap):
+            return ranked
+        self._ranked = (snap, tuple(ranked))
+        return self._ranked[1]
 
     def buy_signal(self, candidate: Candidate) -> str | None:
         return entry_signal(candidate) if evaluate_buy_signal(candidate, self.signals) else None
@@ -133,3 +145,12 @@ class MomentumBreakout:
     def sell_levels(self, position: HeldPosition, quote: Quote, now: datetime) -> SellLevels:
         """The stop-loss / trend-break and take-profit prices (`triggers.HasSellLevels`)."""
         return sell_levels(position, quote, now, self.signals)
+
+
+def _read_only(snap: Snapshot) -> bool:
+    """Every array of `snap` is read-only (so the snapshot cannot change)."""
+    return all(
+        not value.flags.writeable
+        for f in fields(snap)
+        if isinstance(value := getattr(snap, f.name), np.ndarray)
+    )

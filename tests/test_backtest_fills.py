@@ -174,3 +174,28 @@ async def test_account_cash_moves_with_fees_and_taxes(day: DayBars) -> None:
     taxes = costs.sell_taxes(sold, day.board("000001"), DAY).total
     assert account.cash == sold - bought - fees - taxes
     assert account.holdings == {}
+
+
+@pytest.mark.anyio
+async def test_one_read_only_snapshot_per_instant_which_the_strategy_ranks_once(
+    day: DayBars,
+) -> None:
+    from strategy.momentum import MomentumBreakout
+
+    b, clock = broker(day, 3)
+    first = await b.snapshot(30)
+    assert await b.snapshot(30) is first  # every worker scanning this instant: one snapshot
+    with pytest.raises(ValueError, match="read-only"):
+        first.closes[0, 0] = 1.0  # read-only: it cannot change under a cached ranking
+    assert await b.snapshot(20) is not first
+    clock.set(at(day, 3.5))
+    later = await b.snapshot(30)
+    assert later is not first
+    assert later.at == at(day, 3.5)
+
+    strategy = MomentumBreakout()
+    ranked = strategy.candidates(later)
+    assert strategy.candidates(later) is ranked  # ranked once
+    writable = b.market.snapshot_at(at(day, 3.5), 30)  # arrays a caller may change: no memo
+    assert list(strategy.candidates(writable)) == list(ranked)
+    assert strategy.candidates(writable) is not strategy.candidates(writable)
