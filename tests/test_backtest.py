@@ -116,3 +116,23 @@ def test_bad_arguments_and_parameters_are_refused_before_anything_runs(bar_file:
         run_backtest(bar_file, settings=settings, params={"stop_loss_pct": "-3"})
     with pytest.raises(ConfigError, match="--strategy"):
         run_backtest(bar_file, settings=settings, strategy_spec="no.such.module:Nothing")
+
+
+def test_a_backtest_day_holds_on_whole_bars_and_reconciles_the_account_less_often(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from worker.backtest import BAR_S, RECONCILE_S, backtest_settings
+
+    for name in ("HOLD_INTERVAL_S", "VOL_SURGE_HOLD_S", "RECONCILE_INTERVAL_S"):
+        monkeypatch.delenv(name, raising=False)
+    day = backtest_settings(load_settings(), DAY, "bt-x")
+    # between two bars a HOLD step would see the last quote again
+    assert (day.hold_interval_s, day.vol_surge_hold_s) == (BAR_S, BAR_S)
+    assert day.reconcile_interval_s == RECONCILE_S
+    assert (day.paper_day, day.fleet_prefix, day.broker) == (DAY, "bt-x", "paper")
+
+    monkeypatch.setenv("HOLD_INTERVAL_S", "90")  # longer than a bar: kept
+    monkeypatch.setenv("RECONCILE_INTERVAL_S", "120")  # given: kept
+    day = backtest_settings(load_settings(), DAY, "bt-x")
+    assert (day.hold_interval_s, day.vol_surge_hold_s) == (90.0, BAR_S)
+    assert day.reconcile_interval_s == 120.0

@@ -110,6 +110,8 @@ class BacktestResult:
 
 #: one bar: the quotes and the fill model of a backtest move a minute at a time
 BAR_S = 60.0
+#: the account reconciler's interval in a backtest unless RECONCILE_INTERVAL_S is given
+RECONCILE_S = 1_800.0
 
 
 def backtest_settings(settings: Settings, day: date, prefix: str) -> Settings:
@@ -120,12 +122,20 @@ def backtest_settings(settings: Settings, day: date, prefix: str) -> Settings:
     would fill at the next bar's open, where the step at that bar's start fills too; so hold
     intervals under a bar (HOLD_INTERVAL_S, VOL_SURGE_HOLD_S) are raised to one bar. Positions
     open at bar starts (fills execute there), so HOLD steps fall on bar starts and see every bar.
+
+    The account reconciler (broker account against the ledger) passes every `RECONCILE_S`
+    unless RECONCILE_INTERVAL_S is given: the account is the fill model's own bookkeeping, a
+    pass costs a dozen ledger reads, and in a consistent run it changes no trade.
     """
+    reconcile_s = settings.reconcile_interval_s
+    if "reconcile_interval_s" not in settings.model_fields_set:
+        reconcile_s = max(reconcile_s, RECONCILE_S)
     return Settings.model_construct(
         **{
             **settings.model_dump(),
             "hold_interval_s": max(settings.hold_interval_s, BAR_S),
             "vol_surge_hold_s": max(settings.vol_surge_hold_s, BAR_S),
+            "reconcile_interval_s": reconcile_s,
             "paper_day": day,
             "paper_speed": 60.0,  # planning only: the virtual clock replaces the clock
             "worker_id": WORKER_STEM,
