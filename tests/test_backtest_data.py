@@ -76,6 +76,31 @@ def test_a_parquet_file_loads_like_the_csv(tmp_path: Path) -> None:
     assert a[1].statics == b[1].statics
 
 
+def test_parquet_text_is_trimmed_and_a_missing_value_named_by_its_row(tmp_path: Path) -> None:
+    """Parquet text columns are read dictionary-encoded: padding, case and nulls behave as in
+    the CSV path, in row groups of their own."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [r.split(",") for r in two_days()]
+    names = HEADER.split(",")
+    columns: dict[str, list[object]] = {n: [r[k] for r in rows] for k, n in enumerate(names)}
+    for n in names[3:]:
+        columns[n] = [int(str(v)) for v in columns[n]]
+    columns["symbol"] = [f" {s} " for s in columns["symbol"]]
+    columns["tier"] = ["thin", " Thin", "THIN", "thin", "thin", "thin"]
+    path = tmp_path / "bars.parquet"
+    pq.write_table(pa.table(columns), path, row_group_size=4)
+    days = load_bars(path, CAL)
+    assert days[1].symbols == ("005930",)
+    assert days[1].tier("005930").name == "THIN"
+    assert np.array_equal(days[1].close, load_bars(write(tmp_path / "b.csv", two_days()),
+                                                   CAL)[1].close, equal_nan=True)  # fmt: skip
+    columns["symbol"][4] = None
+    pq.write_table(pa.table(columns), path, row_group_size=4)
+    assert bad(path) == f"{path}:row 5: no value in column symbol"
+
+
 def test_prev_columns_come_from_the_prior_session_when_left_out(tmp_path: Path) -> None:
     head = HEADER.rsplit(",", 3)[0]
     rows = [row(MON, 0, 10_000, 10_300, 9_800, 10_100).rsplit(",", 3)[0],
