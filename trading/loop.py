@@ -104,6 +104,9 @@ class Worker:
         self._idle_wakes = 0
         self._idle_at: datetime | None = None
         self._surging = False
+        # (market data, strategy, both if they can watch prices): `_price_watch`
+        self._watch_kinds: tuple[object, object, tuple[PriceWatch, HasSellLevels] | None] | None
+        self._watch_kinds = None
 
     @property
     def symbol(self) -> str | None:
@@ -458,19 +461,19 @@ class Worker:
     async def _hold_wait(self, tenure: Tenure, seconds: float) -> None:
         """Until the next HOLD step: on market data that can watch prices (`PriceWatch`), until
         a trade reaches a sell level or `seconds` pass; otherwise a plain pause."""
-        c, market = self.d.config, self.d.market
+        c = self.d.config
         self._woke_on_trade = False
-        strategy = c.strategy
+        watching = self._price_watch()
         if (
             not c.tick_stops
             or self._held is None
-            or not isinstance(market, PriceWatch)
-            or not isinstance(strategy, HasSellLevels)
+            or watching is None
             or self._idle_wakes >= 2  # woken twice at one instant for nothing: poll this once
         ):
             self._idle_wakes = 0
             await self._pause(seconds)
             return
+        market, strategy = watching
         held, quote, now = self._held
         levels = strategy.sell_levels(held, quote, now)
         watch = partial(market.wait_price, tenure.symbol, levels.below, levels.above)
@@ -481,6 +484,18 @@ class Worker:
             self.log.warning("price watch on {} unavailable ({!r}); polling", tenure.symbol, exc)
             spent = (self.d.clock.now() - started).total_seconds()
             await self._pause(seconds - spent)
+
+    def _price_watch(self) -> tuple[PriceWatch, HasSellLevels] | None:
+        """The market data and strategy if they can watch prices for sell levels; checked once
+        per pair (a runtime protocol check costs more than the rest of a HOLD step's wait)."""
+        market, strategy = self.d.market, self.d.config.strategy
+        kept = self._watch_kinds
+        if kept is None or kept[0] is not market or kept[1] is not strategy:
+            both = None
+            if isinstance(market, PriceWatch) and isinstance(strategy, HasSellLevels):
+                both = (market, strategy)
+            kept = self._watch_kinds = (market, strategy, both)
+        return kept[2]
 
     async def _verify(self, tenure: Tenure) -> str:
         was_degraded = tenure.degraded
