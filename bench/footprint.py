@@ -1,6 +1,6 @@
 """How much memory and start-up time one `python -m worker run` process costs.
 
-    python bench/footprint.py [--symbols 300] [--keep-logs]
+    python bench/footprint.py [--symbols 300] [--keep-logs] [--no-kis] [--kis-real-time]
 
 Starts real worker processes against the configured servers (DATABASE_URL and REDIS_URL,
 default the local PostgreSQL and Redis), each on a fresh database at migration head and a fleet
@@ -12,11 +12,14 @@ prefix of its own, both removed at the end:
   `scan_duration_seconds` histogram on its `/metrics`, polled every 10 ms); its RSS is the
   largest seen from start until one second after that scan.
 * the KIS worker (`kis_footprint`): `BROKER=kis` on the real domain against the project's
-  exchange on loopback (`python -m worker exchange`), with its app key, account and URLs. A
-  KIS worker trades the real session in real time, so what it reaches depends on the hour:
-  in a session it scans (measured after its first scan, like the paper worker); before the open
-  it has fetched its universe and registered and waits (measured then, after one second); after
-  the close it has no session and exits (its peak until then is printed: a lower bound).
+  exchange on loopback (`python -m worker exchange`), with its app key, account and URLs. The
+  exchange, the gateway and the worker share PAPER_DAY's session on a x10 clock that opens as
+  the exchange starts (a rehearsal on an exchange, `Settings.kis_on_exchange`), so it scans at
+  any hour (measured after its first scan, like the paper worker). With `--kis-real-time` it
+  trades today's session in real time, as against KIS itself, and what it reaches depends on
+  the hour: in a session it scans; before the open it has fetched its universe and registered
+  and waits (measured then, after one second); after the close it has no session and exits
+  (its peak until then is printed: a lower bound); in the closing auction it scans nothing.
   `kis_worker_phase` says which: scanned, waiting or closed (or timeout: it got none of these
   within a minute; its RSS so far is printed and the bench exits 1). When the CLI has a
   `gateway` command, the gateway for the app key is started first (BROKER=kis workers reach
@@ -205,13 +208,18 @@ def paper_footprint(database_url: str, redis_url: str, symbols: int, logs: Path)
             worker.stop()
 
 
-def kis_footprint(database_url: str, redis_url: str, logs: Path) -> Footprint:
+def kis_footprint(
+    database_url: str, redis_url: str, logs: Path, *, real_time: bool = False
+) -> Footprint:
     """A BROKER=kis worker against the project's exchange on loopback, on the real domain (as
     in production: the universe is the volume ranking, which the mock domain does not offer).
 
-    The exchange serves today's real-time session with its own generated market; the worker
-    authenticates with the exchange's app key, reads its universe and boards through the KIS
-    adapter, and fill notices come over the exchange's WebSocket (KIS_HTS_ID)."""
+    The exchange serves a session with its own generated market; the worker authenticates with
+    the exchange's app key, reads its universe and boards through the KIS adapter, and fill
+    notices come over the exchange's WebSocket (KIS_HTS_ID). By default that session is
+    PAPER_DAY's, opening as the exchange starts (exchange, gateway and worker on the same
+    `PAPER_*` clock, as a rehearsal on an exchange runs), so the worker scans at any hour;
+    `real_time`: today's session in real time, as against KIS itself."""
     seed = secrets.token_hex(6)
     creds = {
         "EXCHANGE_APP_KEY": f"PS{seed}key",
@@ -220,8 +228,11 @@ def kis_footprint(database_url: str, redis_url: str, logs: Path) -> Footprint:
         "EXCHANGE_HTS_ID": "user01",
         "EXCHANGE_RATE_LIMIT": "0",
     }
+    clock = {} if real_time else {
+        "PAPER_DAY": PAPER_DAY, "PAPER_SPEED": "10", "PAPER_EPOCH": f"{time.time():.3f}",
+    }  # fmt: skip
     ex_env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "VIRTUAL_ENV")}
-    exchange = Exchange(logs, {**ex_env, **creds}, ["--domain", "real"])
+    exchange = Exchange(logs, {**ex_env, **creds, **clock}, ["--domain", "real"])
     try:
         with fresh_database(database_url, "footprint") as db, fresh_prefix(redis_url) as prefix:
             env = base_env(db, redis_url, prefix)
@@ -235,6 +246,7 @@ def kis_footprint(database_url: str, redis_url: str, logs: Path) -> Footprint:
                 KIS_BASE_URL=exchange.rest_url,
                 KIS_WS_URL=exchange.ws_url,
                 KIS_RATE_PER_S="100",
+                **clock,
             )
             gateway = start_gateway(env, logs)
             try:
@@ -308,6 +320,9 @@ def main() -> int:
     parser.add_argument("--symbols", type=int, default=300, help="PAPER_SYMBOLS (default 300)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the workers' logs")
     parser.add_argument("--no-kis", action="store_true", help="skip the KIS worker")
+    parser.add_argument("--kis-real-time", action="store_true",
+                        help="the KIS worker on today's real-time session (default: "
+                        "PAPER_DAY's, on the exchange's clock, opening as it starts)")  # fmt: skip
     args = parser.parse_args()
     database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
     redis_url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
@@ -321,7 +336,7 @@ def main() -> int:
         if paper.scan_state_s is not None:
             print(f"scan_state_s={paper.scan_state_s:.2f}", flush=True)
         if not args.no_kis:
-            kis = kis_footprint(database_url, redis_url, logs)
+            kis = kis_footprint(database_url, redis_url, logs, real_time=args.kis_real_time)
             print(f"kis_worker_rss_mb={kis.rss_mb:.1f}", flush=True)
             print(f"kis_worker_uss_mb={kis.uss_mb:.1f}", flush=True)
             print(f"kis_worker_phase={kis.phase}", flush=True)
