@@ -34,7 +34,15 @@ HEAVY = (
     "broker.kis",
     "exchange",
     "alembic",  # the schema gate reads the revisions without it (ledger.migrate)
+    "plotly",  # the workbench (report, tune, backtest): its commands import it
+    "optuna",
+    "pyarrow",
+    "market.bars",  # a backtest's bar files and their broker
+    "broker.backtest",
 )
+
+#: The simulated market, only on the in-process paper venue (worker.app imports it there).
+SIMULATOR = ("market.sim", "market.paths", "broker.paper", "numpy.random")
 
 
 def _heavy(modules: list[str]) -> list[str]:
@@ -63,6 +71,8 @@ def test_the_kis_worker_side_holds_no_websocket_client() -> None:
     assert "broker.kis.feed" in loaded
     assert [m for m in ("aiohttp", "cryptography.hazmat.primitives.ciphers") if m in loaded] == []
     assert _heavy(loaded) == ["broker.kis", "httpx"]  # HTTP to the gateway
+    # nor the simulated market: its day's arrays and numpy.random are the paper venue's
+    assert [m for m in SIMULATOR if m in loaded] == []
 
 
 # Runs `python -m worker run` and writes every module it loaded, at its exit, to argv[1].

@@ -21,8 +21,6 @@ from anyio.abc import TaskGroup
 from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.backtest import BarBroker
-from broker.paper import PaperBroker
 from broker.port import Broker, MarketData
 from coordination.connection import connect
 from coordination.fences import FenceSeeder
@@ -38,7 +36,6 @@ from ledger.repository import Ledger
 from market.calendar import KrxCalendar, Session, default_calendar
 from market.clock import KST, Clock, RealClock, SimClock
 from market.costs import CostModel
-from market.sim import SimulatedMarket
 from market.types import Board, Instrument
 from market.vclock import Participant, VirtualClock
 from strategy import Strategy
@@ -62,7 +59,8 @@ from worker.params import FleetParams, republish
 from worker.reaper import run_reaper
 from worker.settings import ConfigError, Settings, kis_config, strategy_of
 
-if TYPE_CHECKING:  # imported lazily: the in-process paper path needs nothing of broker.kis
+if TYPE_CHECKING:  # imported lazily: each venue's code only on its own path (memory)
+    from broker.backtest import BarBroker
     from broker.kis import KisBroker
 
 
@@ -378,6 +376,11 @@ async def _venue(
             raise ConfigError(f"N_BARS: the KIS gateway publishes {feed.n_bars} minute bars, "
                               f"this worker wants {settings.n_bars}")  # fmt: skip
         return HintedBroker(kis, GatewayFills(redis, kis_keys)), feed, instruments
+    # the simulator (numpy.random, the day's arrays) only for the paper venue: a KIS worker
+    # never imports it
+    from broker.paper import PaperBroker
+    from market.sim import SimulatedMarket
+
     market = SimulatedMarket(settings.paper_seed, plan.session, settings.paper_symbols)
     # the account's cash moves with fees and taxes, so the reconciliation can check it
     paper = PaperBroker(market, plan.clock, costs=cost_model(settings, default_calendar()),
