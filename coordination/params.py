@@ -79,6 +79,7 @@ class RedisParams:
         self._known: int | None = None
         self._gen = 0
         self._watch_lock: anyio.Lock | None = None
+        self._watch_failing = False  # its failure was logged: once until it is back
 
     def _version(self, raw: Any) -> int:
         if raw is None:
@@ -122,15 +123,15 @@ class RedisParams:
         if self._watch_lock is None:
             self._watch_lock = anyio.Lock()
         async with self._watch_lock:
-            failing = False
             while True:
                 try:
                     await self._follow()
-                except CoordinationError as exc:
-                    if not failing:
-                        logger.warning("live parameters' watch stopped ({}); reading the version "
-                                       "every step until it is back", exc)  # fmt: skip
-                    failing = True
+                except Exception as exc:  # the watch is an optimisation: it never fails a worker
+                    if not self._watch_failing:
+                        self._watch_failing = True
+                        logger.opt(exception=not isinstance(exc, CoordinationError)).warning(
+                            "live parameters' watch stopped ({}); the version is read every "
+                            "step until it is back", exc)  # fmt: skip
                 finally:
                     self._watching = False
                     self._forget()
@@ -151,6 +152,9 @@ class RedisParams:
         self._forget()
         self._known = self._version(raw)
         self._watching = True
+        if self._watch_failing:
+            self._watch_failing = False
+            logger.info("live parameters' watch back")
         wait_s = self.timeout_s + self.watch_block_ms / 1000
         while True:
             async with bounded("watch params", wait_s):

@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import pytest
 import redis.asyncio as aioredis
+from loguru import logger
 
 from coordination.connection import connect
 from coordination.keys import Keyspace
@@ -96,3 +97,39 @@ async def test_a_watched_version_costs_no_get_until_a_change_is_announced(
 
 async def _is(store: RedisParams, version: int) -> bool:
     return await store.version() == version
+
+
+async def test_a_watch_on_a_broken_stream_leaves_every_read_to_redis_until_it_is_mended(
+    client: aioredis.Redis, prefix: str
+) -> None:
+    """The notice stream's key holding something else (WRONGTYPE): the watch logs it once and
+    retries; meanwhile every read is a GET (never a stale version) and nothing fails."""
+    keys = Keyspace(prefix)
+    await client.set(keys.events, "not a stream")
+    counted = Counted(client)
+    store = RedisParams(client, keys)
+    await store.publish(5, {})
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="WARNING", format="{message}")
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(store.watch)
+            with anyio.fail_after(10):
+                while not any("watch stopped" in line for line in lines):
+                    await anyio.sleep(0.01)
+            before = counted.gets
+            assert [await store.version() for _ in range(5)] == [5] * 5
+            assert counted.gets == before + 5
+
+            await client.delete(keys.events)  # mended: the watch is back at its next try
+            await eventually(lambda: _free(store, counted))
+            tg.cancel_scope.cancel()
+    finally:
+        logger.remove(sink)
+    assert sum("watch stopped" in line for line in lines) == 1
+
+
+async def _free(store: RedisParams, counted: Counted) -> bool:
+    before = counted.gets
+    await store.version()
+    return counted.gets == before
