@@ -34,6 +34,9 @@ def run(settings: Settings) -> int:
     """`python -m worker run`: exit 0 after the session (or at once when there is none and
     WAIT_FOR_SESSION is off) or after SIGTERM/SIGINT; 1 on a runtime failure, including a
     database schema that is not current (`worker.schema.SchemaNotCurrent`)."""
+    from worker.memory import tune_allocator
+
+    tune_allocator()  # a process that lives all day: freed blocks go back (worker.memory)
     return anyio.run(_run, settings)
 
 
