@@ -118,10 +118,12 @@ def backtest_settings(settings: Settings, day: date, prefix: str) -> Settings:
     """The settings a backtest day runs on: the paper broker's planning for `day`, fixed
     worker ids, the run's key prefix, no health server, and HOLD checking at most once a bar.
 
-    A HOLD step between two bars sees the quote the last one saw, and a sell it placed there
-    would fill at the next bar's open, where the step at that bar's start fills too; so hold
-    intervals under a bar (HOLD_INTERVAL_S, VOL_SURGE_HOLD_S) are raised to one bar. Positions
-    open at bar starts (fills execute there), so HOLD steps fall on bar starts and see every bar.
+    Within one bar every HOLD step sees the same quote (the last completed bar), a position's
+    time rules turn at bar starts (it opened at a fill, and fills execute at bar starts and
+    ends), and a sell placed anywhere in the bar is matched from the next bar on; so a second
+    step in the same bar decides nothing the first did not, and hold intervals under a bar
+    (HOLD_INTERVAL_S, VOL_SURGE_HOLD_S) are raised to one bar: one step in every bar, at the
+    phase the position's HOLD began (a bar start when its buy was learned there).
 
     The account reconciler (broker account against the ledger) passes every `RECONCILE_S`
     unless RECONCILE_INTERVAL_S is given: the account is the fill model's own bookkeeping, a
