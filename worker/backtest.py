@@ -120,8 +120,8 @@ def backtest_settings(settings: Settings, day: date, prefix: str) -> Settings:
 
     Within one bar every HOLD step sees the same quote (the last completed bar), a position's
     time rules turn at bar starts (it opened at a fill, and fills execute at bar starts and
-    ends), and a sell placed anywhere in the bar is matched from the next bar on; so a second
-    step in the same bar decides nothing the first did not, and hold intervals under a bar
+    ends), and a sell placed after the bar's start is matched from the next bar on; so a
+    second step in the same bar decides nothing the first did not, and hold intervals under a bar
     (HOLD_INTERVAL_S, VOL_SURGE_HOLD_S) are raised to one bar: one step in every bar, at the
     phase the position's HOLD began (a bar start when its buy was learned there).
 
