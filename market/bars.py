@@ -28,6 +28,7 @@ shows when the file has no blank lines) and ``FILE:row N: problem`` for Parquet 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -96,6 +97,8 @@ class DayBars:
     _sym: IntArray = field(repr=False)
     _minute: IntArray = field(repr=False)
     _bars: FloatArray = field(repr=False)
+    # the replay market built once (its arrays are read-only): `market` binds it to a clock
+    _replay: ReplayMarket | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_minutes(self) -> int:
@@ -114,8 +117,16 @@ class DayBars:
         return price_limits(Decimal(self.statics[symbol].prev[0]))
 
     def market(self, clock: Clock) -> ReplayMarket:
-        """This day's `MarketData` on `clock` (the replay conventions of `market.replay`)."""
-        return ReplayMarket.from_rows(cast(Reader, _DayRows(self)), clock, self.session)
+        """This day's `MarketData` on `clock` (the replay conventions of `market.replay`).
+        Built on the first call; later ones (another backtest of the same loaded day, as
+        `tune` runs) share its read-only arrays under their own clock."""
+        if self._replay is None:
+            self._replay = ReplayMarket.from_rows(cast(Reader, _DayRows(self)), clock,
+                                                  self.session)  # fmt: skip
+            return self._replay
+        market = copy.copy(self._replay)
+        market.clock = clock
+        return market
 
     @property
     def symbol_minutes(self) -> int:

@@ -199,3 +199,16 @@ async def test_one_read_only_snapshot_per_instant_which_the_strategy_ranks_once(
     writable = b.market.snapshot_at(at(day, 3.5), 30)  # arrays a caller may change: no memo
     assert list(strategy.candidates(writable)) == list(ranked)
     assert strategy.candidates(writable) is not strategy.candidates(writable)
+
+
+@pytest.mark.anyio
+async def test_brokers_over_one_loaded_day_share_its_market_under_their_own_clocks(
+    day: DayBars,
+) -> None:
+    first, _ = broker(day, 1)
+    second, _ = broker(day, 3)  # another backtest of the same loaded day (tune)
+    assert second.market.clock is second.clock
+    assert first.market.clock is first.clock
+    assert await second.instruments() is await first.instruments()  # built once
+    assert (await first.quote("000001")).price == BARS[0][3]
+    assert (await second.quote("000001")).price == BARS[2][3]
