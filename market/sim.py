@@ -3,6 +3,8 @@
 `SimulatedMarket(seed, session, n_symbols)` draws the universe and every one-minute bar of the
 continuous session at construction (numpy, `market.paths`), so quotes, snapshots and books are
 cheap lookups. The same (seed, session day, n_symbols) gives the same market in any process.
+It keeps the bars in the narrowest exact types (int32 prices and volumes, int8 spreads: 3.1 MB
+at 300 symbols, 11 MB as drawn) and derives opens, traded values and running day totals (`_Day`).
 
 Time inside the session:
 
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -46,14 +49,14 @@ from market.calendar import Session
 from market.paths import (
     MAX_LEVELS,
     MINUTE_US,
+    DayPaths,
     Rows,
     find_interruptions,
     make_paths,
     make_universe,
-    path_point,
+    round_grid,
     step_grid,
     tick_of,
-    vertices,
 )
 from market.ticks import step
 from market.types import (
@@ -145,9 +148,132 @@ class _Bar:
         return min(points), max(points)
 
 
+# ----- the day's bars, kept narrow --------------------------------------------------------------
+# `market.paths.make_paths` draws float64/int64 arrays; the market keeps what it reads in the
+# narrowest type that holds every value exactly (checked at construction), and derives the rest:
+# a minute's open is the previous close, its traded value is `make_paths`' formula on the kept
+# columns, and the running day high/low/volume/value start from a checkpoint every
+# `_CHECKPOINT` minutes. Every value read back is the one `make_paths` drew, to the won.
+
+_CHECKPOINT = 16
+_Cum = tuple[float, float, int, float]  # day high, day low, volume, traded value
+Cums = tuple[FloatArray, FloatArray, IntArray, FloatArray]  # the same for every row
+SIntArray = npt.NDArray[np.signedinteger[Any]]
+
+
+def _narrow(a: npt.NDArray[Any], dtypes: tuple[type[np.signedinteger[Any]], ...]) -> SIntArray:
+    """`a` in the first of `dtypes` that holds each of its values exactly (a value that does
+    not fit comes back different from the cast, so the comparison is the whole check)."""
+    for dtype in dtypes:
+        with np.errstate(invalid="ignore"):
+            out = a.astype(dtype)
+        if np.array_equal(out, a):
+            return out
+    raise ValueError(f"values do not fit {dtypes[-1].__name__} exactly")
+
+
+class _Day:
+    """The day's bars as the market keeps them; read-only. `open` and `value` are derived on
+    each access (whole arrays: for exports and tests, not the hot paths)."""
+
+    __slots__ = ("auction_price", "auction_volume", "checkpoints", "close", "day_open", "depth",
+                 "high", "level_mult", "low", "regime", "spread_ticks", "volume")  # fmt: skip
+
+    def __init__(self, p: DayPaths) -> None:
+        self.regime = p.regime
+        self.day_open: FloatArray = p.open[:, 0].copy()
+        prices = (np.int32, np.int64)
+        self.high, self.low, self.close = (_narrow(a, prices) for a in (p.high, p.low, p.close))
+        self.volume = _narrow(p.volume, (np.int32, np.int64))
+        self.spread_ticks = _narrow(p.spread_ticks, (np.int8, np.int16, np.int64))
+        self.depth = p.depth  # fractional shares: float64 as drawn
+        self.level_mult = p.level_mult
+        self.auction_price = p.auction_price
+        self.auction_volume = p.auction_volume
+        # Traded values are whole won summed in float64: exact, in any order, below 2**53.
+        if p.value.size and not p.cum_value[:, -1].max() < 2.0**53:
+            raise ValueError("a day's traded value is too large to sum exactly in float64")
+        marks = slice(_CHECKPOINT - 1, None, _CHECKPOINT)  # through minutes 15, 31, ...
+        self.checkpoints: Cums = (
+            np.ascontiguousarray(p.cum_high[:, marks]),
+            np.ascontiguousarray(p.cum_low[:, marks]),
+            np.ascontiguousarray(p.cum_volume[:, marks]),
+            np.ascontiguousarray(p.cum_value[:, marks]),
+        )
+        for value in (*self.checkpoints, self.day_open, self.high, self.low, self.close,
+                      self.volume, self.spread_ticks):  # fmt: skip
+            value.setflags(write=False)
+
+    def opens(self, rows: Rows, a: int, b: int) -> FloatArray:
+        """The opens of minutes a..b-1 (the previous minute's close; the day's open first)."""
+        if a > 0:
+            return self.close[rows, a - 1 : b - 1].astype(np.float64)
+        first = self.day_open[rows][:, None]
+        return np.concatenate([first, self.close[rows, : b - 1].astype(np.float64)], axis=1)
+
+    def values(self, rows: Rows, a: int, b: int) -> FloatArray:
+        """Traded won of minutes a..b-1: `make_paths`' rint(volume x mean(OHLC)), whole won."""
+        s = self.opens(rows, a, b) + self.high[rows, a:b] + self.low[rows, a:b]
+        s = s + self.close[rows, a:b]
+        out: FloatArray = np.rint(self.volume[rows, a:b] * s / 4.0)
+        return out
+
+    @property
+    def open(self) -> FloatArray:
+        return self.opens(slice(None), 0, self.close.shape[1])
+
+    @property
+    def value(self) -> FloatArray:
+        return self.values(slice(None), 0, self.close.shape[1])
+
+    def cum(self, k: int, last: tuple[int, Cums] | None = None) -> Cums:
+        """Every row's (day high, day low, volume, traded value) through minutes 0..k-1, k >= 1:
+        from `last` (the same through minutes 0..j-1) when j <= k is nearer than a checkpoint."""
+        c = k // _CHECKPOINT
+        a = c * _CHECKPOINT  # the checkpoint covers minutes 0..a-1, the block a..k-1
+        base: Cums | None = None
+        if last is not None and a <= last[0] <= k:
+            a, base = last
+        elif c:
+            high, low, volume, value = self.checkpoints
+            base = (high[:, c - 1], low[:, c - 1], volume[:, c - 1], value[:, c - 1])
+        if base is not None and a == k:
+            return base
+        h = self.high[:, a:k].max(axis=1).astype(np.float64)
+        lo = self.low[:, a:k].min(axis=1).astype(np.float64)
+        vol = self.volume[:, a:k].sum(axis=1, dtype=np.int64)
+        val = self.values(slice(None), a, k).sum(axis=1)
+        if base is None:
+            return h, lo, vol, val
+        high, low, volume, value = base
+        return np.maximum(high, h), np.minimum(low, lo), volume + vol, value + val
+
+    def row_cum(self, i: int, k: int) -> _Cum:
+        """`cum` for row i, in scalars (the same sums: whole numbers, exact in any order)."""
+        c = k // _CHECKPOINT
+        a = c * _CHECKPOINT
+        if c:
+            high, low, volume, value = (x[i, c - 1] for x in self.checkpoints)
+            out: _Cum = (float(high), float(low), int(volume), float(value))
+            if a == k:
+                return out
+        highs, lows = self.high[i, a:k].tolist(), self.low[i, a:k].tolist()
+        vols, closes = self.volume[i, a:k].tolist(), self.close[i, a:k].tolist()
+        o = float(self.close[i, a - 1]) if a else float(self.day_open[i])
+        val = 0.0
+        for h, lo, v, cl in zip(highs, lows, vols, closes, strict=True):
+            val += float(round(v * (o + h + lo + cl) / 4.0))  # `values`, half to even as rint
+            o = cl
+        block = (float(max(highs)), float(min(lows)), int(sum(vols)), val)
+        if not c:
+            return block
+        return (max(out[0], block[0]), min(out[1], block[1]), out[2] + block[2],
+                out[3] + block[3])  # fmt: skip
+
+
 class SimulatedMarket:
     """The whole simulated universe for one session; read-only after construction (but for
-    a cache of per-minute quote facts that only saves work)."""
+    caches of per-minute quote facts and running day totals that only save work)."""
 
     def __init__(self, seed: int, session: Session, n_symbols: int = 300) -> None:
         if seed < 0:
@@ -162,12 +288,15 @@ class SimulatedMarket:
             np.random.SeedSequence([seed, session.day.toordinal(), n_symbols])
         )
         self._u = make_universe(rng, n_symbols)
-        self._p = make_paths(rng, self._u, self.n_minutes)
+        paths = make_paths(rng, self._u, self.n_minutes)
         # Snapshots hand out views of these arrays: make accidental writes fail loudly.
-        for arrays in (self._u, self._p):
+        for arrays in (self._u, paths):
             for value in vars(arrays).values():
                 if isinstance(value, np.ndarray):
                     value.setflags(write=False)
+        windows = find_interruptions(self._u, paths)
+        self._p = _Day(paths)  # the narrow copy; `paths` goes
+        del paths
         self._index = {s: i for i, s in enumerate(self._u.symbols)}
         u = self._u
         self.instruments: tuple[Instrument, ...] = tuple(
@@ -184,7 +313,6 @@ class SimulatedMarket:
             for i, s in enumerate(u.symbols)
         )
         self._vi: dict[int, tuple[VolatilityInterruption, ...]] = {}
-        windows = find_interruptions(self._u, self._p)
         for w in windows:
             vi = VolatilityInterruption(
                 symbol=u.symbols[w.row],
@@ -202,6 +330,10 @@ class SimulatedMarket:
         self._vi_end = np.array([w.end_us for w in windows], dtype=np.int64)
         # `_minute_facts`' last answer per row
         self._facts: dict[int, tuple[tuple[int, int, int], _Facts]] = {}
+        # `_continuous`' last running day totals per row: (through minute k - 1, totals)
+        self._cums: dict[int, tuple[int, _Cum]] = {}
+        # `_cum`'s last answer for every row (through minute k - 1)
+        self._last_cums: tuple[int, Cums] | None = None
 
     # ----- lookup -------------------------------------------------------------------------
 
@@ -287,10 +419,37 @@ class SimulatedMarket:
     # ----- the path -----------------------------------------------------------------------
 
     def _vertices(self, rows: Rows, m: int) -> list[FloatArray]:
-        return vertices(self._p, rows, m)
+        """`paths.vertices` on the kept bars (float64, as drawn)."""
+        p = self._p
+        o = p.opens(rows, m, m + 1)[:, 0]
+        h, lo = p.high[rows, m].astype(np.float64), p.low[rows, m].astype(np.float64)
+        c = p.close[rows, m].astype(np.float64)
+        up = c >= o
+        return [o, np.where(up, lo, h), np.where(up, h, lo), c]
 
     def _path_point(self, rows: Rows, m: int, f: float) -> FloatArray:
-        return path_point(self._p, rows, m, f)
+        """`paths.path_point` on the kept bars."""
+        v = self._vertices(rows, m)
+        x = 3.0 * f
+        seg = min(int(x), 2)
+        raw = v[seg] + (v[seg + 1] - v[seg]) * (x - seg)
+        low, high = self._p.low[rows, m], self._p.high[rows, m]
+        out: FloatArray = np.clip(round_grid(raw, "nearest"), low, high)
+        return out
+
+    def _cum(self, rows: Rows, k: int) -> tuple[FloatArray, FloatArray, IntArray, FloatArray]:
+        """(day high, day low, volume, traded value) of `rows` through minute k - 1."""
+        if isinstance(rows, slice):
+            last = self._last_cums
+            if last is None or last[0] != k:  # snapshots move forward: from the last one's
+                last = (k, self._p.cum(k, last))
+                self._last_cums = last
+            h, lo, vol, val = last[1]
+            return h[rows], lo[rows], vol[rows], val[rows]
+        cums = [self._p.row_cum(int(i), k) for i in rows]
+        return (np.array([c[0] for c in cums]), np.array([c[1] for c in cums]),
+                np.array([c[2] for c in cums], dtype=np.int64),
+                np.array([c[3] for c in cums]))  # fmt: skip
 
     def _state(self, rows: Rows, at: datetime) -> _State:
         u, p = self._u, self._p
@@ -301,9 +460,8 @@ class SimulatedMarket:
             zeros = np.zeros(pc.shape, dtype=np.int64)
             return _State(pc, pc.copy(), pc.copy(), zeros, zeros.astype(np.float64), 0, 0)
         if phase is not Phase.CONTINUOUS:
-            price = p.close[rows, last]
-            high, low = p.cum_high[rows, last], p.cum_low[rows, last]
-            volume, value = p.cum_volume[rows, last], p.cum_value[rows, last]
+            price = p.close[rows, last].astype(np.float64)
+            high, low, volume, value = self._cum(rows, self.n_minutes)
             if phase is Phase.CLOSED:
                 price = p.auction_price[rows]
                 high, low = np.maximum(high, price), np.minimum(low, price)
@@ -315,16 +473,17 @@ class SimulatedMarket:
         seen = [*self._vertices(rows, m)[: min(int(3.0 * f), 2) + 1], price]
         high, low = np.max(seen, axis=0), np.min(seen, axis=0)
         volume = np.floor(p.volume[rows, m] * f).astype(np.int64)
-        value = np.floor(p.value[rows, m] * f)
+        value = np.floor(p.values(rows, m, m + 1)[:, 0] * f)
         if m > 0:
-            high = np.maximum(high, p.cum_high[rows, m - 1])
-            low = np.minimum(low, p.cum_low[rows, m - 1])
-            volume = volume + p.cum_volume[rows, m - 1]
-            value = value + p.cum_value[rows, m - 1]
+            cum_high, cum_low, cum_volume, cum_value = self._cum(rows, m)
+            high = np.maximum(high, cum_high)
+            low = np.minimum(low, cum_low)
+            volume = volume + cum_volume
+            value = value + cum_value
         return _State(price, high, low, volume, value, m, m)
 
     def _bid_ask(self, rows: Rows, price: FloatArray, minute: int) -> tuple[FloatArray, FloatArray]:
-        spread = self._p.spread_ticks[rows, minute]
+        spread = self._p.spread_ticks[rows, minute].astype(np.int64)
         lower, upper = self._u.lower[rows], self._u.upper[rows]
         bid = np.maximum(step_grid(price, -(spread // 2)), lower)
         ask = step_grid(bid, spread)
@@ -335,8 +494,8 @@ class SimulatedMarket:
 
     def _bar(self, i: int, m: int) -> _Bar:
         p = self._p
-        o, h, lo, c = (float(p.open[i, m]), float(p.high[i, m]), float(p.low[i, m]),
-                       float(p.close[i, m]))  # fmt: skip
+        o = float(p.close[i, m - 1]) if m else float(p.day_open[i])
+        h, lo, c = float(p.high[i, m]), float(p.low[i, m]), float(p.close[i, m])
         up = c >= o
         return _Bar((o, lo if up else h, h if up else lo, c), lo, h)
 
@@ -452,13 +611,20 @@ class SimulatedMarket:
         price = bar.point(f)
         seen = [*bar.v[: min(int(3.0 * f), 2) + 1], price]
         high, low = max(seen), min(seen)
-        volume = math.floor(float(p.volume[i, m]) * f)
-        value = float(math.floor(float(p.value[i, m]) * f))
+        shares = int(p.volume[i, m])
+        volume = math.floor(float(shares) * f)
+        o, c = bar.v[0], bar.v[3]  # the minute's traded won, as `_Day.values`
+        value = float(math.floor(float(round(shares * (o + bar.high + bar.low + c) / 4.0)) * f))
         if m > 0:
-            high = max(high, float(p.cum_high[i, m - 1]))
-            low = min(low, float(p.cum_low[i, m - 1]))
-            volume += int(p.cum_volume[i, m - 1])
-            value += float(p.cum_value[i, m - 1])
+            kept = self._cums.get(i)
+            if kept is None or kept[0] != m:
+                kept = (m, p.row_cum(i, m))
+                self._cums[i] = kept
+            cum_high, cum_low, cum_volume, cum_value = kept[1]
+            high = max(high, cum_high)
+            low = min(low, cum_low)
+            volume += cum_volume
+            value += cum_value
         return price, high, low, volume, value, m
 
     def _bid_ask_one(self, i: int, price: float, minute: int) -> tuple[float, float]:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from market.calendar import Session
 from market.clock import KST
-from market.paths import Regime, tick_of
+from market.paths import DayPaths, Regime, make_paths, make_universe, tick_of
 from market.sim import SimulatedMarket
 from market.ticks import is_on_grid, step, tick_size, ticks_between
 from market.types import Tier
@@ -280,3 +280,44 @@ def test_a_quote_is_the_snapshot_of_its_symbol(market: SimulatedMarket, us: int,
         assert fields == tuple(Decimal(int(a[row])) for a in arrays)
         assert q.volume == int(snap.volume[row])
         assert (q.halted_until is not None) == bool(snap.halted[row])
+
+
+def drawn(seed: int, n: int) -> tuple[SimulatedMarket, DayPaths]:
+    """A market and the float64/int64 bars `make_paths` drew for it (the same generator)."""
+    market = SimulatedMarket(seed, SESSION, n)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, DAY.toordinal(), n]))
+    return market, make_paths(rng, make_universe(rng, n), market.n_minutes)
+
+
+@pytest.mark.parametrize(("seed", "n"), [(7, 300), (3, 41)])
+def test_the_kept_bars_read_back_what_was_drawn(seed: int, n: int) -> None:
+    """The market keeps narrow types and derives opens, values and running totals: every one
+    reads back as drawn, to the won, at every minute (from checkpoints, from the last
+    snapshot's totals, and per row)."""
+    market, p = drawn(seed, n)
+    kept = market._p
+    for name in ("open", "high", "low", "close", "volume", "value", "spread_ticks", "depth"):
+        assert np.array_equal(getattr(kept, name), getattr(p, name)), name
+    running = (p.cum_high, p.cum_low, p.cum_volume, p.cum_value)
+    last = None
+    for k in [*range(1, market.n_minutes + 1), 3, 17, 380, 16, 2]:
+        cums = kept.cum(k, last)
+        last = (k, cums)
+        for got, want in zip(cums, running, strict=True):
+            assert got.dtype == want.dtype
+            assert np.array_equal(got, want[:, k - 1]), k
+        for i in (0, n // 2, n - 1):
+            assert kept.row_cum(i, k) == tuple(want[i, k - 1].item() for want in running)
+
+
+def test_the_kept_bars_are_narrow() -> None:
+    """Prices and volumes in int32, spreads in int8, only a checkpoint of the running totals
+    every 16 minutes: about 3.1 MB for 300 symbols x 380 minutes (10.9 MB as drawn)."""
+    market, p = drawn(7, 300)
+    kept = market._p
+    assert (kept.high.dtype, kept.low.dtype, kept.close.dtype) == (np.int32,) * 3
+    assert (kept.volume.dtype, kept.spread_ticks.dtype) == (np.int32, np.int8)
+    arrays = [getattr(kept, name) for name in kept.__slots__ if name != "checkpoints"]
+    kept_bytes = sum(a.nbytes for a in (*arrays, *kept.checkpoints))
+    drawn_bytes = sum(a.nbytes for a in vars(p).values() if isinstance(a, np.ndarray))
+    assert kept_bytes < 3.2e6 < 10.9e6 < drawn_bytes
