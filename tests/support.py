@@ -9,38 +9,26 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-import anyio
 from sqlalchemy.engine import make_url
+
+from market.clock import SimClock
 
 T = TypeVar("T")
 
 
-class GearClock:
-    """A simulated clock whose speed a test can change mid-day (`shift`) without a jump in
-    `now()`: the dull stretches of a day run fast, the ones under test at the speed they need.
-    A sleep already running keeps the speed it started with (it ends early or late by at most
-    its own length at the old speed)."""
-
-    def __init__(self, session_open: datetime, speed: float, epoch: float) -> None:
-        self.session_open, self.speed, self.epoch = session_open, float(speed), float(epoch)
-
-    def now(self) -> datetime:
-        return self.session_open + timedelta(seconds=(time.time() - self.epoch) * self.speed)
+class GearClock(SimClock):
+    """A `SimClock` whose speed a test can change mid-day (`shift`) without a jump in `now()`:
+    the dull stretches of a day run fast, the ones under test at the speed they need. A sleep
+    already running keeps the speed it started with (it ends early or late by at most its own
+    length at the old speed)."""
 
     def shift(self, speed: float) -> None:
         wall = time.time()
         simulated = (wall - self.epoch) * self.speed
         self.speed, self.epoch = float(speed), wall - simulated / speed
-
-    async def sleep(self, seconds: float) -> None:
-        await anyio.sleep(max(0.0, seconds) / self.speed)
-
-    async def sleep_until(self, when: datetime) -> None:
-        await self.sleep((when - self.now()).total_seconds())
 
 
 def libpq(url: str) -> str:
