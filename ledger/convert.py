@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy import Row
+
 from ledger.models import (
     DailySummary,
     DailyWorkerSummary,
@@ -26,7 +30,8 @@ from ledger.records import (
 from market.orders import BrokerOrderId, ClientOrderId, OrderType, Side
 
 
-def order_record(o: Order) -> OrderRecord:
+def order_record(o: Order | Row[Any]) -> OrderRecord:
+    """From the model or from a row of its table (the same column names)."""
     return OrderRecord(
         id=o.id,
         client_order_id=ClientOrderId(o.client_order_id),
@@ -70,7 +75,8 @@ def fill_record(f: Fill) -> FillRecord:
     )
 
 
-def position_record(p: Position) -> PositionRecord:
+def position_record(p: Position | Row[Any]) -> PositionRecord:
+    """From the model or from a row of its table (the same column names)."""
     return PositionRecord(
         id=p.id,
         worker_id=p.worker_id,

@@ -21,7 +21,7 @@ from datetime import date, datetime
 from decimal import Decimal
 
 import anyio
-from sqlalchemy import select, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -59,6 +59,9 @@ from market.types import Board
 #: Per-call deadline (s): every statement of the call, its commit, and waiting for a connection.
 DEFAULT_CALL_TIMEOUT_S = 15.0
 _UNFINISHED = [s.value for s in UNFINISHED]
+#: the tables behind the models, for single-statement reads that skip the ORM session
+_ORDERS: Table = Order.__table__  # type: ignore[assignment]
+_POSITIONS: Table = Position.__table__  # type: ignore[assignment]
 
 
 class Ledger:
@@ -285,22 +288,26 @@ class Ledger:
             return result
 
     async def order(self, client_order_id: str) -> OrderRecord | None:
-        async with self._tx() as s:
-            row = (
-                await s.execute(select(Order).where(Order.client_order_id == client_order_id))
-            ).scalar_one_or_none()
-            return order_record(row) if row is not None else None
+        """The order, in one statement outside a transaction."""
+        stmt = select(_ORDERS).where(_ORDERS.c.client_order_id == client_order_id)
+        with self._deadline(), translate_db_errors():
+            async with self._autocommit.connect() as conn:
+                row = (await conn.execute(stmt)).one_or_none()
+        return order_record(row) if row is not None else None
 
     async def unfinished_orders(self, worker_id: str) -> list[OrderRecord]:
         """NEW, SUBMITTING, SENT, PARTIALLY_FILLED and UNKNOWN orders of the worker, oldest
         first."""
         stmt = (
-            select(Order)
-            .where(Order.worker_id == worker_id, Order.status.in_(_UNFINISHED))
-            .order_by(Order.id)
+            select(_ORDERS)
+            .where(_ORDERS.c.worker_id == worker_id, _ORDERS.c.status.in_(_UNFINISHED))
+            .order_by(_ORDERS.c.id)
         )
-        async with self._tx() as s:
-            return [order_record(o) for o in (await s.execute(stmt)).scalars()]
+        # one statement outside a transaction: every tracker refresh reads it
+        with self._deadline(), translate_db_errors():
+            async with self._autocommit.connect() as conn:
+                rows = (await conn.execute(stmt)).all()
+        return [order_record(r) for r in rows]
 
     async def known_broker_order_ids(self, symbol: str, trading_day: date) -> set[str]:
         """Broker order ids (canonical) already linked to an order of ours for the symbol and
@@ -333,12 +340,12 @@ class Ledger:
     async def open_position(self, symbol: str) -> PositionRecord | None:
         """The symbol's position that is not closed, in one statement outside a transaction
         (every HOLD step reads it: one round trip instead of three)."""
-        table = Position.__table__
+        table = _POSITIONS
         stmt = select(table).where(table.c.symbol == symbol, table.c.status != "CLOSED")
         with self._deadline(), translate_db_errors():
             async with self._autocommit.connect() as conn:
                 row = (await conn.execute(stmt)).one_or_none()
-        return position_record(row) if row is not None else None  # type: ignore[arg-type]
+        return position_record(row) if row is not None else None
 
     async def mark_position_orphaned(self, symbol: str, worker_id: str, fence: int) -> bool:
         """OPEN -> ORPHANED for the worker's position in `symbol` (its owner, holding or last
