@@ -12,6 +12,16 @@ unset; with them, on a fresh database dropped afterwards). Prints, one `name=val
   time, reading the figures back); the goal is >= 200,000.
 * ``backtest_load_s``: of which reading and checking the file; ``backtest_wall_s``: the whole.
 * ``backtest_trades``, ``backtest_pnl``, ``backtest_reconciled``: the run's result.
+* ``backtest_statements``: SQL statements the run sent to Postgres (every engine's cursor
+  executions: workers, trackers, reconciler, mirror, the figures read back).
+* the baseline, measured in the same run on the same server (with DATABASE_URL set; the
+  embedded servers are gone by then): ``statement_us_sqlalchemy`` is one single-row read of an
+  order by client order id through the ledger's engine (`ledger.db.create_engine`, Core, outside
+  a transaction), ``statement_us_psycopg`` the same compiled SQL on one bare psycopg connection;
+  ``backtest_statement_share`` is statements x the first over the wall time: the part of the
+  run that is the ledger's statements at that price. Where this host is faster or slower these
+  move together, so the share and the ratio of the two costs compare across hosts where
+  ``backtest_minutes_per_s`` does not.
 * ``embedded_day_s`` (unless --no-embedded-day): the demo's day on virtual time, from
   bench/embedded_day.py.
 """
@@ -23,6 +33,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from datetime import date
 from pathlib import Path
 
@@ -53,6 +64,64 @@ def _drop(server_url: str, database_url: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def count_statements() -> list[int]:
+    """A one-element counter of every statement any SQLAlchemy engine sends from now on."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    count = [0]
+
+    def seen(*_: object) -> None:
+        count[0] += 1
+
+    event.listen(Engine, "before_cursor_execute", seen)
+    return count
+
+
+async def statement_costs(database_url: str, reads: int = 2_000) -> tuple[float, float]:
+    """Microseconds of one single-row read through the ledger's engine, and of the same SQL
+    on a bare psycopg connection (a baseline of this host and server)."""
+    import psycopg
+    from sqlalchemy import select
+    from sqlalchemy.dialects.postgresql import psycopg as pg_dialect
+
+    from ledger.db import create_engine, normalize_url
+    from ledger.models import Order
+
+    table = Order.__table__
+    stmt = select(table).where(table.c.client_order_id == "bench-none")
+    engine = create_engine(database_url).execution_options(isolation_level="AUTOCOMMIT")
+    try:
+
+        async def through_engine() -> None:
+            async with engine.connect() as conn:
+                (await conn.execute(stmt)).one_or_none()
+
+        sa_us = await _per_call_us(through_engine, reads)
+    finally:
+        await engine.dispose()
+    compiled = stmt.compile(dialect=pg_dialect.dialect())
+    libpq = normalize_url(database_url).set(drivername="postgresql")
+    async with await psycopg.AsyncConnection.connect(
+        libpq.render_as_string(hide_password=False), autocommit=True
+    ) as conn:
+
+        async def bare() -> None:
+            await (await conn.execute(str(compiled), compiled.params)).fetchone()
+
+        raw_us = await _per_call_us(bare, reads)
+    return sa_us, raw_us
+
+
+async def _per_call_us(call: Callable[[], Awaitable[None]], n: int) -> float:
+    for _ in range(n // 10):  # warm: pool, prepared statements, caches
+        await call()
+    started = time.perf_counter()
+    for _ in range(n):
+        await call()
+    return (time.perf_counter() - started) / n * 1e6
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--symbols", type=int, default=2_500)
@@ -68,12 +137,18 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="tf-bench-bars-") as folder:
         path = Path(folder) / f"{DAY}.parquet"
         write_simulated_parquet(SimulatedMarket(0, session, args.symbols), path)
+        statements = count_statements()
         started = time.monotonic()
         days = load_bars(path, calendar)
         load_s = time.monotonic() - started
         result = run_backtest(path, workers=args.workers, settings=settings, days=days)
         wall = time.monotonic() - started
+    sent = statements[0]
+    costs = None
     if result.database_url is not None and settings.database_url:
+        import anyio
+
+        costs = anyio.run(statement_costs, result.database_url)
         _drop(str(settings.database_url), result.database_url)
     emit("backtest_symbols", args.symbols)
     emit("backtest_workers", args.workers)
@@ -84,6 +159,12 @@ def main(argv: list[str] | None = None) -> None:
     emit("backtest_load_s", load_s)
     emit("backtest_wall_s", wall)
     emit("backtest_minutes_per_s", result.symbol_minutes / wall)
+    emit("backtest_statements", sent)
+    if costs is not None:
+        sa_us, raw_us = costs
+        emit("statement_us_sqlalchemy", sa_us)
+        emit("statement_us_psycopg", raw_us)
+        emit("backtest_statement_share", sent * sa_us / 1e6 / wall)
     # where the wall time went: participants' busy time by role (worker, tracker, reconciler)
     roles: dict[str, list[float]] = {}
     for day in result.days:
