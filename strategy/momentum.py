@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from dataclasses import fields
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Self
 
 import numpy as np
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, model_validator
 
 from market.types import Quote, Snapshot, check_symbol_codes, split_symbol_codes
 from strategy.base import StrategyParams
@@ -33,8 +33,10 @@ from strategy.triggers import SellLevels, sell_levels
 MAX_BARS = 390
 
 
-class MomentumParams(StrategyParams):
-    env_prefix: ClassVar[str] = ""
+class MomentumFields(BaseModel):
+    """The shipped strategy's parameters, declared once: `MomentumParams` validates them for
+    the strategy, and the worker's `Settings` carries the same fields (its settings table, its
+    near-miss check of variable names, explicit overrides) by inheriting this class."""
 
     short_ma_bars: int = Field(5, ge=2, le=MAX_BARS, description="fast moving average (bars)")
     long_ma_bars: int = Field(20, ge=3, le=MAX_BARS, description="slow moving average (bars)")
@@ -48,7 +50,10 @@ class MomentumParams(StrategyParams):
     min_price: Decimal = Field(Decimal(1_000), gt=0, le=10**8, description="pre-filter (won)")
     max_price: Decimal = Field(Decimal(1_000_000), gt=0, le=10**8, description="pre-filter (won)")
     exclude_symbols: Annotated[
-        tuple[str, ...], BeforeValidator(split_symbol_codes), Field(description="never traded")
+        tuple[str, ...],
+        BeforeValidator(split_symbol_codes),
+        AfterValidator(check_symbol_codes),
+        Field(description="never traded"),
     ] = ()
     min_score: float = Field(0.5, ge=0, le=100, description="minimum scan score for a buy")
     max_candidates: int = Field(20, ge=1, le=500, description="ranked candidates per scan")
@@ -63,13 +68,16 @@ class MomentumParams(StrategyParams):
     )
 
     @model_validator(mode="after")
-    def _consistent(self) -> MomentumParams:
-        check_symbol_codes(self.exclude_symbols)
+    def _momentum_consistent(self) -> Self:
         if self.short_ma_bars >= self.long_ma_bars:
             raise ValueError("SHORT_MA_BARS must be smaller than LONG_MA_BARS")
         if self.min_price > self.max_price:
             raise ValueError("MIN_PRICE must not exceed MAX_PRICE")
         return self
+
+
+class MomentumParams(StrategyParams, MomentumFields):
+    env_prefix: ClassVar[str] = ""
 
 
 class MomentumBreakout:

@@ -13,6 +13,8 @@ from unittest.mock import patch
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
+from pydantic_settings import NoDecode
 
 from worker.settings import (
     ConfigError,
@@ -32,6 +34,26 @@ def test_every_setting_is_in_the_readme_configuration_table() -> None:
     table = text[text.index("## Configuration") : text.index("## Watching a live fleet")]
     missing = [n.upper() for n in Settings.model_fields if f"`{n.upper()}`" not in table]
     assert missing == []
+
+
+def test_the_shipped_strategys_parameters_are_settings_with_the_same_bounds() -> None:
+    """One declaration (`MomentumFields`): a setting and the strategy's parameter of the same
+    name accept exactly the same values, so a value the settings let through never fails later
+    in the strategy."""
+    from strategy.momentum import MomentumParams
+
+    for name, param in MomentumParams.model_fields.items():
+        setting = Settings.model_fields[name]
+        assert setting.default == param.default, name
+        assert setting.annotation == param.annotation, name
+        assert [m for m in setting.metadata if m is not NoDecode] == [m for m in param.metadata], (
+            name
+        )
+    for bad in ({"max_hold_min": 391}, {"min_price": "2000", "max_price": "1000"}):
+        with pytest.raises(ConfigError):
+            load_settings(**bad)
+        with pytest.raises(ValidationError):
+            MomentumParams.model_validate(bad)
 
 
 def test_settings_are_frozen_and_read_from_the_environment(

@@ -29,6 +29,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 
 from market.calendar import CALENDAR_END, CALENDAR_START
 from market.types import check_symbol_codes, split_symbol_codes
+from strategy.momentum import MomentumFields
 
 if TYPE_CHECKING:  # imported lazily: a paper worker needs nothing of broker.kis
     from broker.kis import KisConfig
@@ -190,7 +191,7 @@ HttpUrl = Annotated[str | None, AfterValidator(_http_url)]
 WsUrl = Annotated[str | None, AfterValidator(_ws_url)]
 
 
-class Settings(BaseSettings):
+class Settings(BaseSettings, MomentumFields):
     # allow_inf_nan=False: `1e400` parses to inf and `nan` compares false with every bound
     model_config = SettingsConfigDict(
         frozen=True, extra="forbid", case_sensitive=False, allow_inf_nan=False
@@ -261,30 +262,16 @@ class Settings(BaseSettings):
     # the account (cash, holdings) against the ledger: at the start and then this often
     reconcile_interval_s: float = Field(180.0, ge=1, le=3_600)
 
-    # --- strategy ---
+    # --- strategy: N_BARS here; the shipped strategy's parameters (SHORT_MA_BARS ...
+    # TREND_MIN_HOLD_MIN) are `strategy.momentum.MomentumFields`, inherited ---
     n_bars: int = Field(60, ge=10, le=MAX_BARS)
-    short_ma_bars: int = Field(5, ge=2, le=MAX_BARS)
-    long_ma_bars: int = Field(20, ge=3, le=MAX_BARS)
-    breakout_bars: int = Field(30, ge=2, le=MAX_BARS)
-    surge_bars: int = Field(5, ge=1, le=MAX_BARS)
-    min_volume: int = Field(20_000, ge=0, le=10**12)
-    min_traded_value: Decimal = Field(Decimal(300_000_000), ge=0, le=1_000 * MONEY_MAX)
-    max_spread_ticks: int = Field(3, ge=1, le=1_000)
-    min_price: Decimal = Field(Decimal(1_000), gt=0, le=Decimal(10**8))
-    max_price: Decimal = Field(Decimal(1_000_000), gt=0, le=Decimal(10**8))
+    # as declared there, but read from the environment as comma-separated text, not JSON
     exclude_symbols: Annotated[
         tuple[str, ...],
         NoDecode,
         BeforeValidator(split_symbol_codes),
         AfterValidator(check_symbol_codes),
     ] = ()
-    min_score: float = Field(0.5, ge=0, le=100)
-    max_candidates: int = Field(20, ge=1, le=500)
-    stop_loss_pct: Decimal = Field(Decimal("1.5"), gt=0, lt=50)
-    take_profit_pct: Decimal = Field(Decimal("3.0"), gt=0, lt=100)
-    max_hold_min: int = Field(90, ge=1, le=SESSION_MIN)
-    trend_break_pct: Decimal = Field(Decimal("0.5"), ge=0, lt=50)
-    trend_min_hold_min: int = Field(5, ge=0, le=SESSION_MIN)
     # the strategy (`package.module:Class`; default the shipped one, whose parameters are the
     # settings above) and a TOML file of its parameters (the environment wins over the file)
     strategy: str | None = Field(None, max_length=200)
@@ -334,16 +321,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        if self.short_ma_bars >= self.long_ma_bars:
-            raise ValueError("SHORT_MA_BARS must be smaller than LONG_MA_BARS")
         if max(self.long_ma_bars, self.breakout_bars) + 1 > self.n_bars:
             raise ValueError("N_BARS must exceed LONG_MA_BARS and BREAKOUT_BARS")
         if self.heartbeat_ms is not None and self.heartbeat_ms >= self.lock_ttl_ms:
             raise ValueError("HEARTBEAT_MS must be smaller than LOCK_TTL_MS")
         if self.worker_ttl_ms <= self.heartbeat_s * 1000:
             raise ValueError("WORKER_TTL_MS must exceed the heartbeat period (HEARTBEAT_MS)")
-        if self.min_price > self.max_price:
-            raise ValueError("MIN_PRICE must not exceed MAX_PRICE")
         _check_alerts(self)
         if self.broker == "kis":
             missing = [
