@@ -65,12 +65,13 @@ def round_grid(price: FloatArray, mode: str) -> FloatArray:
     tick = tick_of(price)
     q = price / tick
     if mode == "up":
-        q = np.ceil(q)
+        np.ceil(q, out=q)
     elif mode == "down":
-        q = np.floor(q)
+        np.floor(q, out=q)
     else:
-        q = np.rint(q)
-    out: FloatArray = np.maximum(q * tick, 1.0)
+        np.rint(q, out=q)
+    q *= tick  # in place: a day's (symbols, minutes) arrays are rounded with two, not four
+    out: FloatArray = np.maximum(q, 1.0, out=q)
     return out
 
 
@@ -158,15 +159,33 @@ class DayPaths:
     close: FloatArray
     volume: IntArray
     value: FloatArray  # traded won per minute (whole won)
-    cum_volume: IntArray
-    cum_value: FloatArray
-    cum_high: FloatArray  # running day high through each minute
-    cum_low: FloatArray
     spread_ticks: IntArray
     depth: FloatArray  # shares per book level (before the per-level multiplier)
     level_mult: FloatArray  # (n_symbols, MAX_LEVELS)
     auction_price: FloatArray
     auction_volume: IntArray
+
+    # running figures through each minute: computed when asked (not kept beside the bars)
+    @property
+    def cum_volume(self) -> IntArray:
+        out: IntArray = np.cumsum(self.volume, axis=1)
+        return out
+
+    @property
+    def cum_value(self) -> FloatArray:
+        out: FloatArray = np.cumsum(self.value, axis=1)
+        return out
+
+    @property
+    def cum_high(self) -> FloatArray:
+        """The running day high."""
+        out: FloatArray = np.maximum.accumulate(self.high, axis=1)
+        return out
+
+    @property
+    def cum_low(self) -> FloatArray:
+        out: FloatArray = np.minimum.accumulate(self.low, axis=1)
+        return out
 
 
 def u_shape(n_minutes: int) -> FloatArray:
@@ -179,30 +198,36 @@ def u_shape(n_minutes: int) -> FloatArray:
 def _drift(
     rng: np.random.Generator, u: Universe, regime: IntArray, day_open: FloatArray, m_count: int
 ) -> FloatArray:
-    """Deterministic log-price component per regime, shape (n, m_count), for minute closes."""
+    """Deterministic log-price component per regime, shape (n, m_count), for minute closes.
+
+    Each regime's rows are computed on their own rows only (every draw still covers all
+    symbols, in the same order): the same values as whole-array expressions, without four
+    (n, m_count) temporaries."""
     n = len(regime)
     t = np.arange(1, m_count + 1, dtype=np.float64)[None, :]
     det = np.zeros((n, m_count))
     sign = np.where(rng.random(n) < 0.5, -1.0, 1.0)[:, None]
 
     move = rng.uniform(0.02, 0.08, size=n)[:, None] * sign
-    det = np.where((regime == Regime.TREND)[:, None], move * t / m_count, det)
+    rows = regime == Regime.TREND
+    det[rows] = move[rows] * t / m_count
 
     start = rng.integers(20, max(21, m_count - 60), size=n)[:, None]
     target = np.log(u.prev_high * rng.uniform(1.02, 1.06, size=n) / day_open)[:, None]
-    ramp = target * np.clip((t - start) / 10.0, 0.0, 1.0)
-    det = np.where((regime == Regime.BREAKOUT)[:, None], ramp, det)
+    rows = regime == Regime.BREAKOUT
+    det[rows] = target[rows] * np.clip((t - start[rows]) / 10.0, 0.0, 1.0)
 
     peak = rng.integers(m_count // 5, max(m_count // 5 + 1, 3 * m_count // 5), size=n)[:, None]
     amp = rng.uniform(0.03, 0.08, size=n)[:, None] * sign
-    after = 1.0 - 1.5 * (t - peak) / np.maximum(m_count - peak, 1)
-    tent = amp * np.where(t <= peak, t / peak, after)
-    det = np.where((regime == Regime.REVERSAL)[:, None], tent, det)
+    rows = regime == Regime.REVERSAL
+    peak_r = peak[rows]
+    after = 1.0 - 1.5 * (t - peak_r) / np.maximum(m_count - peak_r, 1)
+    det[rows] = amp[rows] * np.where(t <= peak_r, t / peak_r, after)
 
     gap = np.log(day_open / u.prev_close)[:, None]
     fade = rng.uniform(-0.3, 0.8, size=n)[:, None]  # negative: the gap extends
-    faded = -gap * fade * (1.0 - np.exp(-t / 60.0))
-    det = np.where((regime == Regime.GAP)[:, None], faded, det)
+    rows = regime == Regime.GAP
+    det[rows] = -gap[rows] * fade[rows] * (1.0 - np.exp(-t / 60.0))
     return det
 
 
@@ -217,6 +242,8 @@ def _day_open(rng: np.random.Generator, u: Universe, regime: IntArray) -> FloatA
 
 
 def make_paths(rng: np.random.Generator, u: Universe, m_count: int) -> DayPaths:
+    """The day's bars. Built in place where the arithmetic allows (same operations in the same
+    order, so the same values): a paper worker's start-up peak is these (n, m_count) arrays."""
     if m_count < 1:
         raise ValueError("the continuous session must last at least one minute")
     n = len(u.symbols)
@@ -224,31 +251,64 @@ def make_paths(rng: np.random.Generator, u: Universe, m_count: int) -> DayPaths:
     regime = rng.choice(len(_REGIME_P), size=n, p=_REGIME_P).astype(np.int64)
     day_open = _day_open(rng, u, regime)
     sigma = (u.daily_vol / np.sqrt(m_count))[:, None]
-    noise = np.cumsum(rng.normal(0.0, 1.0, size=(n, m_count)) * sigma, axis=1)
-    log_close = np.log(day_open)[:, None] + _drift(rng, u, regime, day_open, m_count) + noise
-    close = np.clip(round_grid(np.clip(np.exp(log_close), lo, hi), "nearest"), lo, hi)
+    noise = rng.normal(0.0, 1.0, size=(n, m_count))
+    noise *= sigma
+    np.cumsum(noise, axis=1, out=noise)
+    close = _drift(rng, u, regime, day_open, m_count)  # log(open) + drift + noise, then prices
+    close += np.log(day_open)[:, None]
+    close += noise
+    del noise
+    np.exp(close, out=close)
+    np.clip(close, lo, hi, out=close)
+    close = round_grid(close, "nearest")
+    np.clip(close, lo, hi, out=close)
     open_ = np.empty_like(close)
     open_[:, 0] = day_open
     open_[:, 1:] = close[:, :-1]
-    wick_up = np.abs(rng.normal(0.0, 1.0, size=(n, m_count))) * sigma * 0.6
-    wick_down = np.abs(rng.normal(0.0, 1.0, size=(n, m_count))) * sigma * 0.6
-    high = np.minimum(round_grid(np.maximum(open_, close) * (1 + wick_up), "up"), hi)
-    low = np.maximum(round_grid(np.minimum(open_, close) * (1 - wick_down), "down"), lo)
+    high = _wick(rng, (n, m_count), sigma)
+    high += 1.0
+    high *= np.maximum(open_, close)
+    high = round_grid(high, "up")
+    np.minimum(high, hi, out=high)
+    low = _wick(rng, (n, m_count), sigma)
+    np.subtract(1.0, low, out=low)
+    low *= np.minimum(open_, close)
+    low = round_grid(low, "down")
+    np.maximum(low, lo, out=low)
 
     shape = u_shape(m_count)[None, :]
     shares_per_minute = (_MINUTE_VALUE[u.tier] / u.prev_close)[:, None]
-    move = np.abs(np.log(close / open_)) / sigma  # big moves (breakouts) draw volume
-    raw_volume = shares_per_minute * shape * rng.lognormal(0.0, 0.5, size=(n, m_count))
-    raw_volume *= 1.0 + 0.5 * np.minimum(move, 6.0)
+    move = np.divide(close, open_)  # |log(close / open)| / sigma: big moves draw volume
+    np.log(move, out=move)
+    np.abs(move, out=move)
+    move /= sigma
+    volume_f = rng.lognormal(0.0, 0.5, size=(n, m_count))
+    volume_f *= shares_per_minute * shape  # (spm x shape) x draw, as drawn
+    np.minimum(move, 6.0, out=move)
+    move *= 0.5
+    move += 1.0
+    volume_f *= move
+    del move
     # Stochastic rounding keeps thin, expensive names from printing all-zero minutes.
-    volume = np.floor(raw_volume + rng.random((n, m_count))).astype(np.int64)
-    value = np.rint(volume * (open_ + high + low + close) / 4.0)
+    volume_f += rng.random((n, m_count))
+    np.floor(volume_f, out=volume_f)
+    volume = volume_f.astype(np.int64)
+    del volume_f
+    value = open_ + high  # rint(volume x (o + h + l + c) / 4), in that order
+    value += low
+    value += close
+    value *= volume
+    value /= 4.0
+    np.rint(value, out=value)
 
     tier = u.tier[:, None]
-    extra = np.floor(rng.random((n, m_count)) * (_SPREAD_EXTRA[tier] + 1)).astype(np.int64)
-    spread_ticks = _SPREAD_BASE[tier] + extra
-    depth = (_LEVEL_VALUE[u.tier] / u.prev_close)[:, None] * np.sqrt(shape)
-    depth = depth * rng.lognormal(0.0, 0.35, size=(n, m_count))
+    extra = rng.random((n, m_count))
+    extra *= _SPREAD_EXTRA[tier] + 1
+    np.floor(extra, out=extra)
+    spread_ticks = _SPREAD_BASE[tier] + extra.astype(np.int64)
+    del extra
+    depth = rng.lognormal(0.0, 0.35, size=(n, m_count))
+    depth *= (_LEVEL_VALUE[u.tier] / u.prev_close)[:, None] * np.sqrt(shape)
     levels = np.arange(MAX_LEVELS, dtype=np.float64)[None, :]
     level_mult = (1.0 + 0.15 * levels) * rng.lognormal(0.0, 0.3, size=(n, MAX_LEVELS))
 
@@ -264,16 +324,21 @@ def make_paths(rng: np.random.Generator, u: Universe, m_count: int) -> DayPaths:
         close=close,
         volume=volume,
         value=value,
-        cum_volume=np.cumsum(volume, axis=1),
-        cum_value=np.cumsum(value, axis=1),
-        cum_high=np.maximum.accumulate(high, axis=1),
-        cum_low=np.minimum.accumulate(low, axis=1),
         spread_ticks=spread_ticks,
         depth=depth,
         level_mult=level_mult,
         auction_price=auction,
         auction_volume=auction_volume.astype(np.int64),
     )
+
+
+def _wick(rng: np.random.Generator, size: tuple[int, int], sigma: FloatArray) -> FloatArray:
+    """|N(0, 1)| x sigma x 0.6 per minute, in place."""
+    wick = rng.normal(0.0, 1.0, size=size)
+    np.abs(wick, out=wick)
+    wick *= sigma
+    wick *= 0.6
+    return wick
 
 
 # ----- the path inside a minute, and volatility interruptions on it ------------------------------

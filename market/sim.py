@@ -191,15 +191,18 @@ class _Day:
         self.auction_price = p.auction_price
         self.auction_volume = p.auction_volume
         # Traded values are whole won summed in float64: exact, in any order, below 2**53.
-        if p.value.size and not p.cum_value[:, -1].max() < 2.0**53:
+        cum_value = p.cum_value
+        if p.value.size and not cum_value[:, -1].max() < 2.0**53:
             raise ValueError("a day's traded value is too large to sum exactly in float64")
         marks = slice(_CHECKPOINT - 1, None, _CHECKPOINT)  # through minutes 15, 31, ...
+        # each running figure exists whole only while its checkpoints are taken
         self.checkpoints: Cums = (
             np.ascontiguousarray(p.cum_high[:, marks]),
             np.ascontiguousarray(p.cum_low[:, marks]),
             np.ascontiguousarray(p.cum_volume[:, marks]),
-            np.ascontiguousarray(p.cum_value[:, marks]),
+            np.ascontiguousarray(cum_value[:, marks]),
         )
+        del cum_value
         for value in (*self.checkpoints, self.day_open, self.high, self.low, self.close,
                       self.volume, self.spread_ticks):  # fmt: skip
             value.setflags(write=False)
