@@ -4,7 +4,8 @@
 continuous session at construction (numpy, `market.paths`), so quotes, snapshots and books are
 cheap lookups. The same (seed, session day, n_symbols) gives the same market in any process.
 It keeps the bars in the narrowest exact types (int32 prices and volumes, int8 spreads: 3.1 MB
-at 300 symbols, 11 MB as drawn) and derives opens, traded values and running day totals (`_Day`).
+at 300 symbols, 11 MB as drawn) and derives opens, traded values and running day totals
+(`market.sim_bars.KeptDay`).
 
 Time inside the session:
 
@@ -35,12 +36,10 @@ share sizes).
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -49,7 +48,6 @@ from market.calendar import Session
 from market.paths import (
     MAX_LEVELS,
     MINUTE_US,
-    DayPaths,
     Rows,
     find_interruptions,
     make_paths,
@@ -58,6 +56,7 @@ from market.paths import (
     step_grid,
     tick_of,
 )
+from market.sim_bars import Bar, Cum, Cums, KeptDay, step_f
 from market.ticks import step
 from market.types import (
     Board,
@@ -99,181 +98,6 @@ def _won(x: float | np.floating | np.integer) -> Decimal:
     return Decimal(int(x))
 
 
-# ----- one symbol in scalars ------------------------------------------------------------------
-# `quote` and `first_touch` look at one symbol at one instant, many times a simulated day (every
-# HOLD step, every price watch). These are `market.paths`' vectorized functions for one float
-# each, the same IEEE operations in the same order, so they give bit-identical prices (checked
-# against the vectorized forms in tests/test_sim.py) without numpy's per-call overhead.
-
-_BOUNDS_F = (2_000.0, 5_000.0, 20_000.0, 50_000.0, 200_000.0, 500_000.0)  # `paths.tick_of`
-_TICKS_F = (1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1_000.0)
-
-
-def _tick(price: float) -> float:
-    return _TICKS_F[bisect_right(_BOUNDS_F, price)]
-
-
-def _step(price: float, n: int) -> float:
-    """`paths.step_grid` for one price: n ticks up (n > 0) or down, tick by tick."""
-    out = price
-    for _ in range(abs(n)):
-        out = out + _tick(out) if n > 0 else out - _tick(out - 1.0)
-    return out
-
-
-@dataclass(frozen=True, slots=True)
-class _Bar:
-    """Minute m of one symbol: its path's vertices (`paths.vertices`) and its low and high."""
-
-    v: tuple[float, float, float, float]
-    low: float
-    high: float
-
-    def point(self, f: float) -> float:
-        """`paths.path_point`: the printed price a fraction f into the minute."""
-        v = self.v
-        x = 3.0 * f
-        seg = min(int(x), 2)
-        raw = v[seg] + (v[seg + 1] - v[seg]) * (x - seg)
-        tick = _tick(raw)
-        on_grid = max(round(raw / tick) * tick, 1.0)  # round: half to even, as np.rint
-        return min(max(on_grid, self.low), self.high)
-
-    def span(self, f0: float, f1: float) -> tuple[float, float]:
-        """(low, high) of the prints from fraction f0 to f1 of the minute (`traded_range`)."""
-        points = [self.point(f0), self.point(f1)]
-        points += [self.v[k] for k in (1, 2) if f0 < k / 3 < f1]
-        if f1 >= 1.0:
-            points.append(self.v[3])
-        return min(points), max(points)
-
-
-# ----- the day's bars, kept narrow --------------------------------------------------------------
-# `market.paths.make_paths` draws float64/int64 arrays; the market keeps what it reads in the
-# narrowest type that holds every value exactly (checked at construction), and derives the rest:
-# a minute's open is the previous close, its traded value is `make_paths`' formula on the kept
-# columns, and the running day high/low/volume/value start from a checkpoint every
-# `_CHECKPOINT` minutes. Every value read back is the one `make_paths` drew, to the won.
-
-_CHECKPOINT = 16
-_Cum = tuple[float, float, int, float]  # day high, day low, volume, traded value
-Cums = tuple[FloatArray, FloatArray, IntArray, FloatArray]  # the same for every row
-SIntArray = npt.NDArray[np.signedinteger[Any]]
-
-
-def _narrow(a: npt.NDArray[Any], dtypes: tuple[type[np.signedinteger[Any]], ...]) -> SIntArray:
-    """`a` in the first of `dtypes` that holds each of its values exactly (a value that does
-    not fit comes back different from the cast, so the comparison is the whole check)."""
-    for dtype in dtypes:
-        with np.errstate(invalid="ignore"):
-            out = a.astype(dtype)
-        if np.array_equal(out, a):
-            return out
-    raise ValueError(f"values do not fit {dtypes[-1].__name__} exactly")
-
-
-class _Day:
-    """The day's bars as the market keeps them; read-only. `open` and `value` are derived on
-    each access (whole arrays: for exports and tests, not the hot paths)."""
-
-    __slots__ = ("auction_price", "auction_volume", "checkpoints", "close", "day_open", "depth",
-                 "high", "level_mult", "low", "regime", "spread_ticks", "volume")  # fmt: skip
-
-    def __init__(self, p: DayPaths) -> None:
-        self.regime = p.regime
-        self.day_open: FloatArray = p.open[:, 0].copy()
-        prices = (np.int32, np.int64)
-        self.high, self.low, self.close = (_narrow(a, prices) for a in (p.high, p.low, p.close))
-        self.volume = _narrow(p.volume, (np.int32, np.int64))
-        self.spread_ticks = _narrow(p.spread_ticks, (np.int8, np.int16, np.int64))
-        self.depth = p.depth  # fractional shares: float64 as drawn
-        self.level_mult = p.level_mult
-        self.auction_price = p.auction_price
-        self.auction_volume = p.auction_volume
-        # Traded values are whole won summed in float64: exact, in any order, below 2**53.
-        cum_value = p.cum_value
-        if p.value.size and not cum_value[:, -1].max() < 2.0**53:
-            raise ValueError("a day's traded value is too large to sum exactly in float64")
-        marks = slice(_CHECKPOINT - 1, None, _CHECKPOINT)  # through minutes 15, 31, ...
-        # each running figure exists whole only while its checkpoints are taken
-        self.checkpoints: Cums = (
-            np.ascontiguousarray(p.cum_high[:, marks]),
-            np.ascontiguousarray(p.cum_low[:, marks]),
-            np.ascontiguousarray(p.cum_volume[:, marks]),
-            np.ascontiguousarray(cum_value[:, marks]),
-        )
-        del cum_value
-        for value in (*self.checkpoints, self.day_open, self.high, self.low, self.close,
-                      self.volume, self.spread_ticks):  # fmt: skip
-            value.setflags(write=False)
-
-    def opens(self, rows: Rows, a: int, b: int) -> FloatArray:
-        """The opens of minutes a..b-1 (the previous minute's close; the day's open first)."""
-        if a > 0:
-            return self.close[rows, a - 1 : b - 1].astype(np.float64)
-        first = self.day_open[rows][:, None]
-        return np.concatenate([first, self.close[rows, : b - 1].astype(np.float64)], axis=1)
-
-    def values(self, rows: Rows, a: int, b: int) -> FloatArray:
-        """Traded won of minutes a..b-1: `make_paths`' rint(volume x mean(OHLC)), whole won."""
-        s = self.opens(rows, a, b) + self.high[rows, a:b] + self.low[rows, a:b]
-        s = s + self.close[rows, a:b]
-        out: FloatArray = np.rint(self.volume[rows, a:b] * s / 4.0)
-        return out
-
-    @property
-    def open(self) -> FloatArray:
-        return self.opens(slice(None), 0, self.close.shape[1])
-
-    @property
-    def value(self) -> FloatArray:
-        return self.values(slice(None), 0, self.close.shape[1])
-
-    def cum(self, k: int, last: tuple[int, Cums] | None = None) -> Cums:
-        """Every row's (day high, day low, volume, traded value) through minutes 0..k-1, k >= 1:
-        from `last` (the same through minutes 0..j-1) when j <= k is nearer than a checkpoint."""
-        c = k // _CHECKPOINT
-        a = c * _CHECKPOINT  # the checkpoint covers minutes 0..a-1, the block a..k-1
-        base: Cums | None = None
-        if last is not None and a <= last[0] <= k:
-            a, base = last
-        elif c:
-            high, low, volume, value = self.checkpoints
-            base = (high[:, c - 1], low[:, c - 1], volume[:, c - 1], value[:, c - 1])
-        if base is not None and a == k:
-            return base
-        h = self.high[:, a:k].max(axis=1).astype(np.float64)
-        lo = self.low[:, a:k].min(axis=1).astype(np.float64)
-        vol = self.volume[:, a:k].sum(axis=1, dtype=np.int64)
-        val = self.values(slice(None), a, k).sum(axis=1)
-        if base is None:
-            return h, lo, vol, val
-        high, low, volume, value = base
-        return np.maximum(high, h), np.minimum(low, lo), volume + vol, value + val
-
-    def row_cum(self, i: int, k: int) -> _Cum:
-        """`cum` for row i, in scalars (the same sums: whole numbers, exact in any order)."""
-        c = k // _CHECKPOINT
-        a = c * _CHECKPOINT
-        if c:
-            high, low, volume, value = (x[i, c - 1] for x in self.checkpoints)
-            out: _Cum = (float(high), float(low), int(volume), float(value))
-            if a == k:
-                return out
-        highs, lows = self.high[i, a:k].tolist(), self.low[i, a:k].tolist()
-        vols, closes = self.volume[i, a:k].tolist(), self.close[i, a:k].tolist()
-        o = float(self.close[i, a - 1]) if a else float(self.day_open[i])
-        val = 0.0
-        for h, lo, v, cl in zip(highs, lows, vols, closes, strict=True):
-            val += float(round(v * (o + h + lo + cl) / 4.0))  # `values`, half to even as rint
-            o = cl
-        block = (float(max(highs)), float(min(lows)), int(sum(vols)), val)
-        if not c:
-            return block
-        return (max(out[0], block[0]), min(out[1], block[1]), out[2] + block[2],
-                out[3] + block[3])  # fmt: skip
-
-
 class SimulatedMarket:
     """The whole simulated universe for one session; read-only after construction (but for
     caches of per-minute quote facts and running day totals that only save work)."""
@@ -298,7 +122,7 @@ class SimulatedMarket:
                 if isinstance(value, np.ndarray):
                     value.setflags(write=False)
         windows = find_interruptions(self._u, paths)
-        self._p = _Day(paths)  # the narrow copy; `paths` goes
+        self._p = KeptDay(paths)  # the narrow copy; `paths` goes
         del paths
         self._index = {s: i for i, s in enumerate(self._u.symbols)}
         u = self._u
@@ -334,7 +158,7 @@ class SimulatedMarket:
         # `_minute_facts`' last answer per row
         self._facts: dict[int, tuple[tuple[int, int, int], _Facts]] = {}
         # `_continuous`' last running day totals per row: (through minute k - 1, totals)
-        self._cums: dict[int, tuple[int, _Cum]] = {}
+        self._cums: dict[int, tuple[int, Cum]] = {}
         # `_cum`'s last answer for every row (through minute k - 1)
         self._last_cums: tuple[int, Cums] | None = None
 
@@ -495,12 +319,12 @@ class SimulatedMarket:
         ask = np.where(over, upper, ask)
         return bid, ask
 
-    def _bar(self, i: int, m: int) -> _Bar:
+    def _bar(self, i: int, m: int) -> Bar:
         p = self._p
         o = float(p.close[i, m - 1]) if m else float(p.day_open[i])
         h, lo, c = float(p.high[i, m]), float(p.low[i, m]), float(p.close[i, m])
         up = c >= o
-        return _Bar((o, lo if up else h, h if up else lo, c), lo, h)
+        return Bar((o, lo if up else h, h if up else lo, c), lo, h)
 
     def traded_range(self, symbol: str, start: datetime, end: datetime) -> tuple[Decimal, Decimal]:
         """(low, high) of the prices printed in [start, end] during continuous trading.
@@ -536,7 +360,7 @@ class SimulatedMarket:
             return None
         i = self.index(symbol)
 
-        def touched(bar: _Bar, m: int, f0: float, at: datetime) -> bool:
+        def touched(bar: Bar, m: int, f0: float, at: datetime) -> bool:
             """Did minute m print through a level from fraction f0 to `at` (in minute m, or on
             its end)? Prices are whole won: compared as the Decimals `traded_range` gives."""
             m1, f1 = self.minute_of(at)
@@ -616,7 +440,7 @@ class SimulatedMarket:
         high, low = max(seen), min(seen)
         shares = int(p.volume[i, m])
         volume = math.floor(float(shares) * f)
-        o, c = bar.v[0], bar.v[3]  # the minute's traded won, as `_Day.values`
+        o, c = bar.v[0], bar.v[3]  # the minute's traded won, as `KeptDay.values`
         value = float(math.floor(float(round(shares * (o + bar.high + bar.low + c) / 4.0)) * f))
         if m > 0:
             kept = self._cums.get(i)
@@ -634,10 +458,10 @@ class SimulatedMarket:
         """`_bid_ask` for one row."""
         spread = int(self._p.spread_ticks[i, minute])
         lower, upper = float(self._u.lower[i]), float(self._u.upper[i])
-        bid = max(_step(price, -(spread // 2)), lower)
-        ask = _step(bid, spread)
+        bid = max(step_f(price, -(spread // 2)), lower)
+        ask = step_f(bid, spread)
         if ask > upper:  # near the upper limit the book shifts down under it
-            return _step(upper, -spread), upper
+            return step_f(upper, -spread), upper
         return bid, ask
 
     def _minute_facts(self, i: int, minute: int, completed: int, short_ma_bars: int) -> _Facts:
