@@ -8,20 +8,22 @@ import os
 import subprocess
 import sys
 from collections import defaultdict
-from datetime import date, datetime
+from datetime import date, datetime, time
 from decimal import Decimal
 
 import psycopg
 import pytest
 import redis as syncredis
-from support import libpq
+from support import GearClock, libpq
 
-from worker.app import epoch_soon, run_fleet
+from worker.app import Plan, epoch_soon, run_fleet
 from worker.settings import load_settings
 
 pytestmark = pytest.mark.slow  # processes or a whole simulated day
 
-SPEED = 2_500.0  # a 6.5 h session in ~9.4 s of wall time
+FAST = 2_500.0  # the session until LAST_HOUR: 5.5 h in ~8 s of wall time
+SPEED = 600.0  # the last hour, liquidation included: slow enough for a loaded machine to sell
+LAST_HOUR = time(14, 30)
 
 
 def _overlaps(intervals: list[tuple[datetime, datetime, str]]) -> list[tuple[str, str]]:
@@ -47,18 +49,27 @@ def day_result(database_url: str, redis_url: str, prefix: str):
     )
     import anyio
 
-    plan = anyio.run(
-        lambda: run_fleet(
-            settings,
-            database_url=database_url,
-            redis_url=redis_url,
-            workers=3,
-            speed=SPEED,
-            epoch=epoch_soon(0.3),
-            handle_signals=False,
-        )
-    )
-    return plan, settings
+    gear: list[GearClock] = []
+
+    def geared(plan: Plan) -> GearClock:
+        gear.append(GearClock(plan.session.open, FAST, epoch_soon(0.3)))
+        return gear[0]
+
+    async def last_hour_slower() -> None:
+        while not gear or gear[0].now().time() < LAST_HOUR:
+            await anyio.sleep(0.02)
+        gear[0].shift(SPEED)
+
+    async def day() -> Plan:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(last_hour_slower)
+            plan = await run_fleet(settings, database_url=database_url, redis_url=redis_url,
+                                   workers=3, speed=FAST, clock_factory=geared,
+                                   handle_signals=False)  # fmt: skip
+            tg.cancel_scope.cancel()
+        return plan
+
+    return anyio.run(day), settings
 
 
 def test_full_day_three_workers(day_result, database_url: str, redis_url: str, prefix: str):
