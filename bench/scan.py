@@ -10,7 +10,9 @@ pandas, then sorts. Before timing, the two rankings must agree (same symbols in 
 scores within 1e-9), or the script exits 1.
 
 Prints one ``name=value`` line per figure (medians, milliseconds), and last
-``scan_vs_pandas_loop``: our median over the loop's. The goal is <= 0.05.
+``scan_vs_pandas_loop``: our median over the loop's. The goal is <= 0.05. Also the simulator's
+side of a scan at that size: ``sim_build_ms`` (drawing the 2,500-symbol day, median of 3) and
+``sim_snapshot_ms`` (one 120-bar snapshot of it), next to the scan they feed.
 """
 
 from __future__ import annotations
@@ -108,11 +110,19 @@ def main() -> int:
     scan_ms = median_ms(lambda: rank_candidates(snap, params), SCAN_RUNS)
     scan_excl_ms = median_ms(lambda: rank_candidates(snap, excluding), SCAN_RUNS)
     loop_ms = median_ms(lambda: pandas_loop(snap, params), LOOP_RUNS)
+    build_ms = median_ms(lambda: SimulatedMarket(0, SESSION, N_SYMBOLS), 3)
+    minutes = iter(range(150, 150 + SCAN_RUNS))
+    snapshot_ms = median_ms(
+        lambda: market.snapshot(SESSION.open + timedelta(minutes=next(minutes) + 0.5), N_BARS),
+        SCAN_RUNS,
+    )
     print(f"symbols={N_SYMBOLS}")
     print(f"bars={N_BARS}")
     print(f"candidates={len(ours)}")
     print(f"scan_ms={scan_ms:.3f}")
     print(f"scan_with_exclusions_ms={scan_excl_ms:.3f}")
+    print(f"sim_build_ms={build_ms:.1f}")
+    print(f"sim_snapshot_ms={snapshot_ms:.3f}")
     print(f"pandas_loop_ms={loop_ms:.1f}")
     print(f"scan_vs_pandas_loop={scan_ms / loop_ms:.5f}")
     return 0
