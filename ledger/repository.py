@@ -19,9 +19,10 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 from datetime import date, datetime
 from decimal import Decimal
+from typing import Any
 
 import anyio
-from sqlalchemy import Table, select, update
+from sqlalchemy import Executable, Result, Table, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -44,7 +45,7 @@ from ledger.records import (
     ScanView,
     WorkerRecord,
 )
-from ledger.scanning import read_scan_view
+from ledger.scanning import scan_statement, scan_view_of
 from ledger.summaries import load_day_summary, pnl_from_fills, store_day_summary
 from market.costs import CostModel
 from market.orders import (
@@ -103,6 +104,13 @@ class Ledger:
         with self._deadline(), translate_db_errors():
             async with self._sessions.begin() as session:
                 yield session
+
+    async def _read(self, stmt: Executable) -> Result[Any]:
+        """One statement outside a transaction (one round trip instead of three), under the
+        call's deadline; its rows come back buffered."""
+        with self._deadline(), translate_db_errors():
+            async with self._autocommit.connect() as conn:
+                return await conn.execute(stmt)
 
     # -- workers -----------------------------------------------------------------------------
 
@@ -290,9 +298,7 @@ class Ledger:
     async def order(self, client_order_id: str) -> OrderRecord | None:
         """The order, in one statement outside a transaction."""
         stmt = select(_ORDERS).where(_ORDERS.c.client_order_id == client_order_id)
-        with self._deadline(), translate_db_errors():
-            async with self._autocommit.connect() as conn:
-                row = (await conn.execute(stmt)).one_or_none()
+        row = (await self._read(stmt)).one_or_none()
         return order_record(row) if row is not None else None
 
     async def unfinished_orders(self, worker_id: str) -> list[OrderRecord]:
@@ -303,11 +309,8 @@ class Ledger:
             .where(_ORDERS.c.worker_id == worker_id, _ORDERS.c.status.in_(_UNFINISHED))
             .order_by(_ORDERS.c.id)
         )
-        # one statement outside a transaction: every tracker refresh reads it
-        with self._deadline(), translate_db_errors():
-            async with self._autocommit.connect() as conn:
-                rows = (await conn.execute(stmt)).all()
-        return [order_record(r) for r in rows]
+        # outside a transaction: every tracker refresh reads it
+        return [order_record(r) for r in (await self._read(stmt)).all()]
 
     async def known_broker_order_ids(self, symbol: str, trading_day: date) -> set[str]:
         """Broker order ids (canonical) already linked to an order of ours for the symbol and
@@ -323,9 +326,7 @@ class Ledger:
 
     async def scan_view(self, trading_day: date) -> ScanView:
         """`ScanView` in one statement, outside a transaction (a scan's hot path)."""
-        with self._deadline(), translate_db_errors():
-            async with self._autocommit.connect() as conn:
-                return await read_scan_view(conn, trading_day)
+        return scan_view_of((await self._read(scan_statement(trading_day))).all())
 
     # -- positions (the ownership moves are fenced: ledger.ownership) ------------------------
 
@@ -342,9 +343,7 @@ class Ledger:
         (every HOLD step reads it: one round trip instead of three)."""
         table = _POSITIONS
         stmt = select(table).where(table.c.symbol == symbol, table.c.status != "CLOSED")
-        with self._deadline(), translate_db_errors():
-            async with self._autocommit.connect() as conn:
-                row = (await conn.execute(stmt)).one_or_none()
+        row = (await self._read(stmt)).one_or_none()
         return position_record(row) if row is not None else None
 
     async def mark_position_orphaned(self, symbol: str, worker_id: str, fence: int) -> bool:

@@ -4,13 +4,13 @@ outside a transaction on the scan's hot path."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from datetime import date
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import ColumnElement, literal_column, select, union_all
-from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.selectable import CompoundSelect
 
 from ledger.drift import HOLDING
@@ -50,8 +50,8 @@ def scan_statement(trading_day: date) -> CompoundSelect[Any]:
     )
 
 
-async def read_scan_view(conn: AsyncConnection, trading_day: date) -> ScanView:
-    rows = (await conn.execute(scan_statement(trading_day))).all()
+def scan_view_of(rows: Iterable[Sequence[Any]]) -> ScanView:
+    """The `ScanView` in the rows of `scan_statement`."""
     positions: dict[str, str] = {}
     unfinished: dict[str, str] = {}
     pnl = low = Decimal(0)
