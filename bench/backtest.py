@@ -85,7 +85,8 @@ async def statement_costs(database_url: str, reads: int = 2_000) -> tuple[float,
     from sqlalchemy import select
     from sqlalchemy.dialects.postgresql import psycopg as pg_dialect
 
-    from ledger.db import create_engine, normalize_url
+    from bench._procs import libpq_url
+    from ledger.db import create_engine
     from ledger.models import Order
 
     table = Order.__table__
@@ -101,9 +102,8 @@ async def statement_costs(database_url: str, reads: int = 2_000) -> tuple[float,
     finally:
         await engine.dispose()
     compiled = stmt.compile(dialect=pg_dialect.dialect())
-    libpq = normalize_url(database_url).set(drivername="postgresql")
     async with await psycopg.AsyncConnection.connect(
-        libpq.render_as_string(hide_password=False), autocommit=True
+        libpq_url(database_url), autocommit=True
     ) as conn:
 
         async def bare() -> None:
